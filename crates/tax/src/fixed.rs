@@ -172,38 +172,53 @@ impl<U: Unit> Fixed<U> {
 
     /// Appends the canonical text (fixed scale, e.g. `1160.00`, `2.0000`) to `out`.
     /// Used on hot paths instead of `Display` to skip the formatting machinery.
+    #[inline]
     pub fn write_to(self, out: &mut Vec<u8>) {
-        let magnitude = self.minor.unsigned_abs();
         if self.minor < 0 {
             out.push(b'-');
         }
-        let one = U::ONE.unsigned_abs();
-        write_unsigned(magnitude / one, out);
-        if U::SCALE > 0 {
-            out.push(b'.');
-            let mut fraction = magnitude % one;
-            let start = out.len();
-            out.resize(start + U::SCALE as usize, b'0');
-            for slot in out[start..].iter_mut().rev() {
-                *slot = b'0' + (fraction % 10) as u8;
-                fraction /= 10;
-            }
+        let magnitude = self.minor.unsigned_abs();
+        let mut digits = [0u8; 48];
+        let mut at = digits.len();
+        let mut emit = |digit: u8| {
+            at -= 1;
+            digits[at] = digit;
+        };
+        // Nearly every amount fits 64 bits, where dividing by 10 is a multiplication; the
+        // range limit (10^24 minor units) needs the 128-bit path only above 1.8 × 10^19.
+        match u64::try_from(magnitude) {
+            Ok(small) => emit_fixed_digits(small, U::SCALE, &mut emit),
+            Err(_) => emit_fixed_digits(magnitude, U::SCALE, &mut emit),
         }
+        out.extend_from_slice(&digits[at..]);
     }
 }
 
-fn write_unsigned(mut value: u128, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 39];
-    let mut at = digits.len();
+/// Emits the digits of `minor` with a decimal point `scale` places from the right, from
+/// right to left, for `u64` and `u128`.
+fn emit_fixed_digits<T>(mut rest: T, scale: u32, emit: &mut impl FnMut(u8))
+where
+    T: Copy + PartialEq + From<u8> + std::ops::Div<Output = T> + std::ops::Rem<Output = T>,
+    u8: TryFrom<T>,
+{
+    let (ten, zero) = (T::from(10), T::from(0));
+    let next_digit = |rest: &mut T| {
+        let digit = u8::try_from(*rest % ten).unwrap_or(0);
+        *rest = *rest / ten;
+        b'0' + digit
+    };
+    for _ in 0..scale {
+        emit(next_digit(&mut rest));
+    }
+    if scale > 0 {
+        emit(b'.');
+    }
     loop {
-        at -= 1;
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
+        emit(next_digit(&mut rest));
+        if rest == zero {
             break;
         }
     }
-    out.extend_from_slice(&digits[at..]);
 }
 
 impl<U: Unit> fmt::Display for Fixed<U> {
