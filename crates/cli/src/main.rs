@@ -29,36 +29,39 @@ enum Command {
     Calc(CalcArgs),
 }
 
-const CALC_HELP: &str = "\
-Price invoices with the exact VAT arithmetic of KRA eTIMS (the rules of the taxid-etims 0.8.1 \
-reference: ROUND_HALF_UP, 2 decimals for money, 4 for quantities, VAT split from each line's \
-total).
+const CALC_HELP: &str = r#"Price invoices with the exact VAT arithmetic of KRA eTIMS: the rules of the taxid-etims
+0.8.1 reference (ROUND_HALF_UP, 2 decimals for money, 4 for quantities, VAT split from each
+line's total).
 
 INPUT (stdin, or --input FILE) is one JSON object, or JSON Lines with one invoice per line:
 
-  {\"lines\":[{\"name\", \"item_code\", \"price\", \"band\", \"qty\", \"price_is_inclusive\",
-              \"discount\"?, \"discount_rate\"?}]}
+  {"lines":[{"name", "item_code", "price", "band", "qty", "price_is_inclusive",
+             "discount"?, "discount_rate"?}]}
 
-  price           unit price (rounded HALF_UP to 2 decimals)
-  band            tax band A (exempt, 0 %), B (VAT 16 %), C (zero-rated), D (non-VAT), E (8 %)
-  qty             quantity above zero (rounded HALF_UP to 4 decimals)
+  name, item_code     the item, as KRA will know it (non-empty strings)
+  price               unit price (rounded HALF_UP to 2 decimals)
+  band                tax band: A exempt 0 %, B VAT 16 %, C zero-rated, D non-VAT, E 8 %
+  qty                 quantity above zero (rounded HALF_UP to 4 decimals)
   price_is_inclusive  true if the price includes VAT, false to add VAT per unit
-  discount        optional discount amount off qty × price
-  discount_rate   optional discount in percent (at most 2 decimals); not with discount
+  discount            optional discount amount off qty × price
+  discount_rate       optional discount in percent (at most 2 decimals); not with discount
 
-Numbers may be JSON numbers or strings (\"12.50\"); they are read exactly, never as floats.
+Numbers may be JSON numbers or strings ("12.50"); they are read exactly, never as floats.
+If the first line holds a whole JSON value the input is JSON Lines, else one document.
 
-OUTPUT has one JSON line per invoice, in input order: the lines with itemCd, itemNm, qty, uprc, \
-splyAmt, dcRt, dcAmt, taxblAmt, taxAmt, totAmt, taxTyCd, and the totals with totItemCnt, \
-totTaxblAmt, totTaxAmt, totAmt and KRA's per-band fields taxblAmtA..E, taxRtA..E (percent) and \
-taxAmtA..E. Decimals are strings with a fixed scale (money 2, quantities 4).
+OUTPUT has one JSON line per invoice, in input order:
+  lines   itemCd, itemNm, qty, uprc, splyAmt, dcRt, dcAmt, taxblAmt, taxAmt, totAmt, taxTyCd
+  totals  totItemCnt, totTaxblAmt, totTaxAmt, totAmt and KRA's per-band fields
+          taxblAmtA..E, taxRtA..E (percent), taxAmtA..E
+Decimals are strings with a fixed scale (money and percentages 2, quantities 4).
 
-An invalid invoice writes {\"error\":{\"invoice\":N,\"line\":M,\"field\":\"…\",\"code\":\"…\",\
-\"message\":\"…\"}} on its line (invoices and lines are numbered from 1; line and field are null \
-when the whole invoice is at fault) and the rest of the stream is still priced.
+An invalid invoice writes, on its line,
+  {"error":{"invoice":N,"line":M,"field":"…","code":"…","message":"…"}}
+and the rest of the stream is still priced. Invoices and lines are numbered from 1; line
+and field are null when the whole invoice is at fault.
 
-EXIT STATUS: 0 when every invoice was priced, 1 when at least one was invalid, 2 when the input \
-could not be read.";
+EXIT STATUS: 0 when every invoice was priced, 1 when at least one was invalid, 2 when the
+input could not be read or an option is wrong."#;
 
 const CALC_EXAMPLE: &str = "\
 EXAMPLE:

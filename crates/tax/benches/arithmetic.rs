@@ -4,6 +4,9 @@
 //! its numbers as strings and converts them); `calculate` starts from parsed inputs.
 //! bench/tax-vs-reference compares these rates with the reference's.
 
+// A test (or bench) crate: a panic in a helper is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

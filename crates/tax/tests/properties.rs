@@ -2,6 +2,9 @@
 //! formulas written again with `rust_decimal` (28 significant digits, like Python's
 //! `Decimal`), which must agree with the fixed-point implementation on every line.
 
+// A test (or bench) crate: a panic in a helper is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 use rust_decimal::{Decimal, RoundingStrategy};
 use ushuru_tax::{

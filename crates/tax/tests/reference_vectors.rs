@@ -5,6 +5,9 @@
 //! folder is beside the repository, its current copy is checked too, so an update there
 //! cannot go unnoticed.
 
+// A test (or bench) crate: a panic in a helper is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
