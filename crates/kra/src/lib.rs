@@ -1,5 +1,19 @@
-//! KRA eTIMS OSCU/VSCU wire types, result codes and the HTTP client with its path profiles.
+//! KRA eTIMS OSCU/VSCU: wire types for every endpoint, result codes, and the HTTP client
+//! with its three path profiles (OSCU direct, VSCU JAR, GavaConnect gateway).
 //!
-//! Filled by the protocol issue; see `docs/architecture.md` for what belongs here.
+//! Facts and section numbers: `../shared/reference/kra-protocol.md`.
 
-pub use ushuru_tax as tax;
+pub mod client;
+pub mod codes;
+pub mod endpoints;
+pub mod envelope;
+pub mod types;
+pub mod wire;
+
+pub use client::{
+    Call, ClientConfig, ClientError, Exchange, GatewayCredentials, KraClient, Outcome, Secret,
+    Timeouts,
+};
+pub use codes::{ResultClass, ResultCode};
+pub use endpoints::{CallClass, Endpoint, EndpointName, Profile};
+pub use envelope::{Envelope, GatewayEnvelope, GatewayHeader};

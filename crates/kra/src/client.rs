@@ -1,0 +1,526 @@
+//! The control-unit client: one call ends in exactly one of four outcomes, and every call
+//! leaves an exchange record (the bytes sent and received) for the journal.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::codes::ResultCode;
+use crate::endpoints::{CallClass, Endpoint, EndpointName, Profile};
+use crate::envelope::{Envelope, GatewayEnvelope};
+use crate::wire::from_value_lenient;
+
+/// A secret string (the cmcKey, a gateway secret): never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the moment it is put on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// How a call ended.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    /// The control unit did it (`000`), or found nothing (`001`, `data` then `None`).
+    Ok { code: ResultCode, data: Option<T> },
+    /// The control unit answered and refused: a KRA code, or a definite HTTP refusal.
+    Rejected { code: ResultCode, message: String },
+    /// The request provably never reached the control unit (connection refused, DNS,
+    /// connect timeout): safe to send again.
+    NotSent { reason: String },
+    /// The request may have been processed, but no usable answer came back (timeout after
+    /// sending, dropped connection, 5xx, unreadable body). Never renumber: look it up.
+    Ambiguous { reason: String },
+}
+
+impl<T> Outcome<T> {
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            Outcome::Ok { .. } => "ok",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::NotSent { .. } => "not_sent",
+            Outcome::Ambiguous { .. } => "ambiguous",
+        }
+    }
+
+    fn map<U>(self, f: impl FnOnce(Option<T>) -> Result<Option<U>, String>) -> Outcome<U> {
+        match self {
+            Outcome::Ok { code, data } => match f(data) {
+                Ok(data) => Outcome::Ok { code, data },
+                Err(reason) => Outcome::Ambiguous { reason },
+            },
+            Outcome::Rejected { code, message } => Outcome::Rejected { code, message },
+            Outcome::NotSent { reason } => Outcome::NotSent { reason },
+            Outcome::Ambiguous { reason } => Outcome::Ambiguous { reason },
+        }
+    }
+}
+
+/// What went over the wire, for the exchange journal. Headers are not kept: they carry
+/// the cmcKey.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub endpoint: EndpointName,
+    pub path: String,
+    pub request_body: String,
+    pub response_body: Option<String>,
+    pub http_status: Option<u16>,
+    pub elapsed: Duration,
+}
+
+/// A call's outcome and its exchange.
+#[derive(Debug)]
+pub struct Call<T> {
+    pub outcome: Outcome<T>,
+    pub exchange: Exchange,
+}
+
+/// Per call-class timeouts for the whole exchange, and the connect timeout.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub init: Duration,
+    pub lookup: Duration,
+    pub save: Duration,
+    pub sale: Duration,
+}
+
+impl Default for Timeouts {
+    /// Odoo's experience with KRA: 30 s for init, up to 120 s under congestion; a sale is
+    /// capped lower so that an ambiguous one is reconciled sooner.
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            init: Duration::from_secs(30),
+            lookup: Duration::from_secs(120),
+            save: Duration::from_secs(60),
+            sale: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn for_class(&self, class: CallClass) -> Duration {
+        match class {
+            CallClass::Init => self.init,
+            CallClass::Lookup => self.lookup,
+            CallClass::Save => self.save,
+            CallClass::Sale => self.sale,
+        }
+    }
+}
+
+/// GavaConnect's OAuth client credentials.
+#[derive(Clone, Debug)]
+pub struct GatewayCredentials {
+    /// `…/v1/token/generate`: GET with `grant_type=client_credentials` and HTTP Basic.
+    pub token_url: String,
+    pub consumer_key: String,
+    pub consumer_secret: Secret,
+}
+
+/// Where and as whom a client calls.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// e.g. `https://etims-api-sbx.kra.go.ke/etims-api`, `http://127.0.0.1:8088`.
+    pub base_url: String,
+    pub profile: Profile,
+    pub tin: String,
+    pub bhf_id: String,
+    /// Absent before initialisation.
+    pub cmc_key: Option<Secret>,
+    pub timeouts: Timeouts,
+    pub gateway: Option<GatewayCredentials>,
+}
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error(
+        "the GavaConnect profile needs gateway credentials (token URL, consumer key and secret)"
+    )]
+    MissingGatewayCredentials,
+}
+
+/// A client of one branch's control unit.
+#[derive(Clone)]
+pub struct KraClient {
+    http: reqwest::Client,
+    config: Arc<ClientConfig>,
+    token: Arc<Mutex<Option<(String, Instant)>>>,
+}
+
+impl fmt::Debug for KraClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KraClient")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KraClient {
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        if config.profile == Profile::GavaConnect && config.gateway.is_none() {
+            return Err(ClientError::MissingGatewayCredentials);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.timeouts.connect)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(KraClient {
+            http,
+            config: Arc::new(config),
+            token: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The same client with the cmcKey that initialisation issued.
+    pub fn with_cmc_key(&self, cmc_key: Secret) -> Self {
+        let mut config = (*self.config).clone();
+        config.cmc_key = Some(cmc_key);
+        KraClient {
+            http: self.http.clone(),
+            config: Arc::new(config),
+            token: self.token.clone(),
+        }
+    }
+
+    /// Calls a typed endpoint.
+    pub async fn call<E: Endpoint>(&self, request: &E::Request) -> Call<E::Response> {
+        let body = match self.body_for(request) {
+            Ok(body) => body,
+            Err(e) => {
+                let reason = format!("cannot encode the request: {e}");
+                return Call {
+                    outcome: Outcome::NotSent { reason },
+                    exchange: self.exchange(E::NAME, String::new(), None, None, Duration::ZERO),
+                };
+            }
+        };
+        self.send_typed::<E::Response>(E::NAME, body).await
+    }
+
+    /// Sends a payload exactly as given (a stored sale, resent byte for byte) and reads the
+    /// answer as `T`.
+    pub async fn send_typed<T: DeserializeOwned>(
+        &self,
+        endpoint: EndpointName,
+        body: Vec<u8>,
+    ) -> Call<T> {
+        let call = self.send(endpoint, body).await;
+        let outcome = call.outcome.map(|data| match data {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => from_value_lenient::<T>(value).map(Some).map_err(|e| {
+                format!("the control unit answered success with a body that does not parse: {e}")
+            }),
+        });
+        Call {
+            outcome,
+            exchange: call.exchange,
+        }
+    }
+
+    /// Sends a payload exactly as given; `data` is returned as JSON.
+    pub async fn send(&self, endpoint: EndpointName, body: Vec<u8>) -> Call<Value> {
+        let path = endpoint.path(self.config.profile);
+        let url = format!("{}{}", self.config.base_url.trim_end_matches('/'), path);
+        let request_body = String::from_utf8_lossy(&body).into_owned();
+        let started = Instant::now();
+
+        let mut retried_token = false;
+        loop {
+            let token = match self.gateway_token(retried_token).await {
+                Ok(token) => token,
+                Err(outcome) => {
+                    return Call {
+                        outcome,
+                        exchange: self.exchange(
+                            endpoint,
+                            request_body,
+                            None,
+                            None,
+                            started.elapsed(),
+                        ),
+                    };
+                }
+            };
+            let request = self.request(endpoint, &url, body.clone(), token.as_deref());
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(e) => {
+                    let outcome = classify_send_error(&e);
+                    return Call {
+                        outcome,
+                        exchange: self.exchange(
+                            endpoint,
+                            request_body,
+                            None,
+                            None,
+                            started.elapsed(),
+                        ),
+                    };
+                }
+            };
+            let status = response.status().as_u16();
+            // An expired token is refused before anything is processed: fetch a new one once.
+            if status == 401 && self.config.profile == Profile::GavaConnect && !retried_token {
+                retried_token = true;
+                continue;
+            }
+            let text = match response.text().await {
+                Ok(text) => text,
+                Err(e) => {
+                    let outcome = Outcome::Ambiguous {
+                        reason: format!("the answer could not be read: {e}"),
+                    };
+                    return Call {
+                        outcome,
+                        exchange: self.exchange(
+                            endpoint,
+                            request_body,
+                            None,
+                            Some(status),
+                            started.elapsed(),
+                        ),
+                    };
+                }
+            };
+            let outcome = self.interpret(status, &text);
+            let exchange = self.exchange(
+                endpoint,
+                request_body,
+                Some(text),
+                Some(status),
+                started.elapsed(),
+            );
+            return Call { outcome, exchange };
+        }
+    }
+
+    /// Serialises a request; on the VSCU profile the identity goes into the body as well.
+    fn body_for<R: serde::Serialize>(&self, request: &R) -> Result<Vec<u8>, serde_json::Error> {
+        let mut value = serde_json::to_value(request)?;
+        if self.config.profile == Profile::Vscu
+            && let Value::Object(map) = &mut value
+        {
+            for (key, identity) in [("tin", &self.config.tin), ("bhfId", &self.config.bhf_id)] {
+                let slot = map.entry(key).or_insert(Value::Null);
+                if slot.is_null() {
+                    *slot = Value::String(identity.clone());
+                }
+            }
+        }
+        serde_json::to_vec(&value)
+    }
+
+    fn request(
+        &self,
+        endpoint: EndpointName,
+        url: &str,
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let config = &self.config;
+        let mut request = self
+            .http
+            .post(url)
+            .timeout(config.timeouts.for_class(endpoint.call_class()))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("tin", &config.tin)
+            .header("bhfId", &config.bhf_id)
+            .body(body);
+        if endpoint != EndpointName::SelectInitOsdcInfo
+            && let Some(key) = &config.cmc_key
+        {
+            request = request.header("cmcKey", key.expose());
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request
+    }
+
+    /// Reads an answer into an outcome.
+    fn interpret(&self, status: u16, text: &str) -> Outcome<Value> {
+        let envelope = match self.config.profile {
+            Profile::GavaConnect => match serde_json::from_str::<GatewayEnvelope<Value>>(text) {
+                Ok(GatewayEnvelope {
+                    response_body: Some(body),
+                    ..
+                }) => Some(body),
+                Ok(GatewayEnvelope {
+                    response_header,
+                    response_body: None,
+                }) if (400..500).contains(&status) => {
+                    let message = [
+                        response_header.customer_message,
+                        response_header.debug_message,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(": ");
+                    return Outcome::Rejected {
+                        code: ResultCode::Other(format!("HTTP{status}")),
+                        message,
+                    };
+                }
+                _ => None,
+            },
+            Profile::Oscu | Profile::Vscu => serde_json::from_str::<Envelope<Value>>(text).ok(),
+        };
+        match envelope {
+            Some(envelope) if envelope.result_cd.is_success() => Outcome::Ok {
+                code: envelope.result_cd,
+                data: envelope.data,
+            },
+            Some(envelope) => Outcome::Rejected {
+                code: envelope.result_cd,
+                message: envelope.result_msg,
+            },
+            // No envelope: a gateway or proxy spoke. A 4xx refused the request before it
+            // was processed; anything else may have been processed.
+            None if (400..500).contains(&status) && status != 408 => Outcome::Rejected {
+                code: ResultCode::Other(format!("HTTP{status}")),
+                message: excerpt(text),
+            },
+            None => Outcome::Ambiguous {
+                reason: format!("HTTP {status} without a usable envelope: {}", excerpt(text)),
+            },
+        }
+    }
+
+    fn exchange(
+        &self,
+        endpoint: EndpointName,
+        request_body: String,
+        response_body: Option<String>,
+        http_status: Option<u16>,
+        elapsed: Duration,
+    ) -> Exchange {
+        Exchange {
+            endpoint,
+            path: endpoint.path(self.config.profile).to_owned(),
+            request_body,
+            response_body,
+            http_status,
+            elapsed,
+        }
+    }
+
+    /// GavaConnect's bearer token, fetched when missing, expiring within a minute, or
+    /// refused (`refresh`).
+    async fn gateway_token(&self, refresh: bool) -> Result<Option<String>, Outcome<Value>> {
+        let Some(gateway) = &self.config.gateway else {
+            return Ok(None);
+        };
+        if self.config.profile != Profile::GavaConnect {
+            return Ok(None);
+        }
+        let mut cached = self.token.lock().await;
+        if let Some((token, expires)) = cached.as_ref()
+            && !refresh
+            && *expires > Instant::now() + Duration::from_secs(60)
+        {
+            return Ok(Some(token.clone()));
+        }
+        let response = self
+            .http
+            .get(&gateway.token_url)
+            .query(&[("grant_type", "client_credentials")])
+            .basic_auth(
+                &gateway.consumer_key,
+                Some(gateway.consumer_secret.expose()),
+            )
+            .timeout(self.config.timeouts.init)
+            .send()
+            .await
+            .map_err(|e| match classify_send_error(&e) {
+                Outcome::Ambiguous { reason } => Outcome::NotSent {
+                    reason: format!("token request failed: {reason}"),
+                },
+                other => other,
+            })?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.map_err(|e| Outcome::NotSent {
+            reason: format!("token answer unreadable (HTTP {status}): {e}"),
+        })?;
+        let token = body
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|_| status == 200)
+            .ok_or_else(|| Outcome::Rejected {
+                code: ResultCode::Other(format!("HTTP{status}")),
+                message: "GavaConnect refused the consumer key and secret".to_owned(),
+            })?;
+        let expires_in = body
+            .get("expires_in")
+            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+            .unwrap_or(3600);
+        *cached = Some((
+            token.to_owned(),
+            Instant::now() + Duration::from_secs(expires_in),
+        ));
+        Ok(Some(token.to_owned()))
+    }
+}
+
+/// A send error is `NotSent` only when the request provably never left: the connection was
+/// never established. Everything after connecting may have reached the server.
+fn classify_send_error<T>(error: &reqwest::Error) -> Outcome<T> {
+    if error.is_connect() {
+        Outcome::NotSent {
+            reason: format!("cannot connect: {}", error_chain(error)),
+        }
+    } else if error.is_builder() {
+        Outcome::NotSent {
+            reason: format!("invalid request: {}", error_chain(error)),
+        }
+    } else if error.is_timeout() {
+        Outcome::Ambiguous {
+            reason: format!("no answer in time: {}", error_chain(error)),
+        }
+    } else {
+        Outcome::Ambiguous {
+            reason: format!("connection failed after sending: {}", error_chain(error)),
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn excerpt(text: &str) -> String {
+    text.chars().take(300).collect()
+}
