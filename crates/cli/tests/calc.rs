@@ -418,3 +418,150 @@ fn reference_vectors_end_to_end() {
         }
     }
 }
+
+/// Waits for a child with a deadline: a hang is a failure, not a stuck test run.
+fn wait_with_deadline(child: &mut std::process::Child, seconds: u64) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ushuru calc did not finish within {seconds} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// An invoice of `count` lines, one JSON line.
+fn big_invoice(count: usize) -> String {
+    let lines: Vec<Value> = (0..count)
+        .map(|i| line(json!(format!("{}.50", i % 1000)), "B", json!(1)))
+        .collect();
+    json!({ "lines": lines }).to_string()
+}
+
+#[test]
+fn lines_longer_than_a_chunk_anywhere() {
+    let long = big_invoice(15_000);
+    assert!(long.len() > 1 << 20, "must exceed the 1 MiB chunk");
+    let short = json!({"lines": [line(json!("10"), "B", json!(1))]}).to_string();
+    for input in [
+        format!("{short}\n{long}\n{short}\n"),
+        format!("{long}\n{short}\n{long}"),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ushuru"))
+            .arg("calc")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut stdout, &mut out).map(|_| out)
+        });
+        let status = wait_with_deadline(&mut child, 60);
+        writer.join().unwrap().unwrap();
+        let out = parse_lines(&reader.join().unwrap().unwrap());
+        assert!(status.success());
+        assert_eq!(
+            out.len(),
+            3,
+            "every invoice priced, none lost to document mode"
+        );
+        assert!(out.iter().all(|o| o.get("totals").is_some()));
+    }
+}
+
+#[test]
+fn a_reader_that_stops_early_does_not_hang_the_pipeline() {
+    let input = big_invoice(3).repeat(1) + "\n";
+    let input = input.repeat(40_000); // ~20 MB: many chunks
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ushuru"))
+        .args(["calc", "--jobs", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.contains("totals"));
+    drop(stdout); // like `| head -1`
+    let status = wait_with_deadline(&mut child, 60);
+    writer.join().unwrap();
+    assert!(
+        status.success(),
+        "a closed pipe is not an error of ours: {status}"
+    );
+}
+
+#[test]
+fn a_failing_output_exits_2_with_a_message() {
+    if !std::path::Path::new("/dev/full").exists() {
+        return;
+    }
+    let input = (big_invoice(3) + "\n").repeat(20_000);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ushuru"))
+        .arg("calc")
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let status = wait_with_deadline(&mut child, 60);
+    writer.join().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("writing results"), "{stderr}");
+}
+
+#[test]
+fn odd_but_valid_inputs() {
+    // A byte-order mark before JSON Lines.
+    let valid = json!({"lines": [line(json!("10"), "B", json!(1))]}).to_string();
+    let output = ushuru(&["calc"], format!("\u{feff}{valid}\n{valid}\n").as_bytes());
+    assert_eq!(
+        (parse_lines(&output.stdout).len(), output.status.code()),
+        (2, Some(0))
+    );
+
+    // A number where a line should be, even one beyond any float.
+    let (out, code) = calc("{\"lines\":[1e400]}\n{\"lines\":[{\"name\":\"x\"}, \"y\"]}");
+    assert_eq!(code, 1);
+    assert_eq!(
+        (
+            out[0]["error"]["code"].as_str(),
+            out[0]["error"]["line"].as_u64()
+        ),
+        (Some("INVALID_TYPE"), Some(1))
+    );
+    assert_eq!(
+        (
+            out[1]["error"]["code"].as_str(),
+            out[1]["error"]["line"].as_u64()
+        ),
+        (Some("INVALID_TYPE"), Some(2))
+    );
+
+    // A lone surrogate escape is a broken string, not a wrong type.
+    let (out, _) = calc(
+        r#"{"lines":[{"name":"\ud800","item_code":"y","price":1,"band":"B","qty":1,"price_is_inclusive":true}]}"#,
+    );
+    assert_eq!(out[0]["error"]["code"], "INVALID_STRING");
+    assert_eq!(out[0]["error"]["field"], "name");
+}

@@ -287,7 +287,8 @@ fn parse_minor_units(text: &str, scale: u32, rounding: Rounding) -> Result<i128,
         return Err(NumberError::NotANumber);
     }
 
-    // The digits of integer‖fraction, with the decimal point after `point` of them.
+    // The digits of integer‖fraction, with the decimal point after `point` of them. All
+    // positions are i64 with saturating arithmetic: the exponent may be absurdly large.
     let digit_count = integer.len() + fraction.len();
     let digit_at = |i: usize| -> u8 {
         if i < integer.len() {
@@ -296,34 +297,39 @@ fn parse_minor_units(text: &str, scale: u32, rounding: Rounding) -> Result<i128,
             fraction[i - integer.len()] - b'0'
         }
     };
-    let point = integer.len() as i64 + exponent;
-    // The result keeps the digits before position `point + scale`.
-    let keep = point + i64::from(scale);
-
+    let Some(lead) = (0..digit_count).find(|&i| digit_at(i) != 0) else {
+        return Ok(0); // zero, however written
+    };
+    let point = (integer.len() as i64).saturating_add(exponent);
+    // The result is the digits before position `keep`, rounded by those from `keep` on.
+    let keep = point.saturating_add(i64::from(scale));
+    let significant = keep.saturating_sub(lead as i64);
+    // i128 holds 38 digits; anything longer is far beyond every range we accept.
+    if significant > 38 {
+        return Err(NumberError::OutOfRange);
+    }
     let mut minor: i128 = 0;
-    for i in 0..keep.max(0) {
+    for i in lead as i64..keep {
         let digit = usize::try_from(i)
             .ok()
             .filter(|&i| i < digit_count)
             .map_or(0, digit_at);
-        minor = minor
-            .checked_mul(10)
-            .and_then(|m| m.checked_add(i128::from(digit)))
-            .ok_or(NumberError::OutOfRange)?;
+        minor = minor * 10 + i128::from(digit);
     }
-    // Everything from `keep` on is dropped.
-    let first_dropped = usize::try_from(keep).unwrap_or(0);
-    let dropped = (first_dropped..digit_count).map(digit_at);
     match rounding {
         Rounding::HalfUp => {
-            // HALF_UP depends only on the first dropped digit (a leading implicit zero when
-            // `keep` is negative, which rounds down).
-            if keep >= 0 && dropped.take(1).any(|d| d >= 5) {
-                minor = minor.checked_add(1).ok_or(NumberError::OutOfRange)?;
+            // HALF_UP depends only on the first dropped digit; when `keep` is before the
+            // first significant digit, that is a zero and the value rounds down to 0.
+            let first_dropped = usize::try_from(keep)
+                .ok()
+                .filter(|&k| k >= lead && k < digit_count);
+            if first_dropped.is_some_and(|k| digit_at(k) >= 5) {
+                minor += 1;
             }
         }
         Rounding::Exact => {
-            if dropped.into_iter().any(|d| d != 0) {
+            let dropped_from = usize::try_from(keep.max(0)).unwrap_or(usize::MAX).max(lead);
+            if (dropped_from..digit_count).any(|i| digit_at(i) != 0) {
                 return Err(NumberError::TooPrecise {
                     max_decimals: scale,
                 });
@@ -333,8 +339,8 @@ fn parse_minor_units(text: &str, scale: u32, rounding: Rounding) -> Result<i128,
     Ok(if negative { -minor } else { minor })
 }
 
-/// An exponent's digits, clamped: anything beyond ±1000 is out of range or rounds to zero
-/// for every value we accept, and clamping keeps the digit loop above bounded.
+/// An exponent's digits, saturating far beyond any digit count a text can have, so that
+/// positions computed from it stay exact where it matters.
 fn parse_exponent(text: &[u8]) -> Result<i64, NumberError> {
     let (negative, digits) = match text.split_first() {
         Some((b'-', rest)) => (true, rest),
@@ -344,9 +350,11 @@ fn parse_exponent(text: &[u8]) -> Result<i64, NumberError> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Err(NumberError::NotANumber);
     }
-    let magnitude = digits
-        .iter()
-        .fold(0i64, |acc, &d| (acc * 10 + i64::from(d - b'0')).min(1000));
+    let magnitude = digits.iter().fold(0i64, |acc, &d| {
+        acc.saturating_mul(10)
+            .saturating_add(i64::from(d - b'0'))
+            .min(1 << 60)
+    });
     Ok(if negative { -magnitude } else { magnitude })
 }
 
@@ -376,6 +384,27 @@ mod tests {
         assert_eq!(money("0e999999").unwrap(), "0.00");
         assert_eq!(money("-0.00").unwrap(), "0.00");
         assert_eq!(money("0.30000000000000004441").unwrap(), "0.30");
+        // Long digit strings with exponents that undo them (found by review).
+        assert_eq!(
+            money(&format!("5{}e-1001", "0".repeat(1001))).unwrap(),
+            "5.00"
+        );
+        assert_eq!(
+            money(&format!("0.{}5e1003", "0".repeat(1000))).unwrap(),
+            "500.00"
+        );
+        assert_eq!(
+            money(&format!("0.{}5e1001", "0".repeat(1000))).unwrap(),
+            "5.00"
+        );
+        assert_eq!(money(&format!("0.{}5", "0".repeat(5000))).unwrap(), "0.00");
+        assert_eq!(
+            money(&format!("{}1.005", "0".repeat(3000))).unwrap(),
+            "1.01"
+        );
+        assert_eq!(money("5e-3").unwrap(), "0.01");
+        assert_eq!(money("4e-3").unwrap(), "0.00");
+        assert_eq!(money("5e-4").unwrap(), "0.00");
         assert_eq!(
             money("99999999999999999999.99").unwrap(),
             "99999999999999999999.99"
@@ -430,6 +459,17 @@ mod tests {
             "10.12"
         );
         assert_eq!("16".parse::<Percent>().unwrap().minor(), 1600);
+        assert_eq!(
+            Percent::parse(&format!("1{}e-1001", "0".repeat(1001)), Rounding::Exact)
+                .unwrap()
+                .to_string(),
+            "1.00"
+        );
+        assert_eq!(
+            Percent::parse("1e-5", Rounding::Exact),
+            Err(NumberError::TooPrecise { max_decimals: 2 })
+        );
+        assert_eq!(Percent::parse("0e-99", Rounding::Exact).unwrap().minor(), 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One invoice of `ushuru calc`: its JSON read without copying, priced, and written back.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -96,8 +97,6 @@ struct RawLine<'a> {
     /// The first key that is not one of the above: refused, so that a misspelt
     /// `discount_rate` can never be silently ignored.
     unknown_field: Option<String>,
-    /// Any line that is not a JSON object.
-    not_an_object: bool,
 }
 
 const LINE_FIELDS: &str =
@@ -125,16 +124,26 @@ fn parse(json: &[u8]) -> Result<Vec<RawLine<'_>>, InvoiceError> {
             format!("not valid JSON: not UTF-8 ({e})"),
         )
     })?;
+    // Which line is being read (1-based; 0 outside the lines), to name it in an error.
+    let current_line = Cell::new(0);
     let mut deserializer = serde_json::Deserializer::from_str(json);
     let invoice = deserializer
-        .deserialize_map(InvoiceVisitor)
+        .deserialize_map(InvoiceVisitor {
+            current_line: &current_line,
+        })
         .and_then(|invoice| deserializer.end().map(|()| invoice))
-        .map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => InvoiceError::invoice(
+        .map_err(|e| match (e.classify(), current_line.get()) {
+            (serde_json::error::Category::Data, 0) => InvoiceError::invoice(
                 "INVALID_INVOICE",
                 None,
                 format!("{e}; an invoice is {{\"lines\":[…]}}"),
             ),
+            (serde_json::error::Category::Data, line) => InvoiceError {
+                line: Some(line),
+                field: None,
+                code: "INVALID_TYPE",
+                message: format!("line {line} is not a line object: {e}"),
+            },
             _ => InvoiceError::invoice("INVALID_JSON", None, format!("not valid JSON: {e}")),
         })?;
     if let Some(field) = invoice.unknown_field {
@@ -157,9 +166,11 @@ fn parse(json: &[u8]) -> Result<Vec<RawLine<'_>>, InvoiceError> {
     }
 }
 
-struct InvoiceVisitor;
+struct InvoiceVisitor<'c> {
+    current_line: &'c Cell<usize>,
+}
 
-impl<'de> Visitor<'de> for InvoiceVisitor {
+impl<'de> Visitor<'de> for InvoiceVisitor<'_> {
     type Value = RawInvoice<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -176,7 +187,11 @@ impl<'de> Visitor<'de> for InvoiceVisitor {
                 "lines" if invoice.lines.is_some() => {
                     return Err(de::Error::duplicate_field("lines"));
                 }
-                "lines" => invoice.lines = Some(map.next_value_seed(LinesSeed)?),
+                "lines" => {
+                    invoice.lines = Some(map.next_value_seed(LinesSeed {
+                        current_line: self.current_line,
+                    })?)
+                }
                 other => {
                     invoice
                         .unknown_field
@@ -211,9 +226,11 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
     }
 }
 
-struct LinesSeed;
+struct LinesSeed<'c> {
+    current_line: &'c Cell<usize>,
+}
 
-impl<'de> de::DeserializeSeed<'de> for LinesSeed {
+impl<'de> de::DeserializeSeed<'de> for LinesSeed<'_> {
     type Value = Vec<RawLine<'de>>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
@@ -221,7 +238,7 @@ impl<'de> de::DeserializeSeed<'de> for LinesSeed {
     }
 }
 
-impl<'de> Visitor<'de> for LinesSeed {
+impl<'de> Visitor<'de> for LinesSeed<'_> {
     type Value = Vec<RawLine<'de>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -230,16 +247,21 @@ impl<'de> Visitor<'de> for LinesSeed {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut lines = Vec::with_capacity(seq.size_hint().unwrap_or(8));
-        while let Some(line) = seq.next_element::<RawLine<'de>>()? {
-            lines.push(line);
+        loop {
+            self.current_line.set(lines.len() + 1);
+            match seq.next_element::<RawLine<'de>>()? {
+                Some(line) => lines.push(line),
+                None => break,
+            }
         }
+        self.current_line.set(0);
         Ok(lines)
     }
 }
 
 impl<'de> de::Deserialize<'de> for RawLine<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(LineVisitor)
+        deserializer.deserialize_map(LineVisitor)
     }
 }
 
@@ -280,57 +302,14 @@ impl<'de> Visitor<'de> for LineVisitor {
         }
         Ok(line)
     }
-
-    // Anything else is recorded, not failed on, so the error can name the line.
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(RawLine {
-            not_an_object: true,
-            ..RawLine::default()
-        })
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(RawLine {
-            not_an_object: true,
-            ..RawLine::default()
-        })
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(RawLine {
-            not_an_object: true,
-            ..RawLine::default()
-        })
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(RawLine {
-            not_an_object: true,
-            ..RawLine::default()
-        })
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(RawLine {
-            not_an_object: true,
-            ..RawLine::default()
-        })
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(RawLine {
-            not_an_object: true,
-            ..RawLine::default()
-        })
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(RawLine {
-            not_an_object: true,
-            ..RawLine::default()
-        })
-    }
 }
 
 /// A JSON value's text: a string's contents (unescaped when needed), or a number's
 /// literal digits, which stay exact because they are never turned into a float.
 enum Scalar<'a> {
     Text(Cow<'a, str>),
+    /// A JSON string whose escapes do not make a valid string (a lone surrogate `\ud800`).
+    BadText,
     Number(&'a str),
     Null,
     Other,
@@ -343,7 +322,7 @@ fn scalar(raw: &RawValue) -> Scalar<'_> {
         // its contents; only strings with escapes need decoding.
         Some(b'"') if !text.contains('\\') => Scalar::Text(Cow::Borrowed(&text[1..text.len() - 1])),
         Some(b'"') => serde_json::from_str::<String>(text)
-            .map_or(Scalar::Other, |s| Scalar::Text(Cow::Owned(s))),
+            .map_or(Scalar::BadText, |s| Scalar::Text(Cow::Owned(s))),
         Some(b'-' | b'0'..=b'9') => Scalar::Number(text),
         Some(b'n') => Scalar::Null,
         _ => Scalar::Other,
@@ -368,6 +347,17 @@ fn wrong_type(line: usize, field: &'static str, what: &str) -> InvoiceError {
     )
 }
 
+fn bad_text(line: usize, field: &'static str) -> InvoiceError {
+    InvoiceError::line(
+        line,
+        field,
+        "INVALID_STRING",
+        format!(
+            "line {line}: {field} has an escape that is not a character (a lone UTF-16 surrogate)"
+        ),
+    )
+}
+
 /// A decimal field: a JSON number or a string holding a decimal. `null` means absent.
 fn decimal_text<'a>(
     line: usize,
@@ -378,6 +368,7 @@ fn decimal_text<'a>(
         None | Some(Scalar::Null) => Ok(None),
         Some(Scalar::Number(digits)) => Ok(Some(Cow::Borrowed(digits))),
         Some(Scalar::Text(text)) => Ok(Some(text)),
+        Some(Scalar::BadText) => Err(bad_text(line, field)),
         Some(Scalar::Other) => Err(wrong_type(
             line,
             field,
@@ -394,6 +385,7 @@ fn required_text<'a>(
     match raw.map(scalar) {
         None | Some(Scalar::Null) => Err(missing(line, field, "it is required")),
         Some(Scalar::Text(text)) => Ok(text),
+        Some(Scalar::BadText) => Err(bad_text(line, field)),
         Some(_) => Err(wrong_type(line, field, "a string")),
     }
 }
@@ -403,14 +395,6 @@ fn price_line(
     raw: &RawLine<'_>,
     rates: &TaxRates,
 ) -> Result<PricedLine, InvoiceError> {
-    if raw.not_an_object {
-        return Err(InvoiceError {
-            line: Some(line),
-            field: None,
-            code: "INVALID_TYPE",
-            message: format!("line {line} is not an object"),
-        });
-    }
     if let Some(field) = &raw.unknown_field {
         return Err(InvoiceError::line(
             line,

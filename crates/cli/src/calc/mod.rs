@@ -4,7 +4,7 @@ mod invoice;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
 use serde::de::IgnoredAny;
@@ -37,13 +37,29 @@ pub fn calculate_stream<R: Read + Send>(
     workers: usize,
 ) -> io::Result<Summary> {
     let mut buffer = Vec::with_capacity(CHUNK_BYTES + (64 << 10));
-    let at_end = fill(&mut input, &mut buffer, CHUNK_BYTES)?;
+    let mut at_end = fill(&mut input, &mut buffer, CHUNK_BYTES)?;
+    // The format is decided on the first non-blank line: read until it is whole.
+    while !at_end && !first_line_is_whole(&buffer) {
+        let target = buffer.len() + CHUNK_BYTES;
+        at_end = fill(&mut input, &mut buffer, target)?;
+    }
+    // A byte-order mark is not JSON; editors on Windows write one.
+    if buffer.starts_with(b"\xEF\xBB\xBF") {
+        buffer.drain(..3);
+    }
     if is_json_lines(&buffer) {
         calculate_lines(input, buffer, at_end, output, rates, workers.max(1))
     } else {
         input.read_to_end(&mut buffer)?;
         calculate_document(&buffer, output, rates)
     }
+}
+
+fn first_line_is_whole(buffer: &[u8]) -> bool {
+    buffer
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .is_some_and(|start| memchr::memchr(b'\n', &buffer[start..]).is_some())
 }
 
 fn is_json_lines(start: &[u8]) -> bool {
@@ -120,25 +136,42 @@ fn calculate_lines<R: Read + Send>(
         invalid: u64,
     }
 
-    // Bounded, so that a slow reader of our output holds back the reading too.
+    // Bounded, so that a slow reader of our output holds back the reading too. The job
+    // queue is owned by the workers alone: when the last one stops (the writer failed), the
+    // queue closes and the reader, blocked on sending, stops too.
     let (jobs, job_queue) = mpsc::sync_channel::<Job>(workers);
-    let job_queue = Mutex::new(job_queue);
+    let job_queue = Arc::new(Mutex::new(job_queue));
     let (done, finished) = mpsc::sync_channel::<Done>(workers * 2);
 
     thread::scope(|scope| {
         let reader = scope.spawn(move || -> io::Result<()> {
             let (mut pending, mut at_end) = (first, first_is_last);
             let (mut sequence, mut next_number) = (0, 1);
+            // How much of `pending` is known to hold no newline: a line longer than a chunk
+            // is read on until it ends, without scanning its start again.
+            let mut searched = 0;
             loop {
                 if !at_end {
-                    at_end = fill(&mut input, &mut pending, CHUNK_BYTES)?;
+                    let target = if searched == 0 {
+                        CHUNK_BYTES
+                    } else {
+                        pending.len() + CHUNK_BYTES
+                    };
+                    at_end = fill(&mut input, &mut pending, target)?;
                 }
                 // Cut after the last newline; the partial line waits for the next chunk.
                 let cut = if at_end {
                     pending.len()
                 } else {
-                    memchr::memrchr(b'\n', &pending).map_or(0, |i| i + 1)
+                    match memchr::memrchr(b'\n', &pending[searched..]) {
+                        Some(at) => searched + at + 1,
+                        None => {
+                            searched = pending.len();
+                            continue;
+                        }
+                    }
                 };
+                searched = 0;
                 let rest = pending.split_off(cut);
                 let chunk = std::mem::replace(&mut pending, rest);
                 if !chunk.is_empty() {
@@ -163,7 +196,7 @@ fn calculate_lines<R: Read + Send>(
         });
 
         for _ in 0..workers {
-            let (job_queue, done) = (&job_queue, done.clone());
+            let (job_queue, done) = (Arc::clone(&job_queue), done.clone());
             scope.spawn(move || {
                 loop {
                     // The lock is held only to take a job, never while pricing.
@@ -186,7 +219,7 @@ fn calculate_lines<R: Read + Send>(
                 }
             });
         }
-        drop(done);
+        drop((done, job_queue));
 
         let mut summary = Summary::default();
         let mut waiting = BTreeMap::new();
@@ -204,7 +237,7 @@ fn calculate_lines<R: Read + Send>(
             output.flush()
         })();
         // On a write error, stop the pipeline: dropping the receiver ends the workers, whose
-        // exit ends the job queue and so the reader.
+        // exit closes the job queue, which ends the reader.
         drop(finished);
         let read = reader
             .join()
