@@ -1,6 +1,7 @@
 //! `ushuru`: the command-line entry point.
 
 mod calc;
+mod sandbox;
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -27,6 +28,9 @@ enum Command {
     /// Price invoices: lines in, KRA's line and invoice amounts out (JSON or JSON Lines)
     #[command(long_about = CALC_HELP, after_long_help = CALC_EXAMPLE)]
     Calc(CalcArgs),
+    /// Run a control-unit sandbox (KRA OSCU / VSCU emulator with fault injection)
+    #[command(long_about = sandbox::SANDBOX_HELP, after_long_help = sandbox::SANDBOX_EXAMPLE)]
+    Sandbox(sandbox::SandboxArgs),
 }
 
 const CALC_HELP: &str = r#"Price invoices with the exact VAT arithmetic of KRA eTIMS: the rules of the taxid-etims
@@ -108,7 +112,21 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Calc(args) => run_calc(args),
+        Command::Sandbox(args) => {
+            init_logging();
+            sandbox::run(args).map(|()| ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Logs to standard error; `RUST_LOG` (e.g. `debug`) sets the level, `info` by default.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .try_init();
 }
 
 fn run_calc(args: CalcArgs) -> anyhow::Result<ExitCode> {

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod codes;
+pub mod draft;
 pub mod endpoints;
 pub mod envelope;
 pub mod types;
@@ -15,5 +16,6 @@ pub use client::{
     Timeouts,
 };
 pub use codes::{ResultClass, ResultCode};
+pub use draft::{DraftLine, SaleDraft};
 pub use endpoints::{CallClass, Endpoint, EndpointName, Profile};
 pub use envelope::{Envelope, GatewayEnvelope, GatewayHeader};

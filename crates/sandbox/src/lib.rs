@@ -1,6 +1,18 @@
-//! A control-unit emulator (OSCU and VSCU behaviour), its state, signing, validation, virtual
-//! clock and fault injection.
+//! A control-unit emulator: KRA's OSCU server and the VSCU JAR, faithful enough that an OSCU
+//! client works against it unchanged, strict enough to catch integration mistakes, and able
+//! to fail in every way the real one fails (see [`faults`]).
 //!
-//! Filled by the sandbox issue; see `docs/architecture.md` for what belongs here.
+//! Facts and section numbers: `../shared/reference/kra-protocol.md`.
 
-pub use ushuru_kra as kra;
+pub mod catalog;
+pub mod clock;
+pub mod control_unit;
+pub mod faults;
+pub mod persist;
+mod sale_rules;
+pub mod server;
+pub mod sign;
+pub mod state;
+
+pub use control_unit::{Caller, Config, ControlUnit, Mode, Reply};
+pub use server::{Sandbox, SandboxHandle};

@@ -1,0 +1,99 @@
+//! The optional state file: SQLite, one row per record, written through as records change,
+//! so that a sandbox restarted on the same file carries on where it stopped.
+
+use std::path::Path;
+
+use rusqlite::{Connection, params};
+
+use crate::state::{Changes, Kind, State};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("state file: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state file holds a record that does not read back ({kind} {key}): {source}")]
+    Corrupt {
+        kind: String,
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("cannot encode a record: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+pub struct StateFile {
+    connection: Connection,
+}
+
+impl StateFile {
+    /// Opens (or creates) the file. WAL with `synchronous=NORMAL`: a commit survives a
+    /// crash of the sandbox; a power cut may lose the last moments, which a sandbox can afford.
+    pub fn open(path: &Path) -> Result<Self, PersistError> {
+        let connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.execute_batch(
+            "CREATE TABLE IF NOT EXISTS records (
+                kind  TEXT NOT NULL,
+                key   TEXT NOT NULL,
+                value TEXT NOT NULL,
+                CONSTRAINT records_pk PRIMARY KEY (kind, key)
+            ) WITHOUT ROWID;",
+        )?;
+        Ok(StateFile { connection })
+    }
+
+    pub fn load(&self) -> Result<State, PersistError> {
+        let mut state = State::default();
+        let mut statement = self
+            .connection
+            .prepare("SELECT kind, key, value FROM records")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (kind, key, value) = row?;
+            let Some(kind_enum) = Kind::from_name(&kind) else {
+                continue;
+            };
+            state
+                .restore(kind_enum, key.clone(), &value)
+                .map_err(|source| PersistError::Corrupt { kind, key, source })?;
+        }
+        Ok(state)
+    }
+
+    /// Writes the changed records in one transaction.
+    pub fn write(&mut self, state: &State, changes: &Changes) -> Result<(), PersistError> {
+        if changes.0.is_empty() {
+            return Ok(());
+        }
+        let transaction = self.connection.transaction()?;
+        {
+            let mut upsert = transaction.prepare_cached(
+                "INSERT INTO records (kind, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value",
+            )?;
+            let mut delete =
+                transaction.prepare_cached("DELETE FROM records WHERE kind = ?1 AND key = ?2")?;
+            for (kind, key) in &changes.0 {
+                match state.record(*kind, key) {
+                    Some(json) => upsert.execute(params![kind.name(), key, json?])?,
+                    None => delete.execute(params![kind.name(), key])?,
+                };
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Forgets everything (the control API's reset).
+    pub fn clear(&mut self) -> Result<(), PersistError> {
+        self.connection.execute("DELETE FROM records", [])?;
+        Ok(())
+    }
+}

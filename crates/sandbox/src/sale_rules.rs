@@ -1,0 +1,283 @@
+//! What a sale must satisfy before the control unit signs it (kra-protocol.md §2.4, §6):
+//! codes, line arithmetic, per-band header sums within KRA's 0.01, rates as published in
+//! code class 04, registered items, and the credit-note rules. Numbering is checked by the
+//! caller, because `--lenient` relaxes it.
+
+use std::collections::BTreeMap;
+
+use ushuru_kra::ResultCode;
+use ushuru_kra::types::SaleRequest;
+use ushuru_kra::wire::minor_difference;
+use ushuru_tax::{Money, Quantity, TaxBand};
+
+use crate::control_unit::{Config, Reply, is_pin};
+use crate::state::{State, key, sale_key};
+
+/// KRA's tolerance on sums: one cent.
+const CENT: u128 = 1;
+
+/// Receipt labels the upstream validator accepts (§3); anything else is code 834.
+const LABELS: [&str; 7] = ["NS", "NR", "CS", "CR", "TS", "TR", "PS"];
+
+fn invalid<T>(detail: impl std::fmt::Display) -> Result<T, Reply> {
+    Err(Reply::refuse(ResultCode::RequestParameterError, detail))
+}
+
+pub fn check(
+    request: &SaleRequest,
+    config: &Config,
+    state: &State,
+    tin: &str,
+    bhf_id: &str,
+) -> Result<(), Reply> {
+    if !["S", "R"].contains(&request.rcpt_ty_cd.as_str()) {
+        return invalid(format!(
+            "rcptTyCd {:?} must be S (sale) or R (credit note)",
+            request.rcpt_ty_cd
+        ));
+    }
+    if let Some(kind) = &request.sales_ty_cd
+        && !["N", "C", "P", "T"].contains(&kind.as_str())
+    {
+        return invalid(format!(
+            "salesTyCd {kind:?} must be N, C, P or T (code class 14)"
+        ));
+    }
+    if !LABELS.contains(&request.label().as_str()) {
+        return Err(Reply::refuse(
+            ResultCode::InvalidLabelCombination,
+            format!("label {} is not one of {LABELS:?}", request.label()),
+        ));
+    }
+    if !["01", "02", "03", "04", "05", "06"].contains(&request.sales_stts_cd.as_str()) {
+        return invalid(format!(
+            "salesSttsCd {:?} is not a transaction progress code (class 11)",
+            request.sales_stts_cd
+        ));
+    }
+    if request.invc_no.0 == 0 {
+        return invalid("invcNo starts at 1");
+    }
+    if let Some(pin) = request.cust_tin.as_deref().filter(|p| !p.trim().is_empty())
+        && !is_pin(pin)
+    {
+        return invalid(format!("custTin {pin:?} is not a PIN (A123456789B)"));
+    }
+    let lines = &request.item_list;
+    if lines.is_empty() || lines.len() > 999 {
+        return invalid(format!(
+            "itemList must hold 1 to 999 lines, not {}",
+            lines.len()
+        ));
+    }
+    if request.tot_item_cnt.0 != lines.len() as u64 {
+        return invalid(format!(
+            "totItemCnt is {} but itemList has {} lines",
+            request.tot_item_cnt,
+            lines.len()
+        ));
+    }
+
+    let mut band_taxable = [Money::ZERO; 5];
+    let mut band_tax = [Money::ZERO; 5];
+    let mut total = Money::ZERO;
+    let sum = |a: Money, b: Money| {
+        a.checked_add(b)
+            .ok_or_else(|| Reply::refuse(ResultCode::RequestParameterError, "amounts overflow"))
+    };
+    for (index, line) in lines.iter().enumerate() {
+        let seq = index + 1;
+        if line.item_seq.0 != seq as u64 {
+            return invalid(format!(
+                "itemSeq of line {seq} is {}: lines are numbered 1, 2, 3, …",
+                line.item_seq
+            ));
+        }
+        let Ok(band) = line.tax_ty_cd.parse::<TaxBand>() else {
+            return invalid(format!(
+                "line {seq}: taxTyCd {:?} must be A, B, C, D or E",
+                line.tax_ty_cd
+            ));
+        };
+        if !config.lenient && !state.items.contains_key(&key(&[tin, &line.item_cd])) {
+            return invalid(format!(
+                "line {seq}: itemCd {} is not registered: saveItem first",
+                line.item_cd
+            ));
+        }
+        if !line.qty.0.is_positive() {
+            return invalid(format!("line {seq}: qty must be above zero"));
+        }
+        for (name, amount) in [
+            ("prc", line.prc),
+            ("splyAmt", line.sply_amt),
+            ("dcAmt", line.dc_amt),
+            ("taxblAmt", line.taxbl_amt),
+            ("taxAmt", line.tax_amt),
+            ("totAmt", line.tot_amt),
+        ] {
+            if amount.0.is_negative() {
+                return invalid(format!(
+                    "line {seq}: {name} is negative; credit notes carry positive amounts too"
+                ));
+            }
+        }
+        if line.dc_rt.0.is_negative() || line.dc_rt.0.minor() > 100 * 100 {
+            return invalid(format!("line {seq}: dcRt must be between 0 and 100"));
+        }
+        let supply = qty_times_price(line.qty.0, line.prc.0);
+        if minor_difference(supply, line.sply_amt.0) > CENT {
+            return invalid(format!(
+                "line {seq}: splyAmt {} is not qty × prc = {supply}",
+                line.sply_amt
+            ));
+        }
+        if line.dc_amt.0 > line.sply_amt.0 {
+            return invalid(format!(
+                "line {seq}: dcAmt {} exceeds splyAmt {}",
+                line.dc_amt, line.sply_amt
+            ));
+        }
+        // Two VAT conventions are in use and KRA accepts both (§2.4): VAT on the net amount
+        // (taxAmt = taxblAmt × r), or VAT inside it (taxAmt = taxblAmt × r / (1 + r)).
+        let rate = config.rates.rate(band).percent().minor();
+        let taxable = line.taxbl_amt.0.minor();
+        let on_net = taxable * rate / 10_000;
+        let inside = taxable * rate / (10_000 + rate);
+        let tax = line.tax_amt.0.minor();
+        if (tax - on_net).abs() > 1 && (tax - inside).abs() > 1 {
+            return invalid(format!(
+                "line {seq}: taxAmt {} does not fit band {band} at {} % of taxblAmt {}",
+                line.tax_amt,
+                config.rates.rate(band).percent(),
+                line.taxbl_amt
+            ));
+        }
+        band_taxable[band.index()] = sum(band_taxable[band.index()], line.taxbl_amt.0)?;
+        band_tax[band.index()] = sum(band_tax[band.index()], line.tax_amt.0)?;
+        total = sum(total, line.tot_amt.0)?;
+    }
+
+    let mut header_taxable = Money::ZERO;
+    let mut header_tax = Money::ZERO;
+    for (band, (taxable, rate, tax)) in TaxBand::ALL.into_iter().zip(request.band_fields()) {
+        let expected = config.rates.rate(band).percent();
+        if rate.0 != expected {
+            return invalid(format!(
+                "taxRt{band} is {rate} but band {band}'s rate is {expected} (code class 04)"
+            ));
+        }
+        if minor_difference(taxable.0, band_taxable[band.index()]) > CENT {
+            return invalid(format!(
+                "taxblAmt{band} {taxable} is not the sum of its lines, {}",
+                band_taxable[band.index()]
+            ));
+        }
+        if minor_difference(tax.0, band_tax[band.index()]) > CENT {
+            return invalid(format!(
+                "taxAmt{band} {tax} is not the sum of its lines, {}",
+                band_tax[band.index()]
+            ));
+        }
+        header_taxable = sum(header_taxable, taxable.0)?;
+        header_tax = sum(header_tax, tax.0)?;
+    }
+    if minor_difference(request.tot_taxbl_amt.0, header_taxable) > CENT {
+        return invalid(format!(
+            "totTaxblAmt {} is not the sum of taxblAmtA..E, {header_taxable}",
+            request.tot_taxbl_amt
+        ));
+    }
+    if minor_difference(request.tot_tax_amt.0, header_tax) > CENT {
+        return invalid(format!(
+            "totTaxAmt {} is not the sum of taxAmtA..E, {header_tax}",
+            request.tot_tax_amt
+        ));
+    }
+    if minor_difference(request.tot_amt.0, total) > CENT {
+        return invalid(format!(
+            "totAmt {} is not the sum of the lines' totAmt, {total}",
+            request.tot_amt
+        ));
+    }
+
+    match request.rcpt_ty_cd.as_str() {
+        "R" => check_credit_note(request, state, tin, bhf_id),
+        _ if request.org_invc_no.0 != 0 => invalid("orgInvcNo must be 0 for a sale"),
+        _ => Ok(()),
+    }
+}
+
+fn qty_times_price(qty: Quantity, price: Money) -> Money {
+    let product = qty.minor().saturating_mul(price.minor());
+    // qty has 4 places: HALF_UP back to cents.
+    let cents = (product.abs() + 5_000) / 10_000 * product.signum();
+    Money::from_minor(cents).unwrap_or(Money::ZERO)
+}
+
+/// A credit note reverses (part of) a signed sale of the same branch, never more than
+/// remains of it: per item quantity and in total.
+fn check_credit_note(
+    request: &SaleRequest,
+    state: &State,
+    tin: &str,
+    bhf_id: &str,
+) -> Result<(), Reply> {
+    let original_no = request.org_invc_no.0;
+    let Some(original) = state
+        .sales
+        .get(&sale_key(tin, bhf_id, original_no))
+        .filter(|s| s.request.rcpt_ty_cd == "S")
+    else {
+        return invalid(format!(
+            "orgInvcNo {original_no} is not a signed sale of this branch"
+        ));
+    };
+    let mut remaining_qty: BTreeMap<&str, Quantity> = BTreeMap::new();
+    for line in &original.request.item_list {
+        let entry = remaining_qty.entry(&line.item_cd).or_insert(Quantity::ZERO);
+        *entry = entry.checked_add(line.qty.0).unwrap_or(*entry);
+    }
+    let mut remaining_total = original.request.tot_amt.0;
+    let prefix = format!("{tin}/{bhf_id}/");
+    for earlier in state
+        .sales
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(_, s)| &s.request)
+        .filter(|r| r.rcpt_ty_cd == "R" && r.org_invc_no.0 == original_no)
+    {
+        for line in &earlier.item_list {
+            if let Some(left) = remaining_qty.get_mut(line.item_cd.as_str()) {
+                *left = left.checked_sub(line.qty.0).unwrap_or(*left);
+            }
+        }
+        remaining_total = remaining_total
+            .checked_sub(earlier.tot_amt.0)
+            .unwrap_or(remaining_total);
+    }
+    for line in &request.item_list {
+        match remaining_qty.get(line.item_cd.as_str()) {
+            None => {
+                return invalid(format!(
+                    "itemCd {} is not on the original invoice {original_no}",
+                    line.item_cd
+                ));
+            }
+            Some(left) if line.qty.0 > *left => {
+                return invalid(format!(
+                    "the credit note returns {} of {} but only {left} remain of invoice {original_no}",
+                    line.qty, line.item_cd
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if request.tot_amt.0 > remaining_total {
+        return invalid(format!(
+            "the credit note's totAmt {} exceeds the {remaining_total} that remains of invoice {original_no}",
+            request.tot_amt
+        ));
+    }
+    Ok(())
+}

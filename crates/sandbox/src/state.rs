@@ -1,0 +1,278 @@
+//! The control unit's records: devices, master data, signed sales, day reports. Every
+//! record sits in a map under a text key, so the optional state file can write each
+//! changed record through as it changes (see [`crate::persist`]).
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDateTime;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use ushuru_kra::types::{
+    DayReport, ImportItem, ItemRecord, PurchaseRequest, SaleRequest, SaveCustomerRequest,
+    SaveInsuranceRequest, SaveItemCompositionRequest, SaveUserRequest, StockIoRequest,
+    StockMasterRequest, StoredReceipt, Taxpayer,
+};
+use ushuru_kra::wire::{Date8, DateTime14};
+
+/// A record and when it last changed (for `lastReqDt` lookups).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stamped<T> {
+    pub changed: DateTime14,
+    pub value: T,
+}
+
+/// An initialised device of one branch.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Device {
+    pub tin: String,
+    pub bhf_id: String,
+    pub dvc_srl_no: String,
+    pub dvc_id: String,
+    pub sdc_id: String,
+    pub mrc_no: String,
+    pub cmc_key: String,
+    /// The HMAC key of the device's receipt signatures, hex.
+    pub signing_secret: String,
+    pub installed: DateTime14,
+    pub last_invc_no: u64,
+    /// `curRcptNo` per receipt label (NS, NR, CS, CR, TS, TR, PS).
+    pub receipt_counters: BTreeMap<String, u64>,
+    pub tot_rcpt_no: u64,
+    /// VSCU: the last time the device reached KRA; it stops signing 24 h after.
+    pub last_upstream_contact: DateTime14,
+    /// The number of the day report (Z) that is open now.
+    pub open_report_no: u64,
+    pub last_closed_day: Option<Date8>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("tin", &self.tin)
+            .field("bhf_id", &self.bhf_id)
+            .field("sdc_id", &self.sdc_id)
+            .field("last_invc_no", &self.last_invc_no)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sale or credit note the device signed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignedSale {
+    pub tin: String,
+    pub bhf_id: String,
+    pub sdc_id: String,
+    pub mrc_no: String,
+    pub label: String,
+    pub report_no: u64,
+    /// VSCU: whether KRA has received it (false while the upstream link is cut).
+    pub synced: bool,
+    pub request: SaleRequest,
+    pub receipt: StoredReceipt,
+}
+
+/// The kinds of record, one map each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Device,
+    Taxpayer,
+    Item,
+    Customer,
+    User,
+    Insurance,
+    Composition,
+    Import,
+    Purchase,
+    StockIo,
+    StockMaster,
+    Sale,
+    DayReport,
+    Settings,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 14] = [
+        Kind::Device,
+        Kind::Taxpayer,
+        Kind::Item,
+        Kind::Customer,
+        Kind::User,
+        Kind::Insurance,
+        Kind::Composition,
+        Kind::Import,
+        Kind::Purchase,
+        Kind::StockIo,
+        Kind::StockMaster,
+        Kind::Sale,
+        Kind::DayReport,
+        Kind::Settings,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Device => "device",
+            Kind::Taxpayer => "taxpayer",
+            Kind::Item => "item",
+            Kind::Customer => "customer",
+            Kind::User => "user",
+            Kind::Insurance => "insurance",
+            Kind::Composition => "composition",
+            Kind::Import => "import",
+            Kind::Purchase => "purchase",
+            Kind::StockIo => "stock_io",
+            Kind::StockMaster => "stock_master",
+            Kind::Sale => "sale",
+            Kind::DayReport => "day_report",
+            Kind::Settings => "settings",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// Settings that survive a restart with the state file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Settings {
+    pub clock_offset_ms: i64,
+    pub upstream_cut: bool,
+    pub next_device_no: u64,
+}
+
+/// Everything the control unit knows.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    pub devices: BTreeMap<String, Device>,
+    pub taxpayers: BTreeMap<String, Taxpayer>,
+    pub items: BTreeMap<String, Stamped<ItemRecord>>,
+    pub customers: BTreeMap<String, Stamped<SaveCustomerRequest>>,
+    pub users: BTreeMap<String, Stamped<SaveUserRequest>>,
+    pub insurances: BTreeMap<String, Stamped<SaveInsuranceRequest>>,
+    pub compositions: BTreeMap<String, Stamped<SaveItemCompositionRequest>>,
+    pub imports: BTreeMap<String, Stamped<ImportItem>>,
+    pub purchases: BTreeMap<String, Stamped<PurchaseRequest>>,
+    pub stock_io: BTreeMap<String, Stamped<StockIoRequest>>,
+    pub stock_master: BTreeMap<String, Stamped<StockMasterRequest>>,
+    pub sales: BTreeMap<String, SignedSale>,
+    pub day_reports: BTreeMap<String, DayReport>,
+    pub settings: Settings,
+}
+
+/// The key of a record: its parts joined by `/` (PINs, branch ids and codes never hold one).
+pub fn key(parts: &[&str]) -> String {
+    parts.join("/")
+}
+
+/// The key of a sale: invoice numbers zero-padded, so the map orders them numerically.
+pub fn sale_key(tin: &str, bhf_id: &str, invc_no: u64) -> String {
+    format!("{tin}/{bhf_id}/{invc_no:020}")
+}
+
+/// The key prefix of a branch's records.
+pub fn branch_prefix(tin: &str, bhf_id: &str) -> String {
+    format!("{tin}/{bhf_id}/")
+}
+
+const SETTINGS_KEY: &str = "settings";
+
+impl State {
+    /// A record as JSON, for the state file; `None` when it no longer exists.
+    pub fn record(&self, kind: Kind, key: &str) -> Option<Result<String, serde_json::Error>> {
+        fn json<T: Serialize>(value: Option<&T>) -> Option<Result<String, serde_json::Error>> {
+            value.map(serde_json::to_string)
+        }
+        match kind {
+            Kind::Device => json(self.devices.get(key)),
+            Kind::Taxpayer => json(self.taxpayers.get(key)),
+            Kind::Item => json(self.items.get(key)),
+            Kind::Customer => json(self.customers.get(key)),
+            Kind::User => json(self.users.get(key)),
+            Kind::Insurance => json(self.insurances.get(key)),
+            Kind::Composition => json(self.compositions.get(key)),
+            Kind::Import => json(self.imports.get(key)),
+            Kind::Purchase => json(self.purchases.get(key)),
+            Kind::StockIo => json(self.stock_io.get(key)),
+            Kind::StockMaster => json(self.stock_master.get(key)),
+            Kind::Sale => json(self.sales.get(key)),
+            Kind::DayReport => json(self.day_reports.get(key)),
+            Kind::Settings => json(Some(&self.settings)),
+        }
+    }
+
+    /// Puts back a record read from the state file.
+    pub fn restore(
+        &mut self,
+        kind: Kind,
+        key: String,
+        json: &str,
+    ) -> Result<(), serde_json::Error> {
+        fn put<T: serde::de::DeserializeOwned>(
+            map: &mut BTreeMap<String, T>,
+            key: String,
+            json: &str,
+        ) -> Result<(), serde_json::Error> {
+            map.insert(key, serde_json::from_str(json)?);
+            Ok(())
+        }
+        match kind {
+            Kind::Device => put(&mut self.devices, key, json),
+            Kind::Taxpayer => put(&mut self.taxpayers, key, json),
+            Kind::Item => put(&mut self.items, key, json),
+            Kind::Customer => put(&mut self.customers, key, json),
+            Kind::User => put(&mut self.users, key, json),
+            Kind::Insurance => put(&mut self.insurances, key, json),
+            Kind::Composition => put(&mut self.compositions, key, json),
+            Kind::Import => put(&mut self.imports, key, json),
+            Kind::Purchase => put(&mut self.purchases, key, json),
+            Kind::StockIo => put(&mut self.stock_io, key, json),
+            Kind::StockMaster => put(&mut self.stock_master, key, json),
+            Kind::Sale => put(&mut self.sales, key, json),
+            Kind::DayReport => put(&mut self.day_reports, key, json),
+            Kind::Settings => {
+                self.settings = serde_json::from_str(json)?;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn settings_key() -> &'static str {
+        SETTINGS_KEY
+    }
+
+    /// The state as JSON for the control API's dump: secrets replaced by `<redacted>`.
+    pub fn dump(&self) -> Value {
+        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Some(devices) = value.get_mut("devices").and_then(Value::as_object_mut) {
+            for device in devices.values_mut() {
+                for secret in ["cmc_key", "signing_secret"] {
+                    if let Some(slot) = device.get_mut(secret) {
+                        *slot = Value::String("<redacted>".into());
+                    }
+                }
+            }
+        }
+        if let Some(users) = value.get_mut("users").and_then(Value::as_object_mut) {
+            for user in users.values_mut() {
+                if let Some(slot) = user.pointer_mut("/value/pwd") {
+                    *slot = Value::String("<redacted>".into());
+                }
+            }
+        }
+        value
+    }
+}
+
+/// The records changed by an operation, to write through to the state file.
+#[derive(Debug, Default)]
+pub struct Changes(pub Vec<(Kind, String)>);
+
+impl Changes {
+    pub fn touch(&mut self, kind: Kind, key: impl Into<String>) {
+        self.0.push((kind, key.into()));
+    }
+}
+
+pub fn stamp(now: NaiveDateTime) -> DateTime14 {
+    DateTime14(now)
+}
