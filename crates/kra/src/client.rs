@@ -349,9 +349,14 @@ impl KraClient {
             .post(url)
             .timeout(config.timeouts.for_class(endpoint.call_class()))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("tin", &config.tin)
-            .header("bhfId", &config.bhf_id)
             .body(body);
+        // The VSCU JAR takes its identity from the body and has no use for the cmcKey.
+        if config.profile == Profile::Vscu {
+            return request;
+        }
+        request = request
+            .header("tin", &config.tin)
+            .header("bhfId", &config.bhf_id);
         if endpoint != EndpointName::SelectInitOsdcInfo
             && let Some(key) = &config.cmc_key
         {
