@@ -885,7 +885,7 @@ impl ControlUnit {
         if day.0 > now.date() {
             return refuse(
                 ResultCode::RequestParameterError,
-                format!("day {} has not ended yet", day.digits()),
+                format!("day {} is still to come", day.digits()),
             );
         }
         let device = &state.devices[device_key];
