@@ -29,8 +29,7 @@ pub const SANDBOX_EXAMPLE: &str = r#"EXAMPLE: sign a first sale
   $ ushuru sandbox --listen 127.0.0.1:8088 &
 
   # 1. initialise the device: the answer's data.info.cmcKey signs every later call
-  $ curl -s -X POST http://127.0.0.1:8088/selectInitOsdcInfo -H 'Content-Type: application/json' \
-      -d '{"tin":"P051234567A","bhfId":"00","dvcSrlNo":"POS-001"}'
+  $ curl -s -X POST http://127.0.0.1:8088/selectInitOsdcInfo -H 'Content-Type: application/json' -d '{"tin":"P051234567A","bhfId":"00","dvcSrlNo":"POS-001"}'
   $ KEY=<data.info.cmcKey from the answer>
   $ H=(-H 'Content-Type: application/json' -H 'tin: P051234567A' -H 'bhfId: 00' -H "cmcKey: $KEY")
 

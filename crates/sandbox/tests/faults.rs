@@ -1,5 +1,8 @@
 //! Every fault kind, and how the client classifies what it sees.
 
+// A test crate: a panic in a helper is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

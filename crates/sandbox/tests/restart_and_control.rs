@@ -1,5 +1,8 @@
 //! A state file survives a restart; the control API's clock, verify and reset.
 
+// A test crate: a panic in a helper is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
@@ -55,7 +58,9 @@ async fn a_restart_on_the_same_file_carries_on() {
     );
     let (_, upstream) = control(&handle, reqwest::Method::GET, "/_sandbox/upstream", None).await;
     assert_eq!(upstream["cut"], true);
-    let again = jar.clone(); // the cmcKey issued before the restart still works
+    // The cmcKey issued before the restart still works (OSCU paths check it).
+    let key = jar.config().cmc_key.clone().unwrap();
+    let again = client(&handle, Profile::Oscu, TIN, "00").with_cmc_key(key);
     let third = sign(&again, 3, "SODA", "348").await;
     assert_eq!((third.cur_rcpt_no, third.tot_rcpt_no), (Int(3), Int(3)));
     assert_eq!(

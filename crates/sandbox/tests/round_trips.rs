@@ -1,6 +1,9 @@
 //! The client against the sandbox, every endpoint, on each path profile: OSCU (headers),
 //! VSCU JAR (RRA paths, identity in the body) and GavaConnect (token, wrapped envelope).
 
+// A test crate: a panic in a helper is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,9 @@
 //! VSCU behaviour under a driven clock: the 24-hour offline ceiling, sync on restore, and
 //! the day close (Z) and reading (X) rules.
 
+// A test crate: a panic in a helper is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
