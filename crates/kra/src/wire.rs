@@ -236,26 +236,26 @@ pub fn from_slice_lenient<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, serde_
 }
 
 /// As [`from_slice_lenient`], from an already parsed value.
-pub fn from_value_lenient<T: DeserializeOwned>(value: Value) -> Result<T, serde_json::Error> {
-    serde_json::from_value(trim_keys(value))
+pub fn from_value_lenient<T: DeserializeOwned>(mut value: Value) -> Result<T, serde_json::Error> {
+    trim_keys(&mut value);
+    serde_json::from_value(value)
 }
 
-fn trim_keys(value: Value) -> Value {
+/// Trims keys in place; a map is rebuilt only when one of its keys needs it (rarely).
+fn trim_keys(value: &mut Value) {
     match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| {
-                    let trimmed = if k.trim().len() == k.len() {
-                        k
-                    } else {
-                        k.trim().to_owned()
-                    };
-                    (trimmed, trim_keys(v))
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(trim_keys).collect()),
-        other => other,
+        Value::Object(map) => {
+            if map.keys().any(|k| k.trim().len() != k.len()) {
+                let entries = std::mem::take(map);
+                *map = entries
+                    .into_iter()
+                    .map(|(k, v)| (k.trim().to_owned(), v))
+                    .collect();
+            }
+            map.values_mut().for_each(trim_keys);
+        }
+        Value::Array(items) => items.iter_mut().for_each(trim_keys),
+        _ => {}
     }
 }
 

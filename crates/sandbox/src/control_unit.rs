@@ -246,8 +246,9 @@ impl ControlUnit {
             let answer = if endpoint == EndpointName::SelectInitOsdcInfo {
                 self.initialise(state, changes, value, now)
             } else {
-                authenticate(state, profile, caller, &value)
-                    .and_then(|device| self.dispatch(state, changes, endpoint, &device, value, now))
+                authenticate(state, profile, caller, &value).and_then(|device| {
+                    self.dispatch(state, changes, endpoint, &device, value, body, now)
+                })
             };
             answer.unwrap_or_else(|refusal| refusal)
         });
@@ -267,6 +268,7 @@ impl ControlUnit {
         endpoint: EndpointName,
         device: &str,
         value: Value,
+        body: &[u8],
         now: NaiveDateTime,
     ) -> Answer {
         use EndpointName::*;
@@ -445,7 +447,7 @@ impl ControlUnit {
                 changes.touch(Kind::Import, record_key);
                 Ok(Reply::ok(None))
             }
-            SaveTrnsSalesOsdc => self.sign_sale(state, changes, device, value, now),
+            SaveTrnsSalesOsdc => self.sign_sale(state, changes, device, value, body, now),
             SelectInvoiceDetails => {
                 let request: InvoiceDetailsRequest = parse(value)?;
                 let sale = state.sales.get(&sale_key(&tin, &bhf_id, request.invc_no.0));
@@ -744,6 +746,7 @@ impl ControlUnit {
         changes: &mut Changes,
         device_key: &str,
         value: Value,
+        body: &[u8],
         now: NaiveDateTime,
     ) -> Answer {
         let request: SaleRequest = parse(value)?;
@@ -797,8 +800,7 @@ impl ControlUnit {
             device.last_upstream_contact = stamp(now);
         }
         let sdc_date_time = DateTime14(now);
-        let payload =
-            serde_json::to_vec(&request).map_err(|e| Reply::refuse(ResultCode::UnknownError, e))?;
+        let payload_sha256 = sign::payload_digest(body);
         let secret = data_encoding::HEXLOWER
             .decode(device.signing_secret.as_bytes())
             .unwrap_or_default();
@@ -812,7 +814,7 @@ impl ControlUnit {
             cur_rcpt_no,
             tot_rcpt_no: device.tot_rcpt_no,
             sdc_date_time: &sdc_date_time.digits(),
-            payload: &payload,
+            payload_sha256: &payload_sha256,
         };
         let (intrl_data, rcpt_sign) = sign::sign(&secret, &receipt_data);
         let receipt = StoredReceipt {
@@ -852,6 +854,7 @@ impl ControlUnit {
             label,
             report_no: device.open_report_no,
             synced: online,
+            payload_sha256,
             request,
             receipt,
         };
@@ -997,7 +1000,6 @@ impl ControlUnit {
         let secret = data_encoding::HEXLOWER
             .decode(device.signing_secret.as_bytes())
             .ok()?;
-        let payload = serde_json::to_vec(&sale.request).ok()?;
         let receipt = ReceiptData {
             tin,
             bhf_id,
@@ -1008,7 +1010,7 @@ impl ControlUnit {
             cur_rcpt_no: sale.receipt.cur_rcpt_no.0,
             tot_rcpt_no: sale.receipt.tot_rcpt_no.0,
             sdc_date_time: &sale.receipt.sdc_date_time.digits(),
-            payload: &payload,
+            payload_sha256: &sale.payload_sha256,
         };
         Some(sign::verify(&secret, &receipt, intrl_data, rcpt_sign))
     }

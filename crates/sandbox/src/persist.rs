@@ -19,10 +19,32 @@ pub enum PersistError {
     },
     #[error("cannot encode a record: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("cannot start the checkpoint thread: {0}")]
+    Thread(String),
 }
 
 pub struct StateFile {
     connection: Connection,
+    checkpointer: Option<Checkpointer>,
+}
+
+/// Checkpoints the WAL from its own connection and thread. A checkpoint is where SQLite
+/// waits for the disk (fsync); left to the writer, it lands inside a sale every thousand
+/// pages and stalls every caller behind it.
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for StateFile {
+    fn drop(&mut self) {
+        if let Some(mut checkpointer) = self.checkpointer.take() {
+            let _ = checkpointer.stop.send(());
+            if let Some(thread) = checkpointer.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
 }
 
 impl StateFile {
@@ -32,15 +54,40 @@ impl StateFile {
         let connection = Connection::open(path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.pragma_update(None, "wal_autocheckpoint", 0)?;
         connection.execute_batch(
             "CREATE TABLE IF NOT EXISTS records (
                 kind  TEXT NOT NULL,
                 key   TEXT NOT NULL,
                 value TEXT NOT NULL,
                 CONSTRAINT records_pk PRIMARY KEY (kind, key)
-            ) WITHOUT ROWID;",
+            );",
         )?;
-        Ok(StateFile { connection })
+        let checkpoints = Connection::open(path)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sandbox-checkpoint".into())
+            .spawn(move || {
+                // Until the file is closed: a passive checkpoint never blocks the writer.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(std::time::Duration::from_millis(200))
+                {
+                    if let Err(e) =
+                        checkpoints.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "sandbox state checkpoint failed");
+                    }
+                }
+                let _ = checkpoints.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            })
+            .map_err(|e| PersistError::Thread(e.to_string()))?;
+        Ok(StateFile {
+            connection,
+            checkpointer: Some(Checkpointer {
+                stop,
+                thread: Some(thread),
+            }),
+        })
     }
 
     pub fn load(&self) -> Result<State, PersistError> {

@@ -67,6 +67,8 @@ pub struct SignedSale {
     pub report_no: u64,
     /// VSCU: whether KRA has received it (false while the upstream link is cut).
     pub synced: bool,
+    /// SHA-256 (hex) of the request bytes as received; the receipt signature covers it.
+    pub payload_sha256: String,
     pub request: SaleRequest,
     pub receipt: StoredReceipt,
 }
