@@ -8,6 +8,9 @@
 //! sale's scheduled send time, so queueing behind a slow answer counts (no coordinated
 //! omission).
 
+// Rates, percentiles and milliseconds of a benchmark: floating point, never money.
+#![allow(clippy::float_arithmetic)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};

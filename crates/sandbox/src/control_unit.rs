@@ -247,7 +247,13 @@ impl ControlUnit {
                 self.initialise(state, changes, value, now)
             } else {
                 authenticate(state, profile, caller, &value).and_then(|device| {
-                    self.dispatch(state, changes, endpoint, &device, value, body, now)
+                    let call = Incoming {
+                        device: &device,
+                        value,
+                        body,
+                        now,
+                    };
+                    self.dispatch(state, changes, endpoint, call)
                 })
             };
             answer.unwrap_or_else(|refusal| refusal)
@@ -266,12 +272,15 @@ impl ControlUnit {
         state: &mut State,
         changes: &mut Changes,
         endpoint: EndpointName,
-        device: &str,
-        value: Value,
-        body: &[u8],
-        now: NaiveDateTime,
+        call: Incoming<'_>,
     ) -> Answer {
         use EndpointName::*;
+        let Incoming {
+            device,
+            value,
+            body,
+            now,
+        } = call;
         let (tin, bhf_id) = {
             let d = &state.devices[device];
             (d.tin.clone(), d.bhf_id.clone())
@@ -1014,6 +1023,14 @@ impl ControlUnit {
         };
         Some(sign::verify(&secret, &receipt, intrl_data, rcpt_sign))
     }
+}
+
+/// An authenticated call: the caller's device, its body parsed and as received, and when.
+struct Incoming<'a> {
+    device: &'a str,
+    value: Value,
+    body: &'a [u8],
+    now: NaiveDateTime,
 }
 
 /// Identity: headers first, the body as fallback (the VSCU JAR reads it there). OSCU and
