@@ -185,6 +185,9 @@ impl KraClient {
         let http = reqwest::Client::builder()
             .connect_timeout(config.timeouts.connect)
             .pool_idle_timeout(Duration::from_secs(60))
+            // A redirect after a POST arrived could be followed to a host that is down and
+            // misread as "never sent", and would carry the cmcKey header along: refuse it.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(KraClient {
             http,
@@ -309,6 +312,7 @@ impl KraClient {
                 }
             };
             let outcome = self.interpret(status, &text);
+            let text = redact_issued_key(endpoint, text);
             let exchange = self.exchange(
                 endpoint,
                 request_body,
@@ -380,6 +384,13 @@ impl KraClient {
                     response_header,
                     response_body: None,
                 }) if (400..500).contains(&status) => {
+                    // KRA's code, when the gateway passes it on as "994: …", keeps its
+                    // meaning: a duplicate must still be recognised as one.
+                    let code = response_header
+                        .debug_message
+                        .as_deref()
+                        .and_then(leading_result_code)
+                        .unwrap_or_else(|| ResultCode::Other(format!("HTTP{status}")));
                     let message = [
                         response_header.customer_message,
                         response_header.debug_message,
@@ -388,16 +399,23 @@ impl KraClient {
                     .flatten()
                     .collect::<Vec<_>>()
                     .join(": ");
-                    return Outcome::Rejected {
-                        code: ResultCode::Other(format!("HTTP{status}")),
-                        message,
-                    };
+                    return Outcome::Rejected { code, message };
                 }
                 _ => None,
             },
             Profile::Oscu | Profile::Vscu => serde_json::from_str::<Envelope<Value>>(text).ok(),
         };
         match envelope {
+            // A server error may come after the work was done, envelope or not.
+            _ if status >= 500 => Outcome::Ambiguous {
+                reason: format!("HTTP {status}: {}", excerpt(text)),
+            },
+            // A redirect is a definite answer: the request was not processed there.
+            _ if (300..400).contains(&status) => Outcome::Rejected {
+                code: ResultCode::Other(format!("HTTP{status}")),
+                message: "the control unit answered with a redirect: configure its final URL"
+                    .to_owned(),
+            },
             Some(envelope) if envelope.result_cd.is_success() => Outcome::Ok {
                 code: envelope.result_cd,
                 data: envelope.data,
@@ -524,6 +542,43 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// `"994: There is an overlapped Data"` → 994.
+fn leading_result_code(text: &str) -> Option<ResultCode> {
+    let (code, _) = text.trim().split_once(':')?;
+    let code = code.trim();
+    (!code.is_empty() && code.len() <= 4 && code.chars().all(|c| c.is_ascii_alphanumeric()))
+        .then(|| ResultCode::parse(code))
+}
+
+/// The answer to initialisation carries the cmcKey; the exchange journal keeps it redacted.
+fn redact_issued_key(endpoint: EndpointName, text: String) -> String {
+    if endpoint != EndpointName::SelectInitOsdcInfo || !text.contains("cmcKey") {
+        return text;
+    }
+    fn redact(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, inner) in map.iter_mut() {
+                    if key.trim() == "cmcKey" {
+                        *inner = Value::String("<redacted>".to_owned());
+                    } else {
+                        redact(inner);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(redact),
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<Value>(&text) {
+        Ok(mut value) => {
+            redact(&mut value);
+            value.to_string()
+        }
+        Err(_) => "<an unreadable answer that mentions the cmcKey, withheld>".to_owned(),
+    }
 }
 
 fn excerpt(text: &str) -> String {

@@ -212,8 +212,18 @@ impl ControlUnit {
         let mut changes = Changes::default();
         let result = change(&mut inner.state, &mut changes);
         let Inner { state, file } = &mut *inner;
-        if let Some(file) = file {
-            file.write(state, &changes)?;
+        if let Some(file) = file
+            && let Err(e) = file.write(state, &changes)
+        {
+            // Memory must not run ahead of the file: go back to what the file holds, so the
+            // refused call leaves no trace (a resend is not a duplicate, a restart agrees).
+            match file.load() {
+                Ok(stored) => *state = stored,
+                Err(reload) => {
+                    tracing::error!(error = %reload, "sandbox state could not be reloaded")
+                }
+            }
+            return Err(e);
         }
         Ok(result)
     }
@@ -246,7 +256,7 @@ impl ControlUnit {
             let answer = if endpoint == EndpointName::SelectInitOsdcInfo {
                 self.initialise(state, changes, value, now)
             } else {
-                authenticate(state, profile, caller, &value).and_then(|device| {
+                authenticate(state, self.config.mode, profile, caller, &value).and_then(|device| {
                     let call = Incoming {
                         device: &device,
                         value,
@@ -771,6 +781,17 @@ impl ControlUnit {
             );
         }
         sale_rules::check(&request, &self.config, state, &tin, &bhf_id)?;
+        if let Some(closed) = device.last_closed_day
+            && now.date() <= closed.0
+        {
+            return refuse(
+                ResultCode::RequestParameterError,
+                format!(
+                    "day {} is closed by its Z report: no more receipts on it",
+                    closed.digits()
+                ),
+            );
+        }
         if !self.config.lenient && invc_no != device.last_invc_no + 1 {
             return refuse(
                 ResultCode::RequestParameterError,
@@ -913,6 +934,24 @@ impl ControlUnit {
                 ),
             );
         }
+        // A day with receipts may not be skipped: its Z could never be issued afterwards.
+        let prefix = branch_prefix(&device.tin, &device.bhf_id);
+        let skipped = state
+            .sales
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, s)| Date8(s.receipt.sdc_date_time.0.date()))
+            .filter(|d| *d < day && device.last_closed_day.is_none_or(|last| *d > last))
+            .min();
+        if let Some(skipped) = skipped {
+            return refuse(
+                ResultCode::RequestParameterError,
+                format!(
+                    "close {} first: it has receipts and no Z report",
+                    skipped.digits()
+                ),
+            );
+        }
         let mut report = read_day(state, device_key, day);
         report.closed_yn = "Y".into();
         let device = state
@@ -933,9 +972,17 @@ impl ControlUnit {
     pub fn set_upstream(&self, cut: bool) -> Result<usize, PersistError> {
         let now = self.clock.now();
         self.with_state(|state, changes| {
-            state.settings.upstream_cut = cut;
+            let was_cut = std::mem::replace(&mut state.settings.upstream_cut, cut);
             changes.touch(Kind::Settings, State::settings_key());
             if cut {
+                if was_cut {
+                    return 0; // already cut: the last contact stays where it was
+                }
+                // The link was up until now: that is every device's last contact.
+                for (device_key, device) in &mut state.devices {
+                    device.last_upstream_contact = stamp(now);
+                    changes.touch(Kind::Device, device_key.clone());
+                }
                 return 0;
             }
             let mut synced = 0;
@@ -1037,6 +1084,7 @@ struct Incoming<'a> {
 /// GavaConnect calls also need the device's cmcKey.
 fn authenticate(
     state: &State,
+    mode: Mode,
     profile: Profile,
     caller: Caller<'_>,
     body: &Value,
@@ -1063,7 +1111,8 @@ fn authenticate(
             "tin and bhfId are required (headers, or the body for a VSCU)",
         );
     };
-    let needs_key = profile != Profile::Vscu;
+    // Only a VSCU JAR, called on its own paths, does without the cmcKey.
+    let needs_key = !(profile == Profile::Vscu && mode == Mode::Vscu);
     if needs_key && caller.cmc_key.is_none() {
         return refuse(
             ResultCode::NoHeaderInformation,

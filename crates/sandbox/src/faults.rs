@@ -27,13 +27,15 @@ pub enum Fault {
     LostAnswer,
 }
 
+/// Faults per endpoint, each with how many calls it still applies to (so a count of four
+/// billion costs nothing).
 #[derive(Debug, Default)]
 pub struct FaultQueue {
-    queued: Mutex<HashMap<EndpointName, VecDeque<Fault>>>,
+    queued: Mutex<HashMap<EndpointName, VecDeque<(Fault, u32)>>>,
 }
 
 impl FaultQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<EndpointName, VecDeque<Fault>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<EndpointName, VecDeque<(Fault, u32)>>> {
         self.queued
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -42,25 +44,42 @@ impl FaultQueue {
     /// Queues `fault` for the next `count` calls of `endpoint`, after any already queued.
     pub fn push(&self, endpoint: EndpointName, fault: Fault, count: u32) {
         let mut queued = self.lock();
-        let queue = queued.entry(endpoint).or_default();
-        queue.extend(std::iter::repeat_n(fault, count as usize));
+        if count > 0 {
+            queued
+                .entry(endpoint)
+                .or_default()
+                .push_back((fault, count));
+        }
     }
 
     /// The fault for this call, if one is queued.
     pub fn take(&self, endpoint: EndpointName) -> Option<Fault> {
         let mut queued = self.lock();
-        let fault = queued.get_mut(&endpoint)?.pop_front();
-        if queued.get(&endpoint).is_some_and(VecDeque::is_empty) {
+        let queue = queued.get_mut(&endpoint)?;
+        let (fault, remaining) = queue.front_mut()?;
+        let fault = fault.clone();
+        *remaining -= 1;
+        if *remaining == 0 {
+            queue.pop_front();
+        }
+        if queue.is_empty() {
             queued.remove(&endpoint);
         }
-        fault
+        Some(fault)
     }
 
     /// What is queued, per endpoint (by OSCU name).
-    pub fn pending(&self) -> HashMap<&'static str, Vec<Fault>> {
+    /// Each fault with the number of calls it still applies to.
+    pub fn pending(&self) -> HashMap<&'static str, Vec<serde_json::Value>> {
         self.lock()
             .iter()
-            .map(|(endpoint, faults)| (endpoint.oscu_name(), faults.iter().cloned().collect()))
+            .map(|(endpoint, faults)| {
+                let listed = faults
+                    .iter()
+                    .map(|(fault, count)| serde_json::json!({"fault": fault, "count": count}))
+                    .collect();
+                (endpoint.oscu_name(), listed)
+            })
             .collect()
     }
 

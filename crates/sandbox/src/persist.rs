@@ -55,6 +55,9 @@ impl StateFile {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // Another process holding the file answers a call within a second (as 999), rather
+        // than stalling every caller for SQLite's default five.
+        connection.busy_timeout(std::time::Duration::from_secs(1))?;
         connection.execute_batch(
             "CREATE TABLE IF NOT EXISTS records (
                 kind  TEXT NOT NULL,

@@ -55,8 +55,10 @@ pub fn check(
             request.sales_stts_cd
         ));
     }
-    if request.invc_no.0 == 0 {
-        return invalid("invcNo starts at 1");
+    // KRA's NUMBER(38) is wider, but no real sequence gets near 2^63, and keeping below it
+    // keeps "the next number" representable everywhere.
+    if request.invc_no.0 == 0 || request.invc_no.0 > i64::MAX as u64 {
+        return invalid("invcNo must be between 1 and 9223372036854775807");
     }
     if let Some(pin) = request.cust_tin.as_deref().filter(|p| !p.trim().is_empty())
         && !is_pin(pin)
@@ -125,7 +127,11 @@ pub fn check(
         if line.dc_rt.0.is_negative() || line.dc_rt.0.minor() > 100 * 100 {
             return invalid(format!("line {seq}: dcRt must be between 0 and 100"));
         }
-        let supply = qty_times_price(line.qty.0, line.prc.0);
+        let Some(supply) = qty_times_price(line.qty.0, line.prc.0) else {
+            return invalid(format!(
+                "line {seq}: qty × prc is beyond the supported range"
+            ));
+        };
         if minor_difference(supply, line.sply_amt.0) > CENT {
             return invalid(format!(
                 "line {seq}: splyAmt {} is not qty × prc = {supply}",
@@ -152,6 +158,43 @@ pub fn check(
                 config.rates.rate(band).percent(),
                 line.taxbl_amt
             ));
+        }
+        // The line's amounts must tie together under one of the conventions: VAT on top
+        // (taxblAmt = splyAmt − dcAmt or totAmt = splyAmt − dcAmt, totAmt = taxblAmt + taxAmt)
+        // or VAT inside (totAmt = taxblAmt = splyAmt − dcAmt).
+        let close = |a: Money, b: Money| minor_difference(a, b) <= CENT;
+        let after_discount = line
+            .sply_amt
+            .0
+            .checked_sub(line.dc_amt.0)
+            .unwrap_or(Money::ZERO);
+        let (taxable, tax, line_total) = (line.taxbl_amt.0, line.tax_amt.0, line.tot_amt.0);
+        let on_top = taxable
+            .checked_add(tax)
+            .is_some_and(|sum| close(line_total, sum))
+            && (close(after_discount, line_total) || close(after_discount, taxable));
+        let inside = close(line_total, taxable) && close(after_discount, line_total);
+        if !on_top && !inside {
+            return invalid(format!(
+                "line {seq}: the amounts do not add up: splyAmt {} − dcAmt {} against taxblAmt {} + taxAmt {} = totAmt {}",
+                line.sply_amt, line.dc_amt, line.taxbl_amt, line.tax_amt, line.tot_amt
+            ));
+        }
+        if !config.lenient
+            && let Some(item) = state.items.get(&key(&[tin, &line.item_cd]))
+        {
+            if item.value.tax_ty_cd != line.tax_ty_cd {
+                return invalid(format!(
+                    "line {seq}: itemCd {} is registered under band {}, not {}",
+                    line.item_cd, item.value.tax_ty_cd, line.tax_ty_cd
+                ));
+            }
+            if item.value.use_yn != "Y" {
+                return invalid(format!(
+                    "line {seq}: itemCd {} is not in use (useYn N)",
+                    line.item_cd
+                ));
+            }
         }
         band_taxable[band.index()] = sum(band_taxable[band.index()], line.taxbl_amt.0)?;
         band_tax[band.index()] = sum(band_tax[band.index()], line.tax_amt.0)?;
@@ -208,11 +251,11 @@ pub fn check(
     }
 }
 
-fn qty_times_price(qty: Quantity, price: Money) -> Money {
-    let product = qty.minor().saturating_mul(price.minor());
+fn qty_times_price(qty: Quantity, price: Money) -> Option<Money> {
+    let product = qty.minor().checked_mul(price.minor())?;
     // qty has 4 places: HALF_UP back to cents.
     let cents = (product.abs() + 5_000) / 10_000 * product.signum();
-    Money::from_minor(cents).unwrap_or(Money::ZERO)
+    Money::from_minor(cents).ok()
 }
 
 /// A credit note reverses (part of) a signed sale of the same branch, never more than
@@ -233,6 +276,24 @@ fn check_credit_note(
             "orgInvcNo {original_no} is not a signed sale of this branch"
         ));
     };
+    // A normal credit note reverses a normal sale, a training one a training sale; a
+    // proforma is no sale (its label PR is refused as 834 before this).
+    let kind = |r: &SaleRequest| r.sales_ty_cd.clone().unwrap_or_else(|| "N".into());
+    if kind(request) != kind(&original.request) {
+        return invalid(format!(
+            "a credit note of type {} cannot reverse invoice {original_no} of type {}",
+            kind(request),
+            kind(&original.request)
+        ));
+    }
+    // KRA requires the buyer of the credit note to be the buyer of the sale (Odoo, live).
+    let buyer = |r: &SaleRequest| r.cust_tin.clone().filter(|t| !t.trim().is_empty());
+    if buyer(&original.request).is_some() && buyer(request) != buyer(&original.request) {
+        return invalid(format!(
+            "custTin must be the original's buyer, {}",
+            buyer(&original.request).unwrap_or_default()
+        ));
+    }
     let mut remaining_qty: BTreeMap<&str, Quantity> = BTreeMap::new();
     for line in &original.request.item_list {
         let entry = remaining_qty.entry(&line.item_cd).or_insert(Quantity::ZERO);
@@ -256,18 +317,22 @@ fn check_credit_note(
             .checked_sub(earlier.tot_amt.0)
             .unwrap_or(remaining_total);
     }
+    // The note's own lines for one item are added up before comparing.
+    let mut returned: BTreeMap<&str, Quantity> = BTreeMap::new();
     for line in &request.item_list {
-        match remaining_qty.get(line.item_cd.as_str()) {
+        let entry = returned.entry(&line.item_cd).or_insert(Quantity::ZERO);
+        *entry = entry.checked_add(line.qty.0).unwrap_or(Quantity::ZERO);
+    }
+    for (item, quantity) in returned {
+        match remaining_qty.get(item) {
             None => {
                 return invalid(format!(
-                    "itemCd {} is not on the original invoice {original_no}",
-                    line.item_cd
+                    "itemCd {item} is not on the original invoice {original_no}"
                 ));
             }
-            Some(left) if line.qty.0 > *left => {
+            Some(left) if quantity > *left => {
                 return invalid(format!(
-                    "the credit note returns {} of {} but only {left} remain of invoice {original_no}",
-                    line.qty, line.item_cd
+                    "the credit note returns {quantity} of {item} but only {left} remain of invoice {original_no}"
                 ));
             }
             Some(_) => {}
