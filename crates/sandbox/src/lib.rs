@@ -15,4 +15,4 @@ pub mod sign;
 pub mod state;
 
 pub use control_unit::{Caller, Config, ControlUnit, Mode, Reply};
-pub use server::{Sandbox, SandboxHandle};
+pub use server::{Limits, Sandbox, SandboxHandle};

@@ -28,10 +28,23 @@ use ushuru_kra::{EndpointName, Profile, ResultCode};
 use crate::control_unit::{Caller, ControlUnit, Reply};
 use crate::faults::{Fault, FaultQueue};
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a whole request may take, body and `delay` faults included (408 after).
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(120);
+/// How long clients may take: to send a request's headers, and to have a whole request
+/// answered (body and `delay` faults included; 408 after). Slow or stalled clients must not
+/// hold connections forever.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub header_read: Duration,
+    pub request: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read: Duration::from_secs(30),
+            request: Duration::from_secs(120),
+        }
+    }
+}
 
 /// The prefix of the GavaConnect (Apigee) paths.
 pub const GATEWAY_PREFIX: &str = "/etims-oscu/api/v1";
@@ -59,6 +72,7 @@ pub struct Sandbox {
     unit: ControlUnit,
     faults: FaultQueue,
     gateway: GatewayAccess,
+    limits: Limits,
     tokens: Mutex<HashMap<String, Instant>>,
 }
 
@@ -70,10 +84,15 @@ type Shared = Arc<Sandbox>;
 
 impl Sandbox {
     pub fn new(unit: ControlUnit, gateway: GatewayAccess) -> Arc<Self> {
+        Self::with_limits(unit, gateway, Limits::default())
+    }
+
+    pub fn with_limits(unit: ControlUnit, gateway: GatewayAccess, limits: Limits) -> Arc<Self> {
         Arc::new(Sandbox {
             unit,
             faults: FaultQueue::default(),
             gateway,
+            limits,
             tokens: Mutex::new(HashMap::new()),
         })
     }
@@ -123,7 +142,7 @@ impl Sandbox {
             .route("/_sandbox/clock", get(control_clock).post(control_set_clock))
             .route("/_sandbox/verify", post(control_verify))
             .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"code": "NOT_FOUND", "message": "no such path; GET /_sandbox lists the control API"}))) })
-            .layer(axum::middleware::from_fn(within_deadline))
+            .layer(axum::middleware::from_fn_with_state(self.limits.request, within_deadline))
             .with_state(Arc::clone(self))
     }
 
@@ -134,6 +153,7 @@ impl Sandbox {
         shutdown: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
         let router = self.router();
+        let header_read = self.limits.header_read;
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let (stream, _) = tokio::select! {
@@ -163,7 +183,7 @@ impl Sandbox {
                 // A client that never finishes its headers must not hold a connection forever.
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .header_read_timeout(header_read)
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::select! {
                     _ = connection => {}
@@ -218,13 +238,14 @@ impl SandboxHandle {
     }
 }
 
-/// A request that has not been answered within [`REQUEST_DEADLINE`] (a body that never
-/// arrives) gets 408 instead of holding its connection.
+/// A request that has not been answered within the deadline (a body that never arrives)
+/// gets 408 instead of holding its connection.
 async fn within_deadline(
+    State(deadline): State<Duration>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match tokio::time::timeout(REQUEST_DEADLINE, next.run(request)).await {
+    match tokio::time::timeout(deadline, next.run(request)).await {
         Ok(response) => response,
         Err(_) => control_error(
             StatusCode::REQUEST_TIMEOUT,

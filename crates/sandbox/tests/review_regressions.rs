@@ -387,3 +387,48 @@ async fn a_failed_state_write_leaves_no_trace() {
     handle.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_are_let_go() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use ushuru_sandbox::server::GatewayAccess;
+    use ushuru_sandbox::{ControlUnit, Limits, Sandbox};
+
+    let limits = Limits {
+        header_read: Duration::from_millis(300),
+        request: Duration::from_millis(500),
+    };
+    let unit = ControlUnit::new(Config::default(), None).unwrap();
+    let handle = Sandbox::with_limits(unit, GatewayAccess::default(), limits)
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+
+    // Headers that never end: the connection is closed.
+    let mut stream = tokio::net::TcpStream::connect(handle.addr).await.unwrap();
+    stream
+        .write_all(b"POST /saveItem HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was held");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A body that never arrives: 408.
+    let mut stream = tokio::net::TcpStream::connect(handle.addr).await.unwrap();
+    stream
+        .write_all(b"POST /saveItem HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..read]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    handle.stop().await;
+}
