@@ -1,6 +1,190 @@
-//! Schema and migrations for SQLite and PostgreSQL, repositories, outbox queries, row-level
-//! security.
+//! Ushuru's durable state, behind one API over two backends: SQLite (one file, the embedded
+//! default) and PostgreSQL (production, several replicas). Both run the same migrations in
+//! their own dialect and pass the same conformance tests (`tests/conformance.rs`).
 //!
-//! Filled by the signing-pipeline issue; see `docs/architecture.md` for what belongs here.
+//! Every tenant-owned row carries its tenant and branch, and every query on them runs in a
+//! transaction scoped to one [`Scope`]; on PostgreSQL the scope is also set with
+//! `set_config('ushuru.tenant_id', …, true)` for row-level security.
+//!
+//! This is the foundation of the signing pipeline: tenants and branches, gap-free invoice
+//! numbering with the outbox row written in the same transaction (phase 1), claiming the
+//! branch's next row under a lease (phase 2), and recording the receipt under
+//! `UNIQUE(sdc_id, rcpt_no)` (phase 3).
 
-pub use ushuru_tax as tax;
+mod model;
+mod postgres;
+mod sqlite;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+pub use model::*;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// What can go wrong, in the store's own terms.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("receipt {rcpt_no} of control unit {sdc_id} is already recorded for another sale")]
+    DuplicateReceipt { sdc_id: String, rcpt_no: u64 },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    #[error("the outbox payload could not be built: {0}")]
+    Payload(String),
+    #[error("a stored value does not read back: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?}: use a file path, sqlite://PATH or postgres://…")]
+    Url(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Builds an outbox payload once the invoice number is known.
+pub type PayloadBuilder = Box<dyn FnOnce(u64) -> std::result::Result<OutboxPayload, String> + Send>;
+
+/// The store: one of the two backends.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($store) => $call.await,
+            Store::Postgres($store) => $call.await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the store a URL names: `postgres://…` (or `postgresql://…`), else an SQLite
+    /// file (`sqlite://PATH` or a plain path). Runs no migrations: see [`Store::migrate`].
+    pub async fn connect(url: &str) -> Result<Store> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(PostgresStore::connect(url).await?))
+        } else if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or((!url.contains("://")).then_some(url))
+        {
+            Ok(Store::Sqlite(SqliteStore::open(path.as_ref()).await?))
+        } else {
+            Err(StoreError::Url(url.to_owned()))
+        }
+    }
+
+    /// Applies the migrations not applied yet; safe to run from several processes at once.
+    pub async fn migrate(&self) -> Result<Vec<&'static str>> {
+        dispatch!(self, s => s.migrate())
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Creates a tenant (an operator's action: not scoped).
+    pub async fn create_tenant(&self, tin: &str, name: &str) -> Result<Tenant> {
+        dispatch!(self, s => s.create_tenant(tin, name))
+    }
+
+    pub async fn create_branch(&self, tenant: TenantId, bhf_id: &str) -> Result<Branch> {
+        dispatch!(self, s => s.create_branch(tenant, bhf_id))
+    }
+
+    pub async fn branch(&self, scope: Scope) -> Result<Option<Branch>> {
+        dispatch!(self, s => s.branch(scope))
+    }
+
+    /// Phase 1: in one transaction, the branch's next invoice number, the sale and its
+    /// outbox row with the payload `build` makes for that number. If anything fails —
+    /// `build` included — nothing is written and the number stays free.
+    pub async fn accept_sale(
+        &self,
+        scope: Scope,
+        sale: NewSale,
+        build: PayloadBuilder,
+    ) -> Result<AcceptedSale> {
+        dispatch!(self, s => s.accept_sale(scope, sale, build))
+    }
+
+    /// Phase 2: claims the branch's oldest pending outbox row for `owner` until
+    /// `now + lease`. Only that row can be claimed, and only when no other owner holds a
+    /// live lease on it: one call in flight per branch, in invoice order.
+    pub async fn claim_next(
+        &self,
+        scope: Scope,
+        owner: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Claim>> {
+        dispatch!(self, s => s.claim_next(scope, owner, lease, now))
+    }
+
+    /// Phase 3: in one transaction, the receipt into the sale (SIGNED), the outbox row
+    /// done, and the receipt number under `UNIQUE(sdc_id, rcpt_no)`. A receipt number
+    /// already recorded for another sale is [`StoreError::DuplicateReceipt`] and changes
+    /// nothing.
+    pub async fn record_receipt(
+        &self,
+        claim: &Claim,
+        receipt: &Receipt,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        dispatch!(self, s => s.record_receipt(claim, receipt, now))
+    }
+
+    pub async fn sale(&self, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
+        dispatch!(self, s => s.sale(scope, id))
+    }
+}
+
+/// A migration: its version, name and SQL for each backend.
+pub(crate) struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+}
+
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_foundation",
+    sqlite: include_str!("../migrations/sqlite/0001_foundation.sql"),
+    postgres: include_str!("../migrations/postgres/0001_foundation.sql"),
+}];
+
+/// A lease expiry, `now + lease`, saturating far in the future.
+pub(crate) fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(lease)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Money in the store's text form, and back.
+pub(crate) fn money_text(money: ushuru_tax::Money) -> String {
+    money.to_string()
+}
+
+pub(crate) fn money_from_text(text: &str) -> Result<ushuru_tax::Money> {
+    ushuru_tax::Money::parse(text, ushuru_tax::Rounding::Exact)
+        .map_err(|e| StoreError::Corrupt(format!("amount {text:?} {e}")))
+}
+
+pub(crate) fn to_u64(value: i64, what: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} is negative")))
+}
+
+pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
+    i64::try_from(value)
+        .map_err(|_| StoreError::Conflict(format!("{what} {value} is beyond the store's range")))
+}

@@ -1,0 +1,70 @@
+-- Tenants, branches, sales, the outbox and receipts: the signing pipeline's durable state.
+-- Every tenant-owned row carries tenant_id (and branch_id where it belongs to a branch):
+-- row-level security goes on exactly these columns.
+
+CREATE TABLE tenants (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY CONSTRAINT tenants_pk PRIMARY KEY,
+    tin         TEXT NOT NULL CONSTRAINT tenants_tin_unique UNIQUE,
+    name        TEXT NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE TABLE branches (
+    id               BIGINT GENERATED ALWAYS AS IDENTITY CONSTRAINT branches_pk PRIMARY KEY,
+    tenant_id        BIGINT NOT NULL CONSTRAINT branches_tenant_fk REFERENCES tenants (id),
+    bhf_id           TEXT NOT NULL,
+    -- The last invcNo handed out; the next sale takes last_invc_no + 1 (gap-free, §6).
+    last_invc_no     BIGINT NOT NULL DEFAULT 0 CONSTRAINT branches_last_invc_no_check CHECK (last_invc_no >= 0),
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT branches_tenant_bhf_unique UNIQUE (tenant_id, bhf_id)
+);
+
+CREATE TABLE sales (
+    id                BIGINT GENERATED ALWAYS AS IDENTITY CONSTRAINT sales_pk PRIMARY KEY,
+    tenant_id         BIGINT NOT NULL CONSTRAINT sales_tenant_fk REFERENCES tenants (id),
+    branch_id         BIGINT NOT NULL CONSTRAINT sales_branch_fk REFERENCES branches (id),
+    invc_no           BIGINT NOT NULL,
+    client_reference  TEXT,
+    status            TEXT NOT NULL CONSTRAINT sales_status_check
+                      CHECK (status IN ('PENDING_SYNC', 'SIGNED', 'FAILED', 'OUTCOME_UNKNOWN', 'RECONCILIATION_REQUIRED')),
+    tot_amt           NUMERIC(24, 2) NOT NULL,
+    cur_rcpt_no       BIGINT,
+    tot_rcpt_no       BIGINT,
+    intrl_data        TEXT,
+    rcpt_sign         TEXT,
+    sdc_date_time     TEXT,
+    sdc_id            TEXT,
+    mrc_no            TEXT,
+    created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+    signed_at         TIMESTAMPTZ,
+    CONSTRAINT sales_branch_invc_unique UNIQUE (branch_id, invc_no)
+);
+
+CREATE TABLE outbox (
+    id                BIGINT GENERATED ALWAYS AS IDENTITY CONSTRAINT outbox_pk PRIMARY KEY,
+    tenant_id         BIGINT NOT NULL CONSTRAINT outbox_tenant_fk REFERENCES tenants (id),
+    branch_id         BIGINT NOT NULL CONSTRAINT outbox_branch_fk REFERENCES branches (id),
+    sale_id           BIGINT NOT NULL CONSTRAINT outbox_sale_fk REFERENCES sales (id) CONSTRAINT outbox_sale_unique UNIQUE,
+    invc_no           BIGINT NOT NULL,
+    -- The exact KRA payload and its SHA-256, checked again before every send.
+    payload           TEXT NOT NULL,
+    payload_sha256    TEXT NOT NULL,
+    state             TEXT NOT NULL DEFAULT 'PENDING' CONSTRAINT outbox_state_check
+                      CHECK (state IN ('PENDING', 'DONE', 'QUARANTINED')),
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    lease_owner       TEXT,
+    lease_expires_at  TIMESTAMPTZ,
+    created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT outbox_branch_invc_unique UNIQUE (branch_id, invc_no)
+);
+CREATE INDEX outbox_pending_idx ON outbox (branch_id, invc_no) WHERE state = 'PENDING';
+
+-- One row per receipt the control unit issued: the duplicate detector is the constraint.
+CREATE TABLE receipts (
+    tenant_id   BIGINT NOT NULL CONSTRAINT receipts_tenant_fk REFERENCES tenants (id),
+    branch_id   BIGINT NOT NULL CONSTRAINT receipts_branch_fk REFERENCES branches (id),
+    sdc_id      TEXT NOT NULL,
+    rcpt_no     BIGINT NOT NULL,
+    sale_id     BIGINT NOT NULL CONSTRAINT receipts_sale_fk REFERENCES sales (id),
+    CONSTRAINT receipts_sdc_rcpt_unique UNIQUE (sdc_id, rcpt_no)
+);

@@ -1,0 +1,407 @@
+//! The SQLite backend: one file, one connection, used by one process. Each operation runs
+//! on the blocking pool with the connection, in an immediate transaction (SQLite's writer
+//! lock is taken at BEGIN, so two operations never interleave their reads and writes).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+
+use crate::{
+    AcceptedSale, Branch, BranchId, Claim, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder,
+    Receipt, Result, SaleId, SaleRecord, SaleStatus, Scope, StoreError, Tenant, TenantId,
+    lease_until, money_from_text, money_text, to_i64, to_u64,
+};
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    connection: Arc<Mutex<Connection>>,
+}
+
+fn database(error: rusqlite::Error) -> StoreError {
+    StoreError::Database(error.to_string())
+}
+
+/// A UNIQUE violation on `table.column`, by SQLite's message ("UNIQUE constraint failed:
+/// receipts.sdc_id, receipts.rcpt_no"), which names columns rather than constraints.
+fn unique_violation(error: &rusqlite::Error, columns: &str) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(e, Some(message))
+        if e.code == ErrorCode::ConstraintViolation && message.contains("UNIQUE") && message.contains(columns))
+}
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_timestamp(text: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("time {text:?}: {e}")))
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<Self> {
+        let path = path.to_owned();
+        let connection = tokio::task::spawn_blocking(move || -> Result<Connection> {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            let connection = Connection::open(&path).map_err(database)?;
+            connection
+                .pragma_update(None, "journal_mode", "WAL")
+                .map_err(database)?;
+            // NORMAL in WAL mode: a commit survives a crash of the process (the SIGKILL of
+            // the crash test); FULL would also survive a power cut, at one fsync per commit.
+            connection
+                .pragma_update(None, "synchronous", "NORMAL")
+                .map_err(database)?;
+            connection
+                .pragma_update(None, "foreign_keys", "ON")
+                .map_err(database)?;
+            connection
+                .busy_timeout(Duration::from_secs(5))
+                .map_err(database)?;
+            Ok(connection)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("the blocking pool failed: {e}")))??;
+        Ok(SqliteStore {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let connection = Arc::clone(&self.connection);
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            work(&mut connection)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("the blocking pool failed: {e}")))?
+    }
+
+    pub async fn migrate(&self) -> Result<Vec<&'static str>> {
+        self.run(|connection| {
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(database)?;
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version    INTEGER CONSTRAINT schema_migrations_pk PRIMARY KEY,
+                    name       TEXT NOT NULL,
+                    applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+                )",
+            )
+            .map_err(database)?;
+            let mut applied = Vec::new();
+            for migration in MIGRATIONS {
+                let done: Option<i64> = tx
+                    .query_row(
+                        "SELECT version FROM schema_migrations WHERE version = ?1",
+                        [migration.version],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(database)?;
+                if done.is_none() {
+                    tx.execute_batch(migration.sqlite).map_err(database)?;
+                    tx.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (?1, ?2)",
+                        params![migration.version, migration.name],
+                    )
+                    .map_err(database)?;
+                    applied.push(migration.name);
+                }
+            }
+            tx.commit().map_err(database)?;
+            Ok(applied)
+        })
+        .await
+    }
+
+    pub async fn create_tenant(&self, tin: &str, name: &str) -> Result<Tenant> {
+        let (tin, name) = (tin.to_owned(), name.to_owned());
+        self.run(move |connection| {
+            let id = connection
+                .query_row(
+                    "INSERT INTO tenants (tin, name) VALUES (?1, ?2) RETURNING id",
+                    params![tin, name],
+                    |r| r.get(0),
+                )
+                .map_err(|e| {
+                    if unique_violation(&e, "tenants.tin") {
+                        StoreError::Conflict(format!("a tenant with PIN {tin} exists"))
+                    } else {
+                        database(e)
+                    }
+                })?;
+            Ok(Tenant {
+                id: TenantId(id),
+                tin,
+                name,
+            })
+        })
+        .await
+    }
+
+    pub async fn create_branch(&self, tenant: TenantId, bhf_id: &str) -> Result<Branch> {
+        let bhf_id = bhf_id.to_owned();
+        self.run(move |connection| {
+            let id = connection
+                .query_row("INSERT INTO branches (tenant_id, bhf_id) VALUES (?1, ?2) RETURNING id", params![tenant.0, bhf_id], |r| {
+                    r.get(0)
+                })
+                .map_err(|e| {
+                    if unique_violation(&e, "branches.tenant_id") {
+                        StoreError::Conflict(format!("branch {bhf_id} exists for this tenant"))
+                    } else if matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation) {
+                        StoreError::NotFound("tenant")
+                    } else {
+                        database(e)
+                    }
+                })?;
+            Ok(Branch { id: BranchId(id), tenant, bhf_id, last_invc_no: 0 })
+        })
+        .await
+    }
+
+    pub async fn branch(&self, scope: Scope) -> Result<Option<Branch>> {
+        self.run(move |connection| {
+            connection
+                .query_row(
+                    "SELECT bhf_id, last_invc_no FROM branches WHERE id = ?1 AND tenant_id = ?2",
+                    params![scope.branch.0, scope.tenant.0],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .optional()
+                .map_err(database)?
+                .map(|(bhf_id, last)| {
+                    Ok(Branch {
+                        id: scope.branch,
+                        tenant: scope.tenant,
+                        bhf_id,
+                        last_invc_no: to_u64(last, "last_invc_no")?,
+                    })
+                })
+                .transpose()
+        })
+        .await
+    }
+
+    pub async fn accept_sale(
+        &self,
+        scope: Scope,
+        sale: NewSale,
+        build: PayloadBuilder,
+    ) -> Result<AcceptedSale> {
+        self.run(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let invc_no: i64 = tx
+                .query_row(
+                    "UPDATE branches SET last_invc_no = last_invc_no + 1 WHERE id = ?1 AND tenant_id = ?2 RETURNING last_invc_no",
+                    params![scope.branch.0, scope.tenant.0],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(database)?
+                .ok_or(StoreError::NotFound("branch"))?;
+            let invc_no = to_u64(invc_no, "invc_no")?;
+            let payload = build(invc_no).map_err(StoreError::Payload)?;
+            let sale_id: i64 = tx
+                .query_row(
+                    "INSERT INTO sales (tenant_id, branch_id, invc_no, client_reference, status, tot_amt)
+                     VALUES (?1, ?2, ?3, ?4, 'PENDING_SYNC', ?5) RETURNING id",
+                    params![scope.tenant.0, scope.branch.0, to_i64(invc_no, "invc_no")?, sale.client_reference, money_text(sale.tot_amt)],
+                    |r| r.get(0),
+                )
+                .map_err(database)?;
+            tx.execute(
+                "INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![scope.tenant.0, scope.branch.0, sale_id, to_i64(invc_no, "invc_no")?, payload.body, payload.sha256],
+            )
+            .map_err(database)?;
+            tx.commit().map_err(database)?;
+            Ok(AcceptedSale { sale: SaleId(sale_id), invc_no })
+        })
+        .await
+    }
+
+    pub async fn claim_next(
+        &self,
+        scope: Scope,
+        owner: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Claim>> {
+        let owner = owner.to_owned();
+        self.run(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let head = tx
+                .query_row(
+                    "SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at
+                     FROM outbox WHERE tenant_id = ?1 AND branch_id = ?2 AND state = 'PENDING'
+                     ORDER BY invc_no LIMIT 1",
+                    params![scope.tenant.0, scope.branch.0],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, i64>(5)?,
+                            r.get::<_, Option<String>>(6)?,
+                            r.get::<_, Option<String>>(7)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(database)?;
+            let Some((id, sale_id, invc_no, body, sha256, attempts, lease_owner, lease_expires)) = head else {
+                return Ok(None);
+            };
+            if let (Some(holder), Some(expires)) = (lease_owner, lease_expires)
+                && holder != owner
+                && parse_timestamp(&expires)? > now
+            {
+                return Ok(None); // another owner is sending the branch's head row
+            }
+            let expires = lease_until(now, lease);
+            tx.execute(
+                "UPDATE outbox SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1 WHERE id = ?3",
+                params![owner, timestamp(expires), id],
+            )
+            .map_err(database)?;
+            tx.commit().map_err(database)?;
+            Ok(Some(Claim {
+                outbox_id: id,
+                scope,
+                sale: SaleId(sale_id),
+                invc_no: to_u64(invc_no, "invc_no")?,
+                payload: OutboxPayload { body, sha256 },
+                attempts: u32::try_from(attempts + 1).unwrap_or(u32::MAX),
+                owner,
+                lease_expires_at: expires,
+            }))
+        })
+        .await
+    }
+
+    pub async fn record_receipt(
+        &self,
+        claim: &Claim,
+        receipt: &Receipt,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let (claim, receipt) = (claim.clone(), receipt.clone());
+        self.run(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let scope = claim.scope;
+            let done = tx
+                .execute(
+                    "UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
+                     WHERE id = ?1 AND tenant_id = ?2 AND branch_id = ?3 AND state = 'PENDING'",
+                    params![claim.outbox_id, scope.tenant.0, scope.branch.0],
+                )
+                .map_err(database)?;
+            if done == 0 {
+                return Err(StoreError::NotFound("pending outbox row"));
+            }
+            tx.execute(
+                "INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![scope.tenant.0, scope.branch.0, receipt.sdc_id, to_i64(receipt.tot_rcpt_no, "rcpt_no")?, claim.sale.0],
+            )
+            .map_err(|e| {
+                if unique_violation(&e, "receipts.sdc_id") {
+                    StoreError::DuplicateReceipt { sdc_id: receipt.sdc_id.clone(), rcpt_no: receipt.tot_rcpt_no }
+                } else {
+                    database(e)
+                }
+            })?;
+            tx.execute(
+                "UPDATE sales SET status = 'SIGNED', cur_rcpt_no = ?1, tot_rcpt_no = ?2, intrl_data = ?3, rcpt_sign = ?4,
+                     sdc_date_time = ?5, sdc_id = ?6, mrc_no = ?7, signed_at = ?8
+                 WHERE id = ?9 AND tenant_id = ?10 AND branch_id = ?11",
+                params![
+                    to_i64(receipt.cur_rcpt_no, "cur_rcpt_no")?,
+                    to_i64(receipt.tot_rcpt_no, "tot_rcpt_no")?,
+                    receipt.intrl_data,
+                    receipt.rcpt_sign,
+                    receipt.sdc_date_time,
+                    receipt.sdc_id,
+                    receipt.mrc_no,
+                    timestamp(now),
+                    claim.sale.0,
+                    scope.tenant.0,
+                    scope.branch.0
+                ],
+            )
+            .map_err(database)?;
+            tx.commit().map_err(database)
+        })
+        .await
+    }
+
+    pub async fn sale(&self, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
+        self.run(move |connection| {
+            let row = connection
+                .query_row(
+                    "SELECT invc_no, client_reference, status, tot_amt, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
+                            intrl_data, rcpt_sign, sdc_date_time
+                     FROM sales WHERE id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
+                    params![id.0, scope.tenant.0, scope.branch.0],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Option<String>>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                            r.get::<_, Option<String>>(5)?,
+                            r.get::<_, Option<i64>>(6)?,
+                            r.get::<_, Option<i64>>(7)?,
+                            r.get::<_, Option<String>>(8)?,
+                            r.get::<_, Option<String>>(9)?,
+                            r.get::<_, Option<String>>(10)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(database)?;
+            let Some((invc_no, client_reference, status, tot_amt, sdc_id, mrc_no, cur, tot, intrl, sign, at)) = row else {
+                return Ok(None);
+            };
+            let receipt = match (sdc_id, cur, tot, intrl, sign, at) {
+                (Some(sdc_id), Some(cur), Some(tot), Some(intrl_data), Some(rcpt_sign), Some(sdc_date_time)) => Some(Receipt {
+                    sdc_id,
+                    mrc_no,
+                    cur_rcpt_no: to_u64(cur, "cur_rcpt_no")?,
+                    tot_rcpt_no: to_u64(tot, "tot_rcpt_no")?,
+                    intrl_data,
+                    rcpt_sign,
+                    sdc_date_time,
+                }),
+                _ => None,
+            };
+            Ok(Some(SaleRecord {
+                id,
+                scope,
+                invc_no: to_u64(invc_no, "invc_no")?,
+                client_reference,
+                status: SaleStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("sale status {status:?}")))?,
+                tot_amt: money_from_text(&tot_amt)?,
+                receipt,
+            }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,355 @@
+//! One conformance suite, run against both backends: SQLite on a fresh file, PostgreSQL on
+//! a fresh database per test (created through `USHURU_TEST_POSTGRES_URL`, which
+//! `scripts/test` sets up; without it the PostgreSQL tests fail and say so).
+
+// A test crate: a panic in a helper is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ushuru_store::{
+    NewSale, OutboxPayload, PayloadBuilder, Receipt, SaleStatus, Scope, Store, StoreError,
+};
+use ushuru_tax::{Money, Rounding};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn unique_name() -> String {
+    format!(
+        "ushuru_conformance_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn sqlite() -> Store {
+    let path = std::env::temp_dir().join(format!("{}.sqlite", unique_name()));
+    let store = Store::connect(path.to_str().unwrap()).await.unwrap();
+    assert_eq!(store.migrate().await.unwrap(), ["0001_foundation"]);
+    store
+}
+
+async fn postgres() -> Store {
+    let admin_url = std::env::var("USHURU_TEST_POSTGRES_URL")
+        .expect("USHURU_TEST_POSTGRES_URL is not set: run ./scripts/test, which starts PostgreSQL and sets it");
+    let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let name = unique_name();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = match admin_url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("USHURU_TEST_POSTGRES_URL has no database part: {admin_url}"),
+    };
+    let store = Store::connect(&url).await.unwrap();
+    assert_eq!(store.migrate().await.unwrap(), ["0001_foundation"]);
+    store
+}
+
+fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-07-07T08:41:22Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn money(text: &str) -> Money {
+    Money::parse(text, Rounding::Exact).unwrap()
+}
+
+fn payload() -> PayloadBuilder {
+    Box::new(|invc_no| {
+        let body = format!("{{\"invcNo\":{invc_no}}}");
+        Ok(OutboxPayload {
+            sha256: format!("sha-of-{invc_no}"),
+            body,
+        })
+    })
+}
+
+fn receipt(sdc_id: &str, number: u64) -> Receipt {
+    Receipt {
+        sdc_id: sdc_id.into(),
+        mrc_no: Some("WIS00000001".into()),
+        cur_rcpt_no: number,
+        tot_rcpt_no: number,
+        intrl_data: "A".repeat(26),
+        rcpt_sign: "B".repeat(16),
+        sdc_date_time: "20260707114122".into(),
+    }
+}
+
+async fn branch(store: &Store, tin: &str) -> Scope {
+    let tenant = store.create_tenant(tin, "Test Traders").await.unwrap();
+    store.create_branch(tenant.id, "00").await.unwrap().scope()
+}
+
+async fn accept(store: &Store, scope: Scope, reference: &str) -> ushuru_store::AcceptedSale {
+    let sale = NewSale {
+        client_reference: Some(reference.into()),
+        tot_amt: money("5800.00"),
+    };
+    store.accept_sale(scope, sale, payload()).await.unwrap()
+}
+
+// ---- the suite ---------------------------------------------------------------------------
+
+async fn migrations_are_idempotent(store: Store) {
+    assert!(
+        store.migrate().await.unwrap().is_empty(),
+        "a second run applies nothing"
+    );
+}
+
+async fn tenants_and_branches(store: Store) {
+    let tenant = store
+        .create_tenant("P051234567A", "Test Traders")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_tenant("P051234567A", "Again").await,
+        Err(StoreError::Conflict(_))
+    ));
+    let branch = store.create_branch(tenant.id, "00").await.unwrap();
+    assert!(matches!(
+        store.create_branch(tenant.id, "00").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .create_branch(ushuru_store::TenantId(999_999), "00")
+            .await,
+        Err(StoreError::NotFound("tenant"))
+    ));
+    let read = store.branch(branch.scope()).await.unwrap().unwrap();
+    assert_eq!((read.bhf_id.as_str(), read.last_invc_no), ("00", 0));
+}
+
+async fn numbering_is_gap_free(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    for expected in 1..=3 {
+        assert_eq!(accept(&store, scope, "INV").await.invc_no, expected);
+    }
+    // A sale whose payload cannot be built is not stored and uses no number.
+    let failing: PayloadBuilder = Box::new(|_| Err("bad line".into()));
+    let refused = store
+        .accept_sale(
+            scope,
+            NewSale {
+                client_reference: None,
+                tot_amt: money("1.00"),
+            },
+            failing,
+        )
+        .await;
+    assert!(matches!(refused, Err(StoreError::Payload(_))));
+    assert_eq!(accept(&store, scope, "INV").await.invc_no, 4);
+    assert_eq!(store.branch(scope).await.unwrap().unwrap().last_invc_no, 4);
+
+    // Concurrent acceptance: every number exactly once, none skipped.
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { accept(&store, scope, &format!("C{i}")).await.invc_no })
+        })
+        .collect();
+    let mut numbers = Vec::new();
+    for task in tasks {
+        numbers.push(task.await.unwrap());
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (5..=28).collect::<Vec<u64>>());
+}
+
+async fn the_outbox_is_claimed_in_order_under_a_lease(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let first = accept(&store, scope, "A").await;
+    let second = accept(&store, scope, "B").await;
+    let lease = Duration::from_secs(30);
+
+    let claim = store
+        .claim_next(scope, "relay-1", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (claim.invc_no, claim.sale, claim.attempts),
+        (1, first.sale, 1)
+    );
+    assert_eq!(claim.payload.body, "{\"invcNo\":1}");
+    // Another relay finds the branch busy, however many times it asks.
+    assert_eq!(
+        store
+            .claim_next(scope, "relay-2", lease, now())
+            .await
+            .unwrap(),
+        None
+    );
+    // The holder may renew its own claim.
+    let renewed = store
+        .claim_next(scope, "relay-1", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((renewed.invc_no, renewed.attempts), (1, 2));
+    // Once the lease has run out, another relay takes the same row over: never the next one.
+    let later = now() + chrono::Duration::seconds(31);
+    let taken_over = store
+        .claim_next(scope, "relay-2", lease, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((taken_over.invc_no, taken_over.attempts), (1, 3));
+
+    store
+        .record_receipt(&taken_over, &receipt("KRACU0000000001", 1), later)
+        .await
+        .unwrap();
+    let signed = store.sale(scope, first.sale).await.unwrap().unwrap();
+    assert_eq!(signed.status, SaleStatus::Signed);
+    assert_eq!(signed.receipt, Some(receipt("KRACU0000000001", 1)));
+    assert_eq!(signed.tot_amt, money("5800.00"));
+    // Recording again is refused: the row is no longer pending.
+    assert!(matches!(
+        store
+            .record_receipt(&taken_over, &receipt("KRACU0000000001", 1), later)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let next = store
+        .claim_next(scope, "relay-1", lease, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((next.invc_no, next.sale), (2, second.sale));
+}
+
+async fn a_receipt_number_is_recorded_once(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let first = accept(&store, scope, "A").await;
+    let second = accept(&store, scope, "B").await;
+    let lease = Duration::from_secs(30);
+    let claim = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .record_receipt(&claim, &receipt("KRACU0000000001", 7), now())
+        .await
+        .unwrap();
+    let claim = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.sale, second.sale);
+    match store
+        .record_receipt(&claim, &receipt("KRACU0000000001", 7), now())
+        .await
+    {
+        Err(StoreError::DuplicateReceipt { sdc_id, rcpt_no }) => {
+            assert_eq!((sdc_id.as_str(), rcpt_no), ("KRACU0000000001", 7))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing of the refused record stuck: the sale is pending and its row claimable.
+    let untouched = store.sale(scope, second.sale).await.unwrap().unwrap();
+    assert_eq!(
+        (untouched.status, untouched.receipt),
+        (SaleStatus::PendingSync, None)
+    );
+    assert_eq!(
+        store
+            .claim_next(scope, "relay", lease, now())
+            .await
+            .unwrap()
+            .unwrap()
+            .sale,
+        second.sale
+    );
+    // The same number of another control unit is no duplicate.
+    store
+        .record_receipt(&claim, &receipt("KRACU0000000002", 7), now())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sale(scope, first.sale).await.unwrap().unwrap().status,
+        SaleStatus::Signed
+    );
+}
+
+async fn a_scope_sees_only_its_own_rows(store: Store) {
+    let a = branch(&store, "P051234567A").await;
+    let b = branch(&store, "P000000001Z").await;
+    let sale_of_a = accept(&store, a, "A").await;
+    assert_eq!(store.sale(b, sale_of_a.sale).await.unwrap(), None);
+    assert_eq!(
+        store
+            .claim_next(b, "relay", Duration::from_secs(30), now())
+            .await
+            .unwrap(),
+        None
+    );
+    // A scope naming A's branch under B's tenant reaches nothing either.
+    let forged = Scope {
+        tenant: b.tenant,
+        branch: a.branch,
+    };
+    assert_eq!(store.branch(forged).await.unwrap(), None);
+    assert_eq!(store.sale(forged, sale_of_a.sale).await.unwrap(), None);
+    assert!(matches!(
+        store
+            .accept_sale(
+                forged,
+                NewSale {
+                    client_reference: None,
+                    tot_amt: money("1.00")
+                },
+                payload()
+            )
+            .await,
+        Err(StoreError::NotFound("branch"))
+    ));
+    assert_eq!(
+        accept(&store, b, "B").await.invc_no,
+        1,
+        "numbering is per branch"
+    );
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::sqlite().await).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    migrations_are_idempotent,
+    tenants_and_branches,
+    numbering_is_gap_free,
+    the_outbox_is_claimed_in_order_under_a_lease,
+    a_receipt_number_is_recorded_once,
+    a_scope_sees_only_its_own_rows,
+);
