@@ -132,7 +132,8 @@ impl Store {
     /// Phase 3: in one transaction, the receipt into the sale (SIGNED), the outbox row
     /// done, and the receipt number under `UNIQUE(sdc_id, rcpt_no)`. A receipt number
     /// already recorded for another sale is [`StoreError::DuplicateReceipt`] and changes
-    /// nothing.
+    /// nothing. A receipt number that is not the control unit's previous + 1 is kept, with a
+    /// GAP finding in the same transaction (the sequence auditor).
     pub async fn record_receipt(
         &self,
         claim: &Claim,
@@ -144,6 +145,53 @@ impl Store {
 
     pub async fn sale(&self, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
         dispatch!(self, s => s.sale(scope, id))
+    }
+
+    /// Gives a claimed row back: not before `retry_at`, and with `maybe_sent` as the call
+    /// left it (false again after a call that provably never left). The sale's status
+    /// becomes `status` (PENDING_SYNC, or OUTCOME_UNKNOWN after an ambiguous call).
+    pub async fn release(
+        &self,
+        claim: &Claim,
+        retry_at: DateTime<Utc>,
+        maybe_sent: bool,
+        status: SaleStatus,
+    ) -> Result<()> {
+        dispatch!(self, s => s.release(claim, retry_at, maybe_sent, status))
+    }
+
+    /// Ends a claimed row without a receipt (see [`Settlement`]).
+    pub async fn settle(&self, claim: &Claim, settlement: &Settlement) -> Result<()> {
+        dispatch!(self, s => s.settle(claim, settlement))
+    }
+
+    /// Keeps a call to the control unit in the exchange journal.
+    pub async fn record_exchange(
+        &self,
+        scope: Scope,
+        exchange: &ExchangeRecord,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        dispatch!(self, s => s.record_exchange(scope, exchange, now))
+    }
+
+    /// The journal of a sale, oldest first.
+    pub async fn exchanges(&self, scope: Scope, sale: SaleId) -> Result<Vec<ExchangeRecord>> {
+        dispatch!(self, s => s.exchanges(scope, sale))
+    }
+
+    pub async fn record_finding(
+        &self,
+        scope: Scope,
+        finding: &SequenceFinding,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        dispatch!(self, s => s.record_finding(scope, finding, now))
+    }
+
+    /// The branch's sequence findings, oldest first.
+    pub async fn findings(&self, scope: Scope) -> Result<Vec<SequenceFinding>> {
+        dispatch!(self, s => s.findings(scope))
     }
 }
 

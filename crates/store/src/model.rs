@@ -77,6 +77,9 @@ pub struct Claim {
     pub payload: OutboxPayload,
     /// How many times the row has been claimed, this claim included.
     pub attempts: u32,
+    /// Whether an earlier claim may have put this payload on the wire (a call that ended
+    /// ambiguous, or a relay that died mid-call): if so, look it up before sending again.
+    pub maybe_sent: bool,
     pub owner: String,
     pub lease_expires_at: DateTime<Utc>,
 }
@@ -138,4 +141,61 @@ pub struct SaleRecord {
     pub status: SaleStatus,
     pub tot_amt: Money,
     pub receipt: Option<Receipt>,
+}
+
+/// How a claimed row ends when it does not end signed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// The control unit refused it: the sale is FAILED with KRA's code and message.
+    Failed { code: String, message: String },
+    /// It cannot be settled automatically (a duplicate whose receipt cannot be recovered):
+    /// RECONCILIATION_REQUIRED, visible, never renumbered.
+    Unresolved { message: String },
+}
+
+/// A call to the control unit as the journal keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangeRecord {
+    pub sale: Option<SaleId>,
+    pub endpoint: String,
+    pub attempt: u32,
+    pub request_body: String,
+    pub response_body: Option<String>,
+    pub http_status: Option<u16>,
+    /// ok, rejected, not_sent or ambiguous.
+    pub outcome: String,
+    pub elapsed_ms: u64,
+}
+
+/// A gap or duplicate in a control unit's receipt numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SequenceFinding {
+    pub sdc_id: String,
+    pub kind: FindingKind,
+    pub expected: Option<u64>,
+    pub found: u64,
+    pub sale: Option<SaleId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FindingKind {
+    Gap,
+    Duplicate,
+}
+
+impl FindingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::Gap => "GAP",
+            FindingKind::Duplicate => "DUPLICATE",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "GAP" => Some(FindingKind::Gap),
+            "DUPLICATE" => Some(FindingKind::Duplicate),
+            _ => None,
+        }
+    }
 }

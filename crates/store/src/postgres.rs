@@ -10,9 +10,10 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::{
-    AcceptedSale, Branch, BranchId, Claim, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder,
-    Receipt, Result, SaleId, SaleRecord, SaleStatus, Scope, StoreError, Tenant, TenantId,
-    lease_until, money_from_text, money_text, to_i64, to_u64,
+    AcceptedSale, Branch, BranchId, Claim, ExchangeRecord, FindingKind, MIGRATIONS, NewSale,
+    OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleRecord, SaleStatus, Scope,
+    SequenceFinding, Settlement, StoreError, Tenant, TenantId, lease_until, money_from_text,
+    money_text, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -247,7 +248,8 @@ impl PostgresStore {
         // commit its lease, then see it: only the head is ever eligible, so order holds.
         let head = tx
             .query_opt(
-                "SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at
+                "SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
+                        next_attempt_at, maybe_sent
                  FROM outbox WHERE tenant_id = $1 AND branch_id = $2 AND state = 'PENDING'
                  ORDER BY invc_no LIMIT 1 FOR UPDATE",
                 &[&scope.tenant.0, &scope.branch.0],
@@ -258,6 +260,11 @@ impl PostgresStore {
             tx.commit().await.map_err(database)?;
             return Ok(None);
         };
+        let next_attempt: Option<DateTime<Utc>> = head.get(8);
+        if next_attempt.is_some_and(|at| at > now) {
+            tx.commit().await.map_err(database)?;
+            return Ok(None); // backing off after a call that was not sent
+        }
         let holder: Option<String> = head.get(6);
         let held_until: Option<DateTime<Utc>> = head.get(7);
         if let (Some(holder), Some(until)) = (holder, held_until)
@@ -271,7 +278,9 @@ impl PostgresStore {
         let expires = lease_until(now, lease);
         let attempts: i32 = tx
             .query_one(
-                "UPDATE outbox SET lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1 WHERE id = $3 RETURNING attempts",
+                // From this claim on, the payload may reach the control unit.
+                "UPDATE outbox SET lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, maybe_sent = TRUE
+                 WHERE id = $3 RETURNING attempts",
                 &[&owner, &expires, &id],
             )
             .await
@@ -288,6 +297,7 @@ impl PostgresStore {
                 sha256: head.get(4),
             },
             attempts: u32::try_from(attempts).unwrap_or(0),
+            maybe_sent: head.get(9),
             owner: owner.to_owned(),
             lease_expires_at: expires,
         }))
@@ -315,6 +325,27 @@ impl PostgresStore {
             return Err(StoreError::NotFound("pending outbox row"));
         }
         let rcpt_no = to_i64(receipt.tot_rcpt_no, "rcpt_no")?;
+        // The sequence auditor: the previous receipt of this control unit should be one less.
+        let previous: Option<i64> = tx
+            .query_one(
+                "SELECT MAX(rcpt_no) FROM receipts WHERE sdc_id = $1",
+                &[&receipt.sdc_id],
+            )
+            .await
+            .map_err(database)?
+            .get(0);
+        if let Some(previous) = previous
+            && rcpt_no > previous + 1
+        {
+            tx.execute(
+                "INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
+                 VALUES ($1, $2, $3, 'GAP', $4, $5, $6)",
+                &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &(previous + 1), &rcpt_no, &claim.sale.0],
+            )
+            .await
+            .map_err(database)?;
+            tracing::error!(sdc_id = %receipt.sdc_id, expected = previous + 1, found = rcpt_no, "receipt numbers skipped a number");
+        }
         tx.execute(
             "INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id) VALUES ($1, $2, $3, $4, $5)",
             &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &rcpt_no, &claim.sale.0],
@@ -401,5 +432,201 @@ impl PostgresStore {
             tot_amt: money_from_text(row.get::<_, &str>(3))?,
             receipt,
         }))
+    }
+
+    pub async fn release(
+        &self,
+        claim: &Claim,
+        retry_at: DateTime<Utc>,
+        maybe_sent: bool,
+        status: SaleStatus,
+    ) -> Result<()> {
+        let scope = claim.scope;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(database)?;
+        enter(&tx, scope.tenant).await?;
+        let released = tx
+            .execute(
+                "UPDATE outbox SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = $1, maybe_sent = $2
+                 WHERE id = $3 AND tenant_id = $4 AND branch_id = $5 AND state = 'PENDING' AND lease_owner = $6",
+                &[&retry_at, &maybe_sent, &claim.outbox_id, &scope.tenant.0, &scope.branch.0, &claim.owner],
+            )
+            .await
+            .map_err(database)?;
+        if released == 0 {
+            return Err(StoreError::NotFound("claimed outbox row"));
+        }
+        tx.execute(
+            "UPDATE sales SET status = $1 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4",
+            &[
+                &status.as_str(),
+                &claim.sale.0,
+                &scope.tenant.0,
+                &scope.branch.0,
+            ],
+        )
+        .await
+        .map_err(database)?;
+        tx.commit().await.map_err(database)
+    }
+
+    pub async fn settle(&self, claim: &Claim, settlement: &Settlement) -> Result<()> {
+        let scope = claim.scope;
+        let (state, code, message) = match settlement {
+            Settlement::Failed { code, message } => {
+                ("FAILED", Some(code.as_str()), message.as_str())
+            }
+            Settlement::Unresolved { message } => {
+                ("RECONCILIATION_REQUIRED", None, message.as_str())
+            }
+        };
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(database)?;
+        enter(&tx, scope.tenant).await?;
+        let settled = tx
+            .execute(
+                "UPDATE outbox SET state = $1, lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4 AND state = 'PENDING'",
+                &[&state, &claim.outbox_id, &scope.tenant.0, &scope.branch.0],
+            )
+            .await
+            .map_err(database)?;
+        if settled == 0 {
+            return Err(StoreError::NotFound("pending outbox row"));
+        }
+        tx.execute(
+            "UPDATE sales SET status = $1, failure_code = $2, failure_message = $3 WHERE id = $4 AND tenant_id = $5 AND branch_id = $6",
+            &[&state, &code, &message, &claim.sale.0, &scope.tenant.0, &scope.branch.0],
+        )
+        .await
+        .map_err(database)?;
+        tx.commit().await.map_err(database)
+    }
+
+    pub async fn record_exchange(
+        &self,
+        scope: Scope,
+        exchange: &ExchangeRecord,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(database)?;
+        enter(&tx, scope.tenant).await?;
+        let attempt = i32::try_from(exchange.attempt).unwrap_or(i32::MAX);
+        let status = exchange.http_status.map(i32::from);
+        tx.execute(
+            "INSERT INTO exchanges (tenant_id, branch_id, sale_id, endpoint, attempt, request_body, response_body,
+                                    http_status, outcome, elapsed_ms, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &scope.tenant.0,
+                &scope.branch.0,
+                &exchange.sale.map(|s| s.0),
+                &exchange.endpoint,
+                &attempt,
+                &exchange.request_body,
+                &exchange.response_body,
+                &status,
+                &exchange.outcome,
+                &to_i64(exchange.elapsed_ms, "elapsed_ms")?,
+                &now,
+            ],
+        )
+        .await
+        .map_err(database)?;
+        tx.commit().await.map_err(database)
+    }
+
+    pub async fn exchanges(&self, scope: Scope, sale: SaleId) -> Result<Vec<ExchangeRecord>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(database)?;
+        enter(&tx, scope.tenant).await?;
+        let rows = tx
+            .query(
+                "SELECT endpoint, attempt, request_body, response_body, http_status, outcome, elapsed_ms
+                 FROM exchanges WHERE tenant_id = $1 AND branch_id = $2 AND sale_id = $3 ORDER BY id",
+                &[&scope.tenant.0, &scope.branch.0, &sale.0],
+            )
+            .await
+            .map_err(database)?;
+        tx.commit().await.map_err(database)?;
+        Ok(rows
+            .iter()
+            .map(|r| ExchangeRecord {
+                sale: Some(sale),
+                endpoint: r.get(0),
+                attempt: u32::try_from(r.get::<_, i32>(1)).unwrap_or(0),
+                request_body: r.get(2),
+                response_body: r.get(3),
+                http_status: r
+                    .get::<_, Option<i32>>(4)
+                    .and_then(|s| u16::try_from(s).ok()),
+                outcome: r.get(5),
+                elapsed_ms: u64::try_from(r.get::<_, i64>(6)).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    pub async fn record_finding(
+        &self,
+        scope: Scope,
+        finding: &SequenceFinding,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(database)?;
+        enter(&tx, scope.tenant).await?;
+        let expected = finding
+            .expected
+            .map(|e| to_i64(e, "expected"))
+            .transpose()?;
+        tx.execute(
+            "INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &scope.tenant.0,
+                &scope.branch.0,
+                &finding.sdc_id,
+                &finding.kind.as_str(),
+                &expected,
+                &to_i64(finding.found, "found")?,
+                &finding.sale.map(|s| s.0),
+                &now,
+            ],
+        )
+        .await
+        .map_err(database)?;
+        tx.commit().await.map_err(database)
+    }
+
+    pub async fn findings(&self, scope: Scope) -> Result<Vec<SequenceFinding>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(database)?;
+        enter(&tx, scope.tenant).await?;
+        let rows = tx
+            .query(
+                "SELECT sdc_id, kind, expected, found, sale_id FROM sequence_findings
+                 WHERE tenant_id = $1 AND branch_id = $2 ORDER BY id",
+                &[&scope.tenant.0, &scope.branch.0],
+            )
+            .await
+            .map_err(database)?;
+        tx.commit().await.map_err(database)?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.get(1);
+                Ok(SequenceFinding {
+                    sdc_id: r.get(0),
+                    kind: FindingKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("finding kind {kind:?}")))?,
+                    expected: r
+                        .get::<_, Option<i64>>(2)
+                        .map(|e| to_u64(e, "expected"))
+                        .transpose()?,
+                    found: to_u64(r.get(3), "found")?,
+                    sale: r.get::<_, Option<i64>>(4).map(SaleId),
+                })
+            })
+            .collect()
     }
 }

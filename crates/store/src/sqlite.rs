@@ -10,9 +10,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    AcceptedSale, Branch, BranchId, Claim, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder,
-    Receipt, Result, SaleId, SaleRecord, SaleStatus, Scope, StoreError, Tenant, TenantId,
-    lease_until, money_from_text, money_text, to_i64, to_u64,
+    AcceptedSale, Branch, BranchId, Claim, ExchangeRecord, FindingKind, MIGRATIONS, NewSale,
+    OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleRecord, SaleStatus, Scope,
+    SequenceFinding, Settlement, StoreError, Tenant, TenantId, lease_until, money_from_text,
+    money_text, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -247,7 +248,8 @@ impl SqliteStore {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
             let head = tx
                 .query_row(
-                    "SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at
+                    "SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
+                            next_attempt_at, maybe_sent
                      FROM outbox WHERE tenant_id = ?1 AND branch_id = ?2 AND state = 'PENDING'
                      ORDER BY invc_no LIMIT 1",
                     params![scope.tenant.0, scope.branch.0],
@@ -261,14 +263,22 @@ impl SqliteStore {
                             r.get::<_, i64>(5)?,
                             r.get::<_, Option<String>>(6)?,
                             r.get::<_, Option<String>>(7)?,
+                            r.get::<_, Option<String>>(8)?,
+                            r.get::<_, bool>(9)?,
                         ))
                     },
                 )
                 .optional()
                 .map_err(database)?;
-            let Some((id, sale_id, invc_no, body, sha256, attempts, lease_owner, lease_expires)) = head else {
+            let Some((id, sale_id, invc_no, body, sha256, attempts, lease_owner, lease_expires, next_attempt, maybe_sent)) = head
+            else {
                 return Ok(None);
             };
+            if let Some(next_attempt) = next_attempt
+                && parse_timestamp(&next_attempt)? > now
+            {
+                return Ok(None); // backing off after a call that was not sent
+            }
             if let (Some(holder), Some(expires)) = (lease_owner, lease_expires)
                 && holder != owner
                 && parse_timestamp(&expires)? > now
@@ -276,8 +286,10 @@ impl SqliteStore {
                 return Ok(None); // another owner is sending the branch's head row
             }
             let expires = lease_until(now, lease);
+            // From this claim on, the payload may reach the control unit.
             tx.execute(
-                "UPDATE outbox SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1 WHERE id = ?3",
+                "UPDATE outbox SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1, maybe_sent = TRUE
+                 WHERE id = ?3",
                 params![owner, timestamp(expires), id],
             )
             .map_err(database)?;
@@ -289,6 +301,7 @@ impl SqliteStore {
                 invc_no: to_u64(invc_no, "invc_no")?,
                 payload: OutboxPayload { body, sha256 },
                 attempts: u32::try_from(attempts + 1).unwrap_or(u32::MAX),
+                maybe_sent,
                 owner,
                 lease_expires_at: expires,
             }))
@@ -315,6 +328,22 @@ impl SqliteStore {
                 .map_err(database)?;
             if done == 0 {
                 return Err(StoreError::NotFound("pending outbox row"));
+            }
+            // The sequence auditor: the previous receipt of this control unit should be one less.
+            let previous: Option<i64> = tx
+                .query_row("SELECT MAX(rcpt_no) FROM receipts WHERE sdc_id = ?1", [&receipt.sdc_id], |r| r.get(0))
+                .map_err(database)?;
+            let number = to_i64(receipt.tot_rcpt_no, "rcpt_no")?;
+            if let Some(previous) = previous
+                && number > previous + 1
+            {
+                tx.execute(
+                    "INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
+                     VALUES (?1, ?2, ?3, 'GAP', ?4, ?5, ?6)",
+                    params![scope.tenant.0, scope.branch.0, receipt.sdc_id, previous + 1, number, claim.sale.0],
+                )
+                .map_err(database)?;
+                tracing::error!(sdc_id = %receipt.sdc_id, expected = previous + 1, found = number, "receipt numbers skipped a number");
             }
             tx.execute(
                 "INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -401,6 +430,190 @@ impl SqliteStore {
                 tot_amt: money_from_text(&tot_amt)?,
                 receipt,
             }))
+        })
+        .await
+    }
+
+    pub async fn release(
+        &self,
+        claim: &Claim,
+        retry_at: DateTime<Utc>,
+        maybe_sent: bool,
+        status: SaleStatus,
+    ) -> Result<()> {
+        let claim = claim.clone();
+        self.run(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let scope = claim.scope;
+            let released = tx
+                .execute(
+                    "UPDATE outbox SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = ?1, maybe_sent = ?2
+                     WHERE id = ?3 AND tenant_id = ?4 AND branch_id = ?5 AND state = 'PENDING' AND lease_owner = ?6",
+                    params![timestamp(retry_at), maybe_sent, claim.outbox_id, scope.tenant.0, scope.branch.0, claim.owner],
+                )
+                .map_err(database)?;
+            if released == 0 {
+                return Err(StoreError::NotFound("claimed outbox row"));
+            }
+            tx.execute(
+                "UPDATE sales SET status = ?1 WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4",
+                params![status.as_str(), claim.sale.0, scope.tenant.0, scope.branch.0],
+            )
+            .map_err(database)?;
+            tx.commit().map_err(database)
+        })
+        .await
+    }
+
+    pub async fn settle(&self, claim: &Claim, settlement: &Settlement) -> Result<()> {
+        let (claim, settlement) = (claim.clone(), settlement.clone());
+        self.run(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let scope = claim.scope;
+            let (state, code, message) = match &settlement {
+                Settlement::Failed { code, message } => ("FAILED", Some(code.as_str()), message.as_str()),
+                Settlement::Unresolved { message } => ("RECONCILIATION_REQUIRED", None, message.as_str()),
+            };
+            let settled = tx
+                .execute(
+                    "UPDATE outbox SET state = ?1, lease_owner = NULL, lease_expires_at = NULL
+                     WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4 AND state = 'PENDING'",
+                    params![state, claim.outbox_id, scope.tenant.0, scope.branch.0],
+                )
+                .map_err(database)?;
+            if settled == 0 {
+                return Err(StoreError::NotFound("pending outbox row"));
+            }
+            tx.execute(
+                "UPDATE sales SET status = ?1, failure_code = ?2, failure_message = ?3 WHERE id = ?4 AND tenant_id = ?5 AND branch_id = ?6",
+                params![state, code, message, claim.sale.0, scope.tenant.0, scope.branch.0],
+            )
+            .map_err(database)?;
+            tx.commit().map_err(database)
+        })
+        .await
+    }
+
+    pub async fn record_exchange(
+        &self,
+        scope: Scope,
+        exchange: &ExchangeRecord,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let exchange = exchange.clone();
+        self.run(move |connection| {
+            connection
+                .execute(
+                    "INSERT INTO exchanges (tenant_id, branch_id, sale_id, endpoint, attempt, request_body, response_body,
+                                            http_status, outcome, elapsed_ms, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    params![
+                        scope.tenant.0,
+                        scope.branch.0,
+                        exchange.sale.map(|s| s.0),
+                        exchange.endpoint,
+                        exchange.attempt,
+                        exchange.request_body,
+                        exchange.response_body,
+                        exchange.http_status,
+                        exchange.outcome,
+                        to_i64(exchange.elapsed_ms, "elapsed_ms")?,
+                        timestamp(now)
+                    ],
+                )
+                .map_err(database)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn exchanges(&self, scope: Scope, sale: SaleId) -> Result<Vec<ExchangeRecord>> {
+        self.run(move |connection| {
+            let mut statement = connection
+                .prepare(
+                    "SELECT endpoint, attempt, request_body, response_body, http_status, outcome, elapsed_ms
+                     FROM exchanges WHERE tenant_id = ?1 AND branch_id = ?2 AND sale_id = ?3 ORDER BY id",
+                )
+                .map_err(database)?;
+            let rows = statement
+                .query_map(params![scope.tenant.0, scope.branch.0, sale.0], |r| {
+                    Ok(ExchangeRecord {
+                        sale: Some(sale),
+                        endpoint: r.get(0)?,
+                        attempt: r.get(1)?,
+                        request_body: r.get(2)?,
+                        response_body: r.get(3)?,
+                        http_status: r.get(4)?,
+                        outcome: r.get(5)?,
+                        elapsed_ms: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                    })
+                })
+                .map_err(database)?;
+            rows.collect::<std::result::Result<Vec<_>, _>>().map_err(database)
+        })
+        .await
+    }
+
+    pub async fn record_finding(
+        &self,
+        scope: Scope,
+        finding: &SequenceFinding,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let finding = finding.clone();
+        self.run(move |connection| {
+            connection
+                .execute(
+                    "INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        scope.tenant.0,
+                        scope.branch.0,
+                        finding.sdc_id,
+                        finding.kind.as_str(),
+                        finding.expected.map(|e| to_i64(e, "expected")).transpose()?,
+                        to_i64(finding.found, "found")?,
+                        finding.sale.map(|s| s.0),
+                        timestamp(now)
+                    ],
+                )
+                .map_err(database)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn findings(&self, scope: Scope) -> Result<Vec<SequenceFinding>> {
+        self.run(move |connection| {
+            let mut statement = connection
+                .prepare(
+                    "SELECT sdc_id, kind, expected, found, sale_id FROM sequence_findings
+                     WHERE tenant_id = ?1 AND branch_id = ?2 ORDER BY id",
+                )
+                .map_err(database)?;
+            let rows = statement
+                .query_map(params![scope.tenant.0, scope.branch.0], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                    ))
+                })
+                .map_err(database)?;
+            rows.map(|row| {
+                let (sdc_id, kind, expected, found, sale) = row.map_err(database)?;
+                Ok(SequenceFinding {
+                    sdc_id,
+                    kind: FindingKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("finding kind {kind:?}")))?,
+                    expected: expected.map(|e| to_u64(e, "expected")).transpose()?,
+                    found: to_u64(found, "found")?,
+                    sale: sale.map(SaleId),
+                })
+            })
+            .collect()
         })
         .await
     }

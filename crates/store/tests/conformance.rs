@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ushuru_store::{
-    NewSale, OutboxPayload, PayloadBuilder, Receipt, SaleStatus, Scope, Store, StoreError,
+    ExchangeRecord, FindingKind, NewSale, OutboxPayload, PayloadBuilder, Receipt, SaleStatus,
+    Scope, SequenceFinding, Settlement, Store, StoreError,
 };
 use ushuru_tax::{Money, Rounding};
 
@@ -324,6 +325,201 @@ async fn a_scope_sees_only_its_own_rows(store: Store) {
     );
 }
 
+async fn a_release_backs_off_and_remembers_what_may_have_been_sent(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let sale = accept(&store, scope, "A").await;
+    let lease = Duration::from_secs(30);
+    let claim = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!claim.maybe_sent, "never claimed before");
+    // Not sent (connection refused): back off 10 s, nothing reached the control unit.
+    let retry_at = now() + chrono::Duration::seconds(10);
+    store
+        .release(&claim, retry_at, false, SaleStatus::PendingSync)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_next(scope, "relay", lease, now() + chrono::Duration::seconds(9))
+            .await
+            .unwrap(),
+        None
+    );
+    let claim = store
+        .claim_next(scope, "relay", lease, retry_at)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((claim.attempts, claim.maybe_sent), (2, false));
+    // Ambiguous: the sale shows OUTCOME_UNKNOWN and the next claim knows to look it up first.
+    store
+        .release(&claim, retry_at, true, SaleStatus::OutcomeUnknown)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sale(scope, sale.sale).await.unwrap().unwrap().status,
+        SaleStatus::OutcomeUnknown
+    );
+    let claim = store
+        .claim_next(scope, "relay", lease, retry_at)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(claim.maybe_sent);
+    // A relay that died mid-call leaves maybe_sent set for whoever takes the row over.
+    let later = retry_at + chrono::Duration::seconds(60);
+    let taken_over = store
+        .claim_next(scope, "other", lease, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(taken_over.maybe_sent);
+    // Only the lease holder may release.
+    assert!(matches!(
+        store
+            .release(&claim, later, false, SaleStatus::PendingSync)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn settled_rows_end_failed_or_unresolved(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let first = accept(&store, scope, "A").await;
+    let second = accept(&store, scope, "B").await;
+    let lease = Duration::from_secs(30);
+    let claim = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    let refused = Settlement::Failed {
+        code: "910".into(),
+        message: "Request parameter error".into(),
+    };
+    store.settle(&claim, &refused).await.unwrap();
+    assert_eq!(
+        store.sale(scope, first.sale).await.unwrap().unwrap().status,
+        SaleStatus::Failed
+    );
+    assert!(matches!(
+        store.settle(&claim, &refused).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let claim = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        claim.sale, second.sale,
+        "a failed row no longer blocks the branch"
+    );
+    store
+        .settle(
+            &claim,
+            &Settlement::Unresolved {
+                message: "994 and no receipt found".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .sale(scope, second.sale)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        SaleStatus::ReconciliationRequired
+    );
+    assert_eq!(
+        store
+            .claim_next(scope, "relay", lease, now())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn the_exchange_journal_keeps_every_call(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let sale = accept(&store, scope, "A").await;
+    let call = |attempt: u32, outcome: &str, status: Option<u16>| ExchangeRecord {
+        sale: Some(sale.sale),
+        endpoint: "saveTrnsSalesOsdc".into(),
+        attempt,
+        request_body: "{\"invcNo\":1}".into(),
+        response_body: status.map(|_| "{\"resultCd\":\"000\"}".into()),
+        http_status: status,
+        outcome: outcome.into(),
+        elapsed_ms: 12,
+    };
+    store
+        .record_exchange(scope, &call(1, "not_sent", None), now())
+        .await
+        .unwrap();
+    store
+        .record_exchange(scope, &call(2, "ok", Some(200)), now())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.exchanges(scope, sale.sale).await.unwrap(),
+        vec![call(1, "not_sent", None), call(2, "ok", Some(200))]
+    );
+    let other = branch(&store, "P000000001Z").await;
+    assert!(store.exchanges(other, sale.sale).await.unwrap().is_empty());
+}
+
+async fn the_sequence_auditor_finds_gaps_and_keeps_duplicates(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let lease = Duration::from_secs(30);
+    let mut sales = Vec::new();
+    for number in [1, 2, 5] {
+        let accepted = accept(&store, scope, "S").await;
+        let claim = store
+            .claim_next(scope, "relay", lease, now())
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .record_receipt(&claim, &receipt("KRACU0000000001", number), now())
+            .await
+            .unwrap();
+        sales.push(accepted.sale);
+    }
+    let duplicate = SequenceFinding {
+        sdc_id: "KRACU0000000001".into(),
+        kind: FindingKind::Duplicate,
+        expected: Some(6),
+        found: 5,
+        sale: None,
+    };
+    store
+        .record_finding(scope, &duplicate, now())
+        .await
+        .unwrap();
+    let findings = store.findings(scope).await.unwrap();
+    let gap = SequenceFinding {
+        sdc_id: "KRACU0000000001".into(),
+        kind: FindingKind::Gap,
+        expected: Some(3),
+        found: 5,
+        sale: Some(sales[2]),
+    };
+    assert_eq!(findings, vec![gap, duplicate]);
+    assert!(
+        store
+            .findings(branch(&store, "P000000001Z").await)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -352,4 +548,8 @@ conformance!(
     the_outbox_is_claimed_in_order_under_a_lease,
     a_receipt_number_is_recorded_once,
     a_scope_sees_only_its_own_rows,
+    a_release_backs_off_and_remembers_what_may_have_been_sent,
+    settled_rows_end_failed_or_unresolved,
+    the_exchange_journal_keeps_every_call,
+    the_sequence_auditor_finds_gaps_and_keeps_duplicates,
 );

@@ -35,6 +35,9 @@ CREATE TABLE sales (
     sdc_date_time     TEXT,
     sdc_id            TEXT,
     mrc_no            TEXT,
+    -- Why the control unit refused it (FAILED), or what is unresolved.
+    failure_code      TEXT,
+    failure_message   TEXT,
     created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
     signed_at         TIMESTAMPTZ,
     CONSTRAINT sales_branch_invc_unique UNIQUE (branch_id, invc_no)
@@ -50,10 +53,15 @@ CREATE TABLE outbox (
     payload           TEXT NOT NULL,
     payload_sha256    TEXT NOT NULL,
     state             TEXT NOT NULL DEFAULT 'PENDING' CONSTRAINT outbox_state_check
-                      CHECK (state IN ('PENDING', 'DONE', 'QUARANTINED')),
+                      CHECK (state IN ('PENDING', 'DONE', 'FAILED', 'QUARANTINED', 'RECONCILIATION_REQUIRED')),
     attempts          INTEGER NOT NULL DEFAULT 0,
     lease_owner       TEXT,
     lease_expires_at  TIMESTAMPTZ,
+    -- Not before this time (backoff after a call that was not sent).
+    next_attempt_at   TIMESTAMPTZ,
+    -- True once a call with this payload may have reached the control unit: from then on
+    -- the row is reconciled (selectInvoiceDetails) before it is sent again.
+    maybe_sent        BOOLEAN NOT NULL DEFAULT FALSE,
     created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
     CONSTRAINT outbox_branch_invc_unique UNIQUE (branch_id, invc_no)
 );
@@ -67,4 +75,35 @@ CREATE TABLE receipts (
     rcpt_no     BIGINT NOT NULL,
     sale_id     BIGINT NOT NULL CONSTRAINT receipts_sale_fk REFERENCES sales (id),
     CONSTRAINT receipts_sdc_rcpt_unique UNIQUE (sdc_id, rcpt_no)
+);
+
+-- Every call to the control unit, kept for KRA support and auditors: the exact bodies, never
+-- the headers (they carry the cmcKey).
+CREATE TABLE exchanges (
+    id             BIGINT GENERATED ALWAYS AS IDENTITY CONSTRAINT exchanges_pk PRIMARY KEY,
+    tenant_id      BIGINT NOT NULL CONSTRAINT exchanges_tenant_fk REFERENCES tenants (id),
+    branch_id      BIGINT NOT NULL CONSTRAINT exchanges_branch_fk REFERENCES branches (id),
+    sale_id        BIGINT CONSTRAINT exchanges_sale_fk REFERENCES sales (id),
+    endpoint       TEXT NOT NULL,
+    attempt        INTEGER NOT NULL,
+    request_body   TEXT NOT NULL,
+    response_body  TEXT,
+    http_status    INTEGER,
+    outcome        TEXT NOT NULL,
+    elapsed_ms     BIGINT NOT NULL,
+    created_at     TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX exchanges_sale_idx ON exchanges (sale_id);
+
+-- Gaps and duplicates in a control unit's receipt numbers, found as receipts are recorded.
+CREATE TABLE sequence_findings (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY CONSTRAINT sequence_findings_pk PRIMARY KEY,
+    tenant_id   BIGINT NOT NULL CONSTRAINT sequence_findings_tenant_fk REFERENCES tenants (id),
+    branch_id   BIGINT NOT NULL CONSTRAINT sequence_findings_branch_fk REFERENCES branches (id),
+    sdc_id      TEXT NOT NULL,
+    kind        TEXT NOT NULL CONSTRAINT sequence_findings_kind_check CHECK (kind IN ('GAP', 'DUPLICATE')),
+    expected    BIGINT,
+    found       BIGINT NOT NULL,
+    sale_id     BIGINT CONSTRAINT sequence_findings_sale_fk REFERENCES sales (id),
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );

@@ -33,6 +33,9 @@ CREATE TABLE sales (
     sdc_date_time     TEXT,
     sdc_id            TEXT,
     mrc_no            TEXT,
+    -- Why the control unit refused it (FAILED), or what is unresolved.
+    failure_code      TEXT,
+    failure_message   TEXT,
     created_at        TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     signed_at         TEXT,
     CONSTRAINT sales_branch_invc_unique UNIQUE (branch_id, invc_no)
@@ -47,10 +50,15 @@ CREATE TABLE outbox (
     payload           TEXT NOT NULL,
     payload_sha256    TEXT NOT NULL,
     state             TEXT NOT NULL DEFAULT 'PENDING' CONSTRAINT outbox_state_check
-                      CHECK (state IN ('PENDING', 'DONE', 'QUARANTINED')),
+                      CHECK (state IN ('PENDING', 'DONE', 'FAILED', 'QUARANTINED', 'RECONCILIATION_REQUIRED')),
     attempts          INTEGER NOT NULL DEFAULT 0,
     lease_owner       TEXT,
     lease_expires_at  TEXT,
+    -- Not before this time (backoff after a call that was not sent).
+    next_attempt_at   TEXT,
+    -- True once a call with this payload may have reached the control unit: from then on
+    -- the row is reconciled (selectInvoiceDetails) before it is sent again.
+    maybe_sent        BOOLEAN NOT NULL DEFAULT FALSE,
     created_at        TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     CONSTRAINT outbox_branch_invc_unique UNIQUE (branch_id, invc_no)
 );
@@ -63,4 +71,35 @@ CREATE TABLE receipts (
     rcpt_no     INTEGER NOT NULL,
     sale_id     INTEGER NOT NULL CONSTRAINT receipts_sale_fk REFERENCES sales (id),
     CONSTRAINT receipts_sdc_rcpt_unique UNIQUE (sdc_id, rcpt_no)
+);
+
+-- Every call to the control unit, kept for KRA support and auditors: the exact bodies, never
+-- the headers (they carry the cmcKey).
+CREATE TABLE exchanges (
+    id             INTEGER CONSTRAINT exchanges_pk PRIMARY KEY AUTOINCREMENT,
+    tenant_id      INTEGER NOT NULL CONSTRAINT exchanges_tenant_fk REFERENCES tenants (id),
+    branch_id      INTEGER NOT NULL CONSTRAINT exchanges_branch_fk REFERENCES branches (id),
+    sale_id        INTEGER CONSTRAINT exchanges_sale_fk REFERENCES sales (id),
+    endpoint       TEXT NOT NULL,
+    attempt        INTEGER NOT NULL,
+    request_body   TEXT NOT NULL,
+    response_body  TEXT,
+    http_status    INTEGER,
+    outcome        TEXT NOT NULL,
+    elapsed_ms     INTEGER NOT NULL,
+    created_at     TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE INDEX exchanges_sale_idx ON exchanges (sale_id);
+
+-- Gaps and duplicates in a control unit's receipt numbers, found as receipts are recorded.
+CREATE TABLE sequence_findings (
+    id          INTEGER CONSTRAINT sequence_findings_pk PRIMARY KEY AUTOINCREMENT,
+    tenant_id   INTEGER NOT NULL CONSTRAINT sequence_findings_tenant_fk REFERENCES tenants (id),
+    branch_id   INTEGER NOT NULL CONSTRAINT sequence_findings_branch_fk REFERENCES branches (id),
+    sdc_id      TEXT NOT NULL,
+    kind        TEXT NOT NULL CONSTRAINT sequence_findings_kind_check CHECK (kind IN ('GAP', 'DUPLICATE')),
+    expected    INTEGER,
+    found       INTEGER NOT NULL,
+    sale_id     INTEGER CONSTRAINT sequence_findings_sale_fk REFERENCES sales (id),
+    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
