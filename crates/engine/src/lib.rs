@@ -1,6 +1,9 @@
-//! The domain: signing pipeline, credit notes, stock, items, reports, scheduler,
-//! connectivity monitor, key vault, sequence auditor, supplier gateway.
-//!
-//! Filled by the signing-pipeline issue; see `docs/architecture.md` for what belongs here.
+//! The domain: the signing pipeline (today: the per-branch relay of phases 2 and 3), and
+//! later credit notes, stock, items, reports, the scheduler and the connectivity monitor.
 
+pub mod clock;
+pub mod relay;
+
+pub use clock::{Clock, SystemClock};
+pub use relay::{Backoff, DeviceIdentity, Relay, RelayError, Step};
 pub use ushuru_tax as tax;

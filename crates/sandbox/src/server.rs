@@ -155,8 +155,12 @@ impl Sandbox {
         let router = self.router();
         let header_read = self.limits.header_read;
         let mut shutdown = std::pin::pin!(shutdown);
+        // Open connections, so that stopping the sandbox also ends keep-alive connections:
+        // a stopped control unit must not go on answering its clients.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             let (stream, _) = tokio::select! {
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     // Too many open files and the like: wait a moment, keep serving.
@@ -166,11 +170,14 @@ impl Sandbox {
                         continue;
                     }
                 },
-                () = &mut shutdown => return Ok(()),
+                () = &mut shutdown => {
+                    connections.abort_all();
+                    return Ok(());
+                }
             };
             let _ = stream.set_nodelay(true);
             let router = router.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let kill = Arc::new(Notify::new());
                 let connection_kill = ConnectionKill(Arc::clone(&kill));
                 let service = hyper::service::service_fn(

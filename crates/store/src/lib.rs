@@ -228,6 +228,14 @@ pub(crate) fn money_from_text(text: &str) -> Result<ushuru_tax::Money> {
         .map_err(|e| StoreError::Corrupt(format!("amount {text:?} {e}")))
 }
 
+/// The sale status that goes with an outbox end state.
+pub(crate) fn sale_status_of(outbox_state: &str) -> &'static str {
+    match outbox_state {
+        "FAILED" => "FAILED",
+        _ => "RECONCILIATION_REQUIRED",
+    }
+}
+
 pub(crate) fn to_u64(value: i64, what: &str) -> Result<u64> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} {value} is negative")))
 }

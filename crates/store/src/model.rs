@@ -151,6 +151,9 @@ pub enum Settlement {
     /// It cannot be settled automatically (a duplicate whose receipt cannot be recovered):
     /// RECONCILIATION_REQUIRED, visible, never renumbered.
     Unresolved { message: String },
+    /// Its stored payload no longer matches its SHA-256: never sent; the outbox row is
+    /// QUARANTINED and the sale RECONCILIATION_REQUIRED.
+    Quarantined { message: String },
 }
 
 /// A call to the control unit as the journal keeps it.

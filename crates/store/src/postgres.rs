@@ -13,7 +13,7 @@ use crate::{
     AcceptedSale, Branch, BranchId, Claim, ExchangeRecord, FindingKind, MIGRATIONS, NewSale,
     OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleRecord, SaleStatus, Scope,
     SequenceFinding, Settlement, StoreError, Tenant, TenantId, lease_until, money_from_text,
-    money_text, to_i64, to_u64,
+    money_text, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -476,6 +476,9 @@ impl PostgresStore {
             Settlement::Failed { code, message } => {
                 ("FAILED", Some(code.as_str()), message.as_str())
             }
+            Settlement::Quarantined { message } => {
+                ("QUARANTINED", Some("PAYLOAD_MISMATCH"), message.as_str())
+            }
             Settlement::Unresolved { message } => {
                 ("RECONCILIATION_REQUIRED", None, message.as_str())
             }
@@ -496,7 +499,7 @@ impl PostgresStore {
         }
         tx.execute(
             "UPDATE sales SET status = $1, failure_code = $2, failure_message = $3 WHERE id = $4 AND tenant_id = $5 AND branch_id = $6",
-            &[&state, &code, &message, &claim.sale.0, &scope.tenant.0, &scope.branch.0],
+            &[&sale_status_of(state), &code, &message, &claim.sale.0, &scope.tenant.0, &scope.branch.0],
         )
         .await
         .map_err(database)?;

@@ -1,0 +1,377 @@
+//! The relay of one branch: phases 2 and 3 of the outbox. It claims the branch's next sale
+//! under a lease, checks its payload against its SHA-256, sends it to the control unit
+//! (no transaction is open during the call), and records what came back.
+//!
+//! What each outcome does (kra-protocol.md §6, ARCHITECTURE invariants 2–5, 8):
+//! - `Ok`: the receipt goes into the sale (SIGNED) under `UNIQUE(sdc_id, rcpt_no)`.
+//! - `Rejected` with a duplicate code (921/994/899): the invoice was signed before — its
+//!   receipt is fetched with `selectInvoiceDetails` and adopted; if it cannot be found the
+//!   sale is RECONCILIATION_REQUIRED, never renumbered.
+//! - `Rejected` otherwise: FAILED with KRA's code and message.
+//! - `NotSent`: given back with exponential backoff and full jitter; nothing reached the
+//!   control unit.
+//! - `Ambiguous`: OUTCOME_UNKNOWN. Before the next send the invoice is looked up: found, its
+//!   receipt is adopted; not found, the identical payload is sent again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use ushuru_kra::types::{InvoiceDetailsRequest, InvoiceDetailsResponse, SaleResponse};
+use ushuru_kra::wire::Int;
+use ushuru_kra::{Call, EndpointName, Exchange, KraClient, Outcome};
+use ushuru_store::{
+    Claim, ExchangeRecord, FindingKind, Receipt, SaleId, SaleStatus, Scope, SequenceFinding,
+    Settlement, Store, StoreError,
+};
+
+use crate::clock::Clock;
+
+/// The control unit a branch's device was initialised on: OSCU answers carry neither id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    pub sdc_id: String,
+    pub mrc_no: Option<String>,
+}
+
+/// Exponential backoff with full jitter: a random delay up to `base × 2^(attempt−1)`,
+/// capped, so that relays retrying after an outage do not all come back at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Backoff {
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.cap);
+        let mut random = [0u8; 8];
+        // Without randomness the full delay is still a valid (if synchronised) backoff.
+        if getrandom::fill(&mut random).is_err() {
+            return ceiling;
+        }
+        let ceiling_nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(u64::from_le_bytes(random) % ceiling_nanos.saturating_add(1))
+    }
+}
+
+/// What one step of the relay did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to send (or the branch's head row is leased elsewhere, or backing off).
+    Idle,
+    Signed {
+        sale: SaleId,
+        invc_no: u64,
+    },
+    Failed {
+        sale: SaleId,
+        code: String,
+    },
+    Unresolved {
+        sale: SaleId,
+    },
+    /// Given back, to be tried again from `at`.
+    Retrying {
+        sale: SaleId,
+        at: DateTime<Utc>,
+        outcome: &'static str,
+    },
+    Quarantined {
+        sale: SaleId,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// One branch's relay.
+pub struct Relay {
+    store: Store,
+    client: KraClient,
+    scope: Scope,
+    device: DeviceIdentity,
+    owner: String,
+    lease: Duration,
+    backoff: Backoff,
+    clock: Arc<dyn Clock>,
+}
+
+impl Relay {
+    pub fn new(
+        store: Store,
+        client: KraClient,
+        scope: Scope,
+        device: DeviceIdentity,
+        owner: impl Into<String>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Relay {
+            store,
+            client,
+            scope,
+            device,
+            owner: owner.into(),
+            // Longer than the slowest sale call may take, so a live relay keeps its row.
+            lease: Duration::from_secs(120),
+            backoff: Backoff::default(),
+            clock,
+        }
+    }
+
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Claims the branch's next sale and takes it as far as one call allows.
+    pub async fn step(&self) -> Result<Step, RelayError> {
+        let Some(claim) = self
+            .store
+            .claim_next(self.scope, &self.owner, self.lease, self.clock.now())
+            .await?
+        else {
+            return Ok(Step::Idle);
+        };
+        let actual = data_encoding::HEXLOWER.encode(&Sha256::digest(claim.payload.body.as_bytes()));
+        if actual != claim.payload.sha256 {
+            tracing::error!(
+                sale = claim.sale.0,
+                invc_no = claim.invc_no,
+                "stored payload does not match its SHA-256: quarantined, not sent"
+            );
+            let message = format!(
+                "the stored payload's SHA-256 is {actual}, not {}",
+                claim.payload.sha256
+            );
+            self.store
+                .settle(&claim, &Settlement::Quarantined { message })
+                .await?;
+            return Ok(Step::Quarantined { sale: claim.sale });
+        }
+        // It may have reached the control unit before: look before sending it again.
+        if claim.maybe_sent {
+            match self.look_up(&claim).await? {
+                Lookup::Found(receipt) => return self.record(&claim, receipt).await,
+                Lookup::Absent => {}
+                Lookup::Unknown(outcome) => return self.retry(&claim, true, outcome).await,
+            }
+        }
+        let call = self
+            .client
+            .send_typed::<SaleResponse>(
+                EndpointName::SaveTrnsSalesOsdc,
+                claim.payload.body.clone().into_bytes(),
+            )
+            .await;
+        self.journal(&claim, &call).await?;
+        match call.outcome {
+            Outcome::Ok {
+                data: Some(response),
+                ..
+            } => {
+                let receipt = Receipt {
+                    sdc_id: response
+                        .sdc_id
+                        .unwrap_or_else(|| self.device.sdc_id.clone()),
+                    mrc_no: response.mrc_no.or_else(|| self.device.mrc_no.clone()),
+                    cur_rcpt_no: response.cur_rcpt_no.0,
+                    tot_rcpt_no: response.tot_rcpt_no.0,
+                    intrl_data: response.intrl_data,
+                    rcpt_sign: response.rcpt_sign,
+                    sdc_date_time: response.sdc_date_time.digits(),
+                };
+                self.record(&claim, receipt).await
+            }
+            // A success without a receipt is no receipt: treat it as unknown and look it up.
+            Outcome::Ok { data: None, .. } => self.retry(&claim, true, "ambiguous").await,
+            Outcome::Rejected { code, .. } if code.is_duplicate() => {
+                match self.look_up(&claim).await? {
+                    Lookup::Found(receipt) => self.record(&claim, receipt).await,
+                    Lookup::Absent => {
+                        let message = format!(
+                            "the control unit answered {code} (already received) and has no receipt for invoice {}",
+                            claim.invc_no
+                        );
+                        self.store
+                            .settle(&claim, &Settlement::Unresolved { message })
+                            .await?;
+                        Ok(Step::Unresolved { sale: claim.sale })
+                    }
+                    Lookup::Unknown(outcome) => self.retry(&claim, true, outcome).await,
+                }
+            }
+            Outcome::Rejected { code, message } => {
+                let code = code.code().to_owned();
+                self.store
+                    .settle(
+                        &claim,
+                        &Settlement::Failed {
+                            code: code.clone(),
+                            message,
+                        },
+                    )
+                    .await?;
+                Ok(Step::Failed {
+                    sale: claim.sale,
+                    code,
+                })
+            }
+            // Nothing left the machine: whether it was sent before is as the claim found it.
+            Outcome::NotSent { .. } => self.retry(&claim, claim.maybe_sent, "not_sent").await,
+            Outcome::Ambiguous { .. } => self.retry(&claim, true, "ambiguous").await,
+        }
+    }
+
+    /// Steps until the branch has nothing ready to send.
+    pub async fn drain(&self) -> Result<Vec<Step>, RelayError> {
+        let mut steps = Vec::new();
+        loop {
+            match self.step().await? {
+                Step::Idle => return Ok(steps),
+                step => steps.push(step),
+            }
+        }
+    }
+
+    async fn record(&self, claim: &Claim, receipt: Receipt) -> Result<Step, RelayError> {
+        match self
+            .store
+            .record_receipt(claim, &receipt, self.clock.now())
+            .await
+        {
+            Ok(()) => Ok(Step::Signed {
+                sale: claim.sale,
+                invc_no: claim.invc_no,
+            }),
+            Err(StoreError::DuplicateReceipt { sdc_id, rcpt_no }) => {
+                // The control unit gave a number it gave another sale: keep it visible.
+                tracing::error!(%sdc_id, rcpt_no, sale = claim.sale.0, "receipt number already recorded for another sale");
+                let finding = SequenceFinding {
+                    sdc_id: sdc_id.clone(),
+                    kind: FindingKind::Duplicate,
+                    expected: None,
+                    found: rcpt_no,
+                    sale: Some(claim.sale),
+                };
+                self.store
+                    .record_finding(self.scope, &finding, self.clock.now())
+                    .await?;
+                let message = format!("control unit {sdc_id} issued receipt {rcpt_no} again");
+                self.store
+                    .settle(claim, &Settlement::Unresolved { message })
+                    .await?;
+                Ok(Step::Unresolved { sale: claim.sale })
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    async fn retry(
+        &self,
+        claim: &Claim,
+        maybe_sent: bool,
+        outcome: &'static str,
+    ) -> Result<Step, RelayError> {
+        let now = self.clock.now();
+        let delay = chrono::Duration::from_std(self.backoff.delay(claim.attempts))
+            .unwrap_or(chrono::Duration::zero());
+        let at = now + delay;
+        let status = if maybe_sent {
+            SaleStatus::OutcomeUnknown
+        } else {
+            SaleStatus::PendingSync
+        };
+        self.store.release(claim, at, maybe_sent, status).await?;
+        Ok(Step::Retrying {
+            sale: claim.sale,
+            at,
+            outcome,
+        })
+    }
+
+    async fn look_up(&self, claim: &Claim) -> Result<Lookup, RelayError> {
+        let request = InvoiceDetailsRequest {
+            invc_no: Int(claim.invc_no),
+        };
+        let call = self
+            .client
+            .call::<ushuru_kra::endpoints::InvoiceDetails>(&request)
+            .await;
+        self.journal(claim, &call).await?;
+        Ok(match call.outcome {
+            Outcome::Ok {
+                data: Some(InvoiceDetailsResponse { sales_list }),
+                ..
+            } => match sales_list.into_iter().next() {
+                Some(sale) => Lookup::Found(Receipt {
+                    sdc_id: self.device.sdc_id.clone(),
+                    mrc_no: self.device.mrc_no.clone(),
+                    cur_rcpt_no: sale.receipt.cur_rcpt_no.0,
+                    tot_rcpt_no: sale.receipt.tot_rcpt_no.0,
+                    intrl_data: sale.receipt.intrl_data,
+                    rcpt_sign: sale.receipt.rcpt_sign,
+                    sdc_date_time: sale.receipt.sdc_date_time.digits(),
+                }),
+                None => Lookup::Absent,
+            },
+            Outcome::Ok { data: None, .. } => Lookup::Absent,
+            // A lookup that fails tells nothing: try again later.
+            Outcome::Rejected { .. } => Lookup::Unknown("ambiguous"),
+            Outcome::NotSent { .. } => Lookup::Unknown("not_sent"),
+            Outcome::Ambiguous { .. } => Lookup::Unknown("ambiguous"),
+        })
+    }
+
+    async fn journal<T>(&self, claim: &Claim, call: &Call<T>) -> Result<(), RelayError> {
+        let Exchange {
+            endpoint,
+            request_body,
+            response_body,
+            http_status,
+            elapsed,
+            ..
+        } = &call.exchange;
+        let record = ExchangeRecord {
+            sale: Some(claim.sale),
+            endpoint: endpoint.oscu_name().to_owned(),
+            attempt: claim.attempts,
+            request_body: request_body.clone(),
+            response_body: response_body.clone(),
+            http_status: *http_status,
+            outcome: call.outcome.class_name().to_owned(),
+            elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        };
+        self.store
+            .record_exchange(self.scope, &record, self.clock.now())
+            .await?;
+        Ok(())
+    }
+}
+
+enum Lookup {
+    Found(Receipt),
+    Absent,
+    Unknown(&'static str),
+}
