@@ -569,6 +569,98 @@ async fn a_duplicate_without_a_receipt_needs_reconciliation(store: Store) {
     sandbox.stop().await;
 }
 
+async fn two_relays_on_one_branch_send_one_at_a_time_in_order(store: Store) {
+    let sandbox = sandbox_at("127.0.0.1:0", None).await;
+    let branch = Arc::new(branch(store, &sandbox).await);
+    let mut sales = Vec::new();
+    for i in 0..12u32 {
+        sales.push(
+            branch
+                .accept("SODA", ["116", "232", "348"][i as usize % 3])
+                .await
+                .sale,
+        );
+    }
+    // Two relays, as two replicas would run them; the sandbox refuses any invoice that is
+    // not exactly the next one, so a send out of order or in parallel would fail a sale.
+    let sales = Arc::new(sales);
+    let relays: Vec<_> = ["replica-a", "replica-b"]
+        .into_iter()
+        .map(|owner| {
+            let branch = Arc::clone(&branch);
+            let sales = Arc::clone(&sales);
+            tokio::spawn(async move {
+                let relay = Relay::new(
+                    branch.store.clone(),
+                    branch.client.clone(),
+                    branch.scope,
+                    branch.device.clone(),
+                    owner,
+                    Arc::new(SystemClock),
+                )
+                .with_backoff(Backoff {
+                    base: Duration::from_millis(1),
+                    cap: Duration::from_millis(5),
+                });
+                let mut signed = Vec::new();
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                while std::time::Instant::now() < deadline {
+                    match relay.step().await.unwrap() {
+                        Step::Signed { invc_no, .. } => signed.push(invc_no),
+                        Step::Idle if all_signed(&branch, &sales).await => break,
+                        Step::Idle => tokio::time::sleep(Duration::from_millis(2)).await,
+                        other => panic!("{owner}: {other:?}"),
+                    }
+                }
+                signed
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for relay in relays {
+        all.extend(relay.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=12).collect::<Vec<u64>>(),
+        "every invoice signed exactly once"
+    );
+    assert_eq!(signed_in_sandbox(&sandbox), 12);
+    assert!(all_signed(&branch, &sales).await);
+    // Signed in invoice order: the control unit's receipt counter follows invcNo.
+    for (index, sale) in sales.iter().enumerate() {
+        let record = branch
+            .store
+            .sale(branch.scope, *sale)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (record.invc_no, record.receipt.unwrap().tot_rcpt_no),
+            (index as u64 + 1, index as u64 + 1)
+        );
+    }
+    sandbox.stop().await;
+}
+
+async fn all_signed(branch: &Branch, sales: &[ushuru_store::SaleId]) -> bool {
+    for sale in sales {
+        if branch
+            .store
+            .sale(branch.scope, *sale)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            != SaleStatus::Signed
+        {
+            return false;
+        }
+    }
+    true
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -589,4 +681,5 @@ on_both!(
     an_outage_keeps_sales_pending_then_signs_them_in_order,
     a_refusal_fails_the_sale_with_kras_code,
     a_duplicate_without_a_receipt_needs_reconciliation,
+    two_relays_on_one_branch_send_one_at_a_time_in_order,
 );
