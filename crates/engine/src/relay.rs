@@ -7,7 +7,11 @@
 //! - `Rejected` with a duplicate code (921/994/899): the invoice was signed before — its
 //!   receipt is fetched with `selectInvoiceDetails` and adopted; if it cannot be found the
 //!   sale is RECONCILIATION_REQUIRED, never renumbered.
-//! - `Rejected` otherwise: FAILED with KRA's code and message.
+//! - `Rejected` for the request itself (the Request class: 910–912, 834): FAILED with KRA's
+//!   code and message.
+//! - `Rejected` for any other reason (rate limit 990, server errors 99x, a VSCU offline 894,
+//!   a device or gateway problem, an unknown code): nothing is wrong with the sale, so it is
+//!   kept and tried again with backoff, looked up first in case it was processed.
 //! - `NotSent`: given back with exponential backoff and full jitter; nothing reached the
 //!   control unit.
 //! - `Ambiguous`: OUTCOME_UNKNOWN. Before the next send the invoice is looked up: found, its
@@ -20,7 +24,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use ushuru_kra::types::{InvoiceDetailsRequest, InvoiceDetailsResponse, SaleResponse};
 use ushuru_kra::wire::Int;
-use ushuru_kra::{Call, EndpointName, Exchange, KraClient, Outcome};
+use ushuru_kra::{Call, EndpointName, Exchange, KraClient, Outcome, ResultClass};
 use ushuru_store::{
     Claim, ExchangeRecord, FindingKind, Receipt, SaleId, SaleStatus, Scope, SequenceFinding,
     Settlement, Store, StoreError,
@@ -122,17 +126,24 @@ impl Relay {
         owner: impl Into<String>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let lease = Self::lease_for(&client);
         Relay {
             store,
             client,
             scope,
             device,
             owner: owner.into(),
-            // Longer than the slowest sale call may take, so a live relay keeps its row.
-            lease: Duration::from_secs(120),
+            lease,
             backoff: Backoff::default(),
             clock,
         }
+    }
+
+    /// Longer than the longest step can take (a lookup, then the sale, each with its
+    /// connect time), so that a live relay never loses its row mid-call.
+    fn lease_for(client: &KraClient) -> Duration {
+        let timeouts = client.config().timeouts;
+        timeouts.lookup + timeouts.sale + timeouts.connect * 2 + Duration::from_secs(30)
     }
 
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
@@ -221,6 +232,10 @@ impl Relay {
                     }
                     Lookup::Unknown(outcome) => self.retry(&claim, true, outcome).await,
                 }
+            }
+            Outcome::Rejected { code, message } if code.class() != ResultClass::Request => {
+                tracing::warn!(sale = claim.sale.0, invc_no = claim.invc_no, %code, %message, "control unit refused for now; retrying");
+                self.retry(&claim, true, "rejected").await
             }
             Outcome::Rejected { code, message } => {
                 let code = code.code().to_owned();
@@ -344,6 +359,8 @@ impl Relay {
         })
     }
 
+    /// Keeps the call in the journal. A journal that cannot be written is logged, never a
+    /// reason to drop a receipt already received.
     async fn journal<T>(&self, claim: &Claim, call: &Call<T>) -> Result<(), RelayError> {
         let Exchange {
             endpoint,
@@ -363,9 +380,13 @@ impl Relay {
             outcome: call.outcome.class_name().to_owned(),
             elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         };
-        self.store
+        if let Err(e) = self
+            .store
             .record_exchange(self.scope, &record, self.clock.now())
-            .await?;
+            .await
+        {
+            tracing::error!(error = %e, sale = claim.sale.0, "the exchange journal could not be written");
+        }
         Ok(())
     }
 }

@@ -661,6 +661,66 @@ async fn all_signed(branch: &Branch, sales: &[ushuru_store::SaleId]) -> bool {
     true
 }
 
+async fn a_refusal_for_now_is_retried_not_failed(store: Store) {
+    let sandbox = sandbox_at("127.0.0.1:0", None).await;
+    let branch = branch(store, &sandbox).await;
+    let first = branch.accept("SODA", "116").await;
+    let second = branch.accept("SODA", "232").await;
+    // A rate limit, then a server error: nothing wrong with the sale.
+    fault(
+        &sandbox,
+        "saveTrnsSalesOsdc",
+        json!({"kind": "result_code", "code": "990"}),
+    )
+    .await;
+    fault(
+        &sandbox,
+        "saveTrnsSalesOsdc",
+        json!({"kind": "result_code", "code": "999"}),
+    )
+    .await;
+    let relay = branch.relay();
+    for _ in 0..2 {
+        let step = relay.step().await.unwrap();
+        assert!(
+            matches!(
+                step,
+                Step::Retrying {
+                    outcome: "rejected",
+                    ..
+                }
+            ),
+            "{step:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        branch
+            .store
+            .sale(branch.scope, first.sale)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        SaleStatus::OutcomeUnknown
+    );
+    let steps = relay.drain().await.unwrap();
+    assert_eq!(
+        steps,
+        vec![
+            Step::Signed {
+                sale: first.sale,
+                invc_no: 1
+            },
+            Step::Signed {
+                sale: second.sale,
+                invc_no: 2
+            }
+        ]
+    );
+    sandbox.stop().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -682,4 +742,5 @@ on_both!(
     a_refusal_fails_the_sale_with_kras_code,
     a_duplicate_without_a_receipt_needs_reconciliation,
     two_relays_on_one_branch_send_one_at_a_time_in_order,
+    a_refusal_for_now_is_retried_not_failed,
 );

@@ -117,8 +117,9 @@ impl Store {
     }
 
     /// Phase 2: claims the branch's oldest pending outbox row for `owner` until
-    /// `now + lease`. Only that row can be claimed, and only when no other owner holds a
-    /// live lease on it: one call in flight per branch, in invoice order.
+    /// `now + lease`. Only that row can be claimed, and only when no live lease is on it
+    /// (not even one of the same owner name): one call in flight per branch, in invoice
+    /// order. The claim carries a lease token that later calls on the row must present.
     pub async fn claim_next(
         &self,
         scope: Scope,
@@ -210,12 +211,59 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
     postgres: include_str!("../migrations/postgres/0001_foundation.sql"),
 }];
 
-/// A lease expiry, `now + lease`, saturating far in the future.
+/// A lease expiry, `now + lease`, within [`clamp_time`]'s range.
 pub(crate) fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(lease)
-        .ok()
-        .and_then(|d| now.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    clamp_time(
+        chrono::Duration::from_std(lease)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+    )
+}
+
+/// Times both backends store alike: up to the end of year 9999 (RFC 3339 has four-digit
+/// years), to the microsecond (PostgreSQL's precision).
+pub(crate) fn clamp_time(at: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::{TimeZone, Timelike};
+    let latest = Utc
+        .with_ymd_and_hms(9999, 12, 31, 23, 59, 59)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let at = at.min(latest);
+    at.with_nanosecond(at.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(at)
+}
+
+/// A lease token: the owner's name and a random part, unique to one claim. Recording,
+/// settling and releasing need the token, so a relay whose lease ran out and was taken over
+/// can no longer touch the row, even one with the same name.
+pub(crate) fn lease_token(owner: &str) -> String {
+    let mut random = [0u8; 8];
+    if getrandom::fill(&mut random).is_err() {
+        random = Utc::now()
+            .timestamp_nanos_opt()
+            .unwrap_or_default()
+            .to_le_bytes();
+    }
+    format!(
+        "{owner}#{}",
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// Runs a payload builder; a panic in it is an error like any other (nothing is written).
+pub(crate) fn build_payload(build: PayloadBuilder, invc_no: u64) -> Result<OutboxPayload> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build(invc_no)))
+        .map_err(|_| StoreError::Payload("the payload builder panicked".into()))?
+        .map_err(StoreError::Payload)
+}
+
+/// A journal attempt number as both backends store it.
+pub(crate) fn attempt_number(attempt: u32) -> i32 {
+    i32::try_from(attempt).unwrap_or(i32::MAX)
 }
 
 /// Money in the store's text form, and back.

@@ -12,8 +12,9 @@ use tokio_postgres::error::SqlState;
 use crate::{
     AcceptedSale, Branch, BranchId, Claim, ExchangeRecord, FindingKind, MIGRATIONS, NewSale,
     OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleRecord, SaleStatus, Scope,
-    SequenceFinding, Settlement, StoreError, Tenant, TenantId, lease_until, money_from_text,
-    money_text, sale_status_of, to_i64, to_u64,
+    SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number, build_payload,
+    clamp_time, lease_token, lease_until, money_from_text, money_text, sale_status_of, to_i64,
+    to_u64,
 };
 
 #[derive(Clone)]
@@ -23,6 +24,20 @@ pub struct PostgresStore {
 
 fn database(error: impl std::fmt::Display) -> StoreError {
     StoreError::Database(error.to_string())
+}
+
+/// A PostgreSQL error with the server's own words (its `Display` says only "db error").
+fn query_error(error: tokio_postgres::Error) -> StoreError {
+    match error.as_db_error() {
+        Some(db) if db.code() == &SqlState::FOREIGN_KEY_VIOLATION => {
+            StoreError::NotFound("branch or sale of this scope")
+        }
+        Some(db) => StoreError::Database(match db.detail() {
+            Some(detail) => format!("{}: {} ({detail})", db.code().code(), db.message()),
+            None => format!("{}: {}", db.code().code(), db.message()),
+        }),
+        None => database(error),
+    }
 }
 
 /// The constraint a unique violation broke, by its explicit name in the migration.
@@ -41,7 +56,7 @@ async fn enter(tx: &Transaction<'_>, tenant: TenantId) -> Result<()> {
         &[&tenant.0.to_string()],
     )
     .await
-    .map_err(database)?;
+    .map_err(query_error)?;
     Ok(())
 }
 
@@ -76,11 +91,11 @@ impl PostgresStore {
 
     pub async fn migrate(&self) -> Result<Vec<&'static str>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(database)?;
+        let tx = client.transaction().await.map_err(query_error)?;
         // Replicas starting together migrate one at a time.
         tx.execute("SELECT pg_advisory_xact_lock(7020301)", &[])
             .await
-            .map_err(database)?;
+            .map_err(query_error)?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                 version    BIGINT CONSTRAINT schema_migrations_pk PRIMARY KEY,
@@ -89,7 +104,7 @@ impl PostgresStore {
             )",
         )
         .await
-        .map_err(database)?;
+        .map_err(query_error)?;
         let mut applied = Vec::new();
         for migration in MIGRATIONS {
             let done = tx
@@ -98,21 +113,21 @@ impl PostgresStore {
                     &[&migration.version],
                 )
                 .await
-                .map_err(database)?;
+                .map_err(query_error)?;
             if done.is_none() {
                 tx.batch_execute(migration.postgres)
                     .await
-                    .map_err(database)?;
+                    .map_err(query_error)?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                     &[&migration.version, &migration.name],
                 )
                 .await
-                .map_err(database)?;
+                .map_err(query_error)?;
                 applied.push(migration.name);
             }
         }
-        tx.commit().await.map_err(database)?;
+        tx.commit().await.map_err(query_error)?;
         Ok(applied)
     }
 
@@ -139,7 +154,7 @@ impl PostgresStore {
 
     pub async fn create_branch(&self, tenant: TenantId, bhf_id: &str) -> Result<Branch> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(database)?;
+        let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, tenant).await?;
         let row = tx
             .query_one(
@@ -159,7 +174,7 @@ impl PostgresStore {
                     _ => database(e),
                 }
             })?;
-        tx.commit().await.map_err(database)?;
+        tx.commit().await.map_err(query_error)?;
         Ok(Branch {
             id: BranchId(row.get(0)),
             tenant,
@@ -170,7 +185,7 @@ impl PostgresStore {
 
     pub async fn branch(&self, scope: Scope) -> Result<Option<Branch>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(database)?;
+        let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
         let row = tx
             .query_opt(
@@ -178,8 +193,8 @@ impl PostgresStore {
                 &[&scope.branch.0, &scope.tenant.0],
             )
             .await
-            .map_err(database)?;
-        tx.commit().await.map_err(database)?;
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
         row.map(|r| {
             Ok(Branch {
                 id: scope.branch,
@@ -198,7 +213,7 @@ impl PostgresStore {
         build: PayloadBuilder,
     ) -> Result<AcceptedSale> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(database)?;
+        let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
         // The branch row's lock serialises numbering across replicas until this commits.
         let row = tx
@@ -207,10 +222,10 @@ impl PostgresStore {
                 &[&scope.branch.0, &scope.tenant.0],
             )
             .await
-            .map_err(database)?
+            .map_err(query_error)?
             .ok_or(StoreError::NotFound("branch"))?;
         let invc_no = to_u64(row.get(0), "invc_no")?;
-        let payload = build(invc_no).map_err(StoreError::Payload)?;
+        let payload = build_payload(build, invc_no)?;
         let number = to_i64(invc_no, "invc_no")?;
         let sale_id: i64 = tx
             .query_one(
@@ -219,15 +234,15 @@ impl PostgresStore {
                 &[&scope.tenant.0, &scope.branch.0, &number, &sale.client_reference, &money_text(sale.tot_amt)],
             )
             .await
-            .map_err(database)?
+            .map_err(query_error)?
             .get(0);
         tx.execute(
             "INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256) VALUES ($1, $2, $3, $4, $5, $6)",
             &[&scope.tenant.0, &scope.branch.0, &sale_id, &number, &payload.body, &payload.sha256],
         )
         .await
-        .map_err(database)?;
-        tx.commit().await.map_err(database)?;
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
         Ok(AcceptedSale {
             sale: SaleId(sale_id),
             invc_no,
@@ -242,7 +257,7 @@ impl PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Claim>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(database)?;
+        let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
         // Locking the head row (not skipping it) makes a second claimer wait for the first to
         // commit its lease, then see it: only the head is ever eligible, so order holds.
@@ -255,38 +270,37 @@ impl PostgresStore {
                 &[&scope.tenant.0, &scope.branch.0],
             )
             .await
-            .map_err(database)?;
+            .map_err(query_error)?;
         let Some(head) = head else {
-            tx.commit().await.map_err(database)?;
+            tx.commit().await.map_err(query_error)?;
             return Ok(None);
         };
         let next_attempt: Option<DateTime<Utc>> = head.get(8);
         if next_attempt.is_some_and(|at| at > now) {
-            tx.commit().await.map_err(database)?;
+            tx.commit().await.map_err(query_error)?;
             return Ok(None); // backing off after a call that was not sent
         }
         let holder: Option<String> = head.get(6);
         let held_until: Option<DateTime<Utc>> = head.get(7);
-        if let (Some(holder), Some(until)) = (holder, held_until)
-            && holder != owner
-            && until > now
-        {
-            tx.commit().await.map_err(database)?;
+        // Any live lease, whatever its owner's name: one claim at a time.
+        if holder.is_some() && held_until.is_some_and(|until| until > now) {
+            tx.commit().await.map_err(query_error)?;
             return Ok(None);
         }
         let id: i64 = head.get(0);
         let expires = lease_until(now, lease);
+        let token = lease_token(owner);
         let attempts: i32 = tx
             .query_one(
                 // From this claim on, the payload may reach the control unit.
                 "UPDATE outbox SET lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, maybe_sent = TRUE
                  WHERE id = $3 RETURNING attempts",
-                &[&owner, &expires, &id],
+                                &[&token, &expires, &id],
             )
             .await
-            .map_err(database)?
+            .map_err(query_error)?
             .get(0);
-        tx.commit().await.map_err(database)?;
+        tx.commit().await.map_err(query_error)?;
         Ok(Some(Claim {
             outbox_id: id,
             scope,
@@ -296,9 +310,9 @@ impl PostgresStore {
                 body: head.get(3),
                 sha256: head.get(4),
             },
-            attempts: u32::try_from(attempts).unwrap_or(0),
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
             maybe_sent: head.get(9),
-            owner: owner.to_owned(),
+            owner: token,
             lease_expires_at: expires,
         }))
     }
@@ -311,28 +325,29 @@ impl PostgresStore {
     ) -> Result<()> {
         let scope = claim.scope;
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(database)?;
+        let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let done = tx
-            .execute(
+        // Only the holder of this claim's lease may finish the row; the sale is the row's own.
+        let sale_id: i64 = tx
+            .query_opt(
                 "UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
-                 WHERE id = $1 AND tenant_id = $2 AND branch_id = $3 AND state = 'PENDING'",
-                &[&claim.outbox_id, &scope.tenant.0, &scope.branch.0],
+                 WHERE id = $1 AND tenant_id = $2 AND branch_id = $3 AND state = 'PENDING' AND lease_owner = $4
+                 RETURNING sale_id",
+                &[&claim.outbox_id, &scope.tenant.0, &scope.branch.0, &claim.owner],
             )
             .await
-            .map_err(database)?;
-        if done == 0 {
-            return Err(StoreError::NotFound("pending outbox row"));
-        }
+            .map_err(query_error)?
+            .ok_or(StoreError::NotFound("pending outbox row under this lease"))?
+            .get(0);
         let rcpt_no = to_i64(receipt.tot_rcpt_no, "rcpt_no")?;
         // The sequence auditor: the previous receipt of this control unit should be one less.
         let previous: Option<i64> = tx
             .query_one(
-                "SELECT MAX(rcpt_no) FROM receipts WHERE sdc_id = $1",
-                &[&receipt.sdc_id],
+                "SELECT MAX(rcpt_no) FROM receipts WHERE sdc_id = $1 AND tenant_id = $2",
+                &[&receipt.sdc_id, &scope.tenant.0],
             )
             .await
-            .map_err(database)?
+            .map_err(query_error)?
             .get(0);
         if let Some(previous) = previous
             && rcpt_no > previous + 1
@@ -340,15 +355,15 @@ impl PostgresStore {
             tx.execute(
                 "INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
                  VALUES ($1, $2, $3, 'GAP', $4, $5, $6)",
-                &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &(previous + 1), &rcpt_no, &claim.sale.0],
+                &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &(previous + 1), &rcpt_no, &sale_id],
             )
             .await
-            .map_err(database)?;
+            .map_err(query_error)?;
             tracing::error!(sdc_id = %receipt.sdc_id, expected = previous + 1, found = rcpt_no, "receipt numbers skipped a number");
         }
         tx.execute(
             "INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id) VALUES ($1, $2, $3, $4, $5)",
-            &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &rcpt_no, &claim.sale.0],
+            &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &rcpt_no, &sale_id],
         )
         .await
         .map_err(|e| match violated_constraint(&e) {
@@ -370,19 +385,19 @@ impl PostgresStore {
                 &receipt.sdc_id,
                 &receipt.mrc_no,
                 &now,
-                &claim.sale.0,
+                &sale_id,
                 &scope.tenant.0,
                 &scope.branch.0,
             ],
         )
         .await
-        .map_err(database)?;
-        tx.commit().await.map_err(database)
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)
     }
 
     pub async fn sale(&self, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(database)?;
+        let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
         let row = tx
             .query_opt(
@@ -392,8 +407,8 @@ impl PostgresStore {
                 &[&id.0, &scope.tenant.0, &scope.branch.0],
             )
             .await
-            .map_err(database)?;
-        tx.commit().await.map_err(database)?;
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
         let Some(row) = row else { return Ok(None) };
         let status: String = row.get(2);
         let receipt = match (
@@ -443,16 +458,16 @@ impl PostgresStore {
     ) -> Result<()> {
         let scope = claim.scope;
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(database)?;
+        let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
         let released = tx
             .execute(
                 "UPDATE outbox SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = $1, maybe_sent = $2
                  WHERE id = $3 AND tenant_id = $4 AND branch_id = $5 AND state = 'PENDING' AND lease_owner = $6",
-                &[&retry_at, &maybe_sent, &claim.outbox_id, &scope.tenant.0, &scope.branch.0, &claim.owner],
+                &[&clamp_time(retry_at), &maybe_sent, &claim.outbox_id, &scope.tenant.0, &scope.branch.0, &claim.owner],
             )
             .await
-            .map_err(database)?;
+            .map_err(query_error)?;
         if released == 0 {
             return Err(StoreError::NotFound("claimed outbox row"));
         }
@@ -466,8 +481,8 @@ impl PostgresStore {
             ],
         )
         .await
-        .map_err(database)?;
-        tx.commit().await.map_err(database)
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)
     }
 
     pub async fn settle(&self, claim: &Claim, settlement: &Settlement) -> Result<()> {
@@ -484,16 +499,16 @@ impl PostgresStore {
             }
         };
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(database)?;
+        let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
         let settled = tx
             .execute(
                 "UPDATE outbox SET state = $1, lease_owner = NULL, lease_expires_at = NULL
-                 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4 AND state = 'PENDING'",
-                &[&state, &claim.outbox_id, &scope.tenant.0, &scope.branch.0],
+                 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4 AND state = 'PENDING' AND lease_owner = $5",
+                &[&state, &claim.outbox_id, &scope.tenant.0, &scope.branch.0, &claim.owner],
             )
             .await
-            .map_err(database)?;
+            .map_err(query_error)?;
         if settled == 0 {
             return Err(StoreError::NotFound("pending outbox row"));
         }
@@ -502,8 +517,8 @@ impl PostgresStore {
             &[&sale_status_of(state), &code, &message, &claim.sale.0, &scope.tenant.0, &scope.branch.0],
         )
         .await
-        .map_err(database)?;
-        tx.commit().await.map_err(database)
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)
     }
 
     pub async fn record_exchange(
@@ -513,9 +528,9 @@ impl PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(database)?;
+        let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let attempt = i32::try_from(exchange.attempt).unwrap_or(i32::MAX);
+        let attempt = attempt_number(exchange.attempt);
         let status = exchange.http_status.map(i32::from);
         tx.execute(
             "INSERT INTO exchanges (tenant_id, branch_id, sale_id, endpoint, attempt, request_body, response_body,
@@ -536,13 +551,13 @@ impl PostgresStore {
             ],
         )
         .await
-        .map_err(database)?;
-        tx.commit().await.map_err(database)
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)
     }
 
     pub async fn exchanges(&self, scope: Scope, sale: SaleId) -> Result<Vec<ExchangeRecord>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(database)?;
+        let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
         let rows = tx
             .query(
@@ -551,8 +566,8 @@ impl PostgresStore {
                 &[&scope.tenant.0, &scope.branch.0, &sale.0],
             )
             .await
-            .map_err(database)?;
-        tx.commit().await.map_err(database)?;
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
         Ok(rows
             .iter()
             .map(|r| ExchangeRecord {
@@ -577,7 +592,7 @@ impl PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(database)?;
+        let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
         let expected = finding
             .expected
@@ -598,13 +613,13 @@ impl PostgresStore {
             ],
         )
         .await
-        .map_err(database)?;
-        tx.commit().await.map_err(database)
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)
     }
 
     pub async fn findings(&self, scope: Scope) -> Result<Vec<SequenceFinding>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(database)?;
+        let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
         let rows = tx
             .query(
@@ -613,8 +628,8 @@ impl PostgresStore {
                 &[&scope.tenant.0, &scope.branch.0],
             )
             .await
-            .map_err(database)?;
-        tx.commit().await.map_err(database)?;
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
         rows.iter()
             .map(|r| {
                 let kind: String = r.get(1);

@@ -12,8 +12,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use crate::{
     AcceptedSale, Branch, BranchId, Claim, ExchangeRecord, FindingKind, MIGRATIONS, NewSale,
     OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleRecord, SaleStatus, Scope,
-    SequenceFinding, Settlement, StoreError, Tenant, TenantId, lease_until, money_from_text,
-    money_text, sale_status_of, to_i64, to_u64,
+    SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number, build_payload,
+    clamp_time, lease_token, lease_until, money_from_text, money_text, sale_status_of, to_i64,
+    to_u64,
 };
 
 #[derive(Clone)]
@@ -22,6 +23,10 @@ pub struct SqliteStore {
 }
 
 fn database(error: rusqlite::Error) -> StoreError {
+    if matches!(&error, rusqlite::Error::SqliteFailure(_, Some(message)) if message.contains("FOREIGN KEY"))
+    {
+        return StoreError::NotFound("branch or sale of this scope");
+    }
     StoreError::Database(error.to_string())
 }
 
@@ -33,7 +38,7 @@ fn unique_violation(error: &rusqlite::Error, columns: &str) -> bool {
 }
 
 fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+    clamp_time(at).to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 fn parse_timestamp(text: &str) -> Result<DateTime<Utc>> {
@@ -216,7 +221,7 @@ impl SqliteStore {
                 .map_err(database)?
                 .ok_or(StoreError::NotFound("branch"))?;
             let invc_no = to_u64(invc_no, "invc_no")?;
-            let payload = build(invc_no).map_err(StoreError::Payload)?;
+            let payload = build_payload(build, invc_no)?;
             let sale_id: i64 = tx
                 .query_row(
                     "INSERT INTO sales (tenant_id, branch_id, invc_no, client_reference, status, tot_amt)
@@ -279,18 +284,19 @@ impl SqliteStore {
             {
                 return Ok(None); // backing off after a call that was not sent
             }
-            if let (Some(holder), Some(expires)) = (lease_owner, lease_expires)
-                && holder != owner
+                        if lease_owner.is_some()
+                && let Some(expires) = lease_expires
                 && parse_timestamp(&expires)? > now
             {
-                return Ok(None); // another owner is sending the branch's head row
+                return Ok(None); // the branch's head row is being sent under a live lease
             }
             let expires = lease_until(now, lease);
+            let token = lease_token(&owner);
             // From this claim on, the payload may reach the control unit.
             tx.execute(
                 "UPDATE outbox SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1, maybe_sent = TRUE
                  WHERE id = ?3",
-                params![owner, timestamp(expires), id],
+                                params![token, timestamp(expires), id],
             )
             .map_err(database)?;
             tx.commit().map_err(database)?;
@@ -302,7 +308,7 @@ impl SqliteStore {
                 payload: OutboxPayload { body, sha256 },
                 attempts: u32::try_from(attempts + 1).unwrap_or(u32::MAX),
                 maybe_sent,
-                owner,
+                owner: token,
                 lease_expires_at: expires,
             }))
         })
@@ -319,19 +325,21 @@ impl SqliteStore {
         self.run(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
             let scope = claim.scope;
-            let done = tx
-                .execute(
+                        // Only the holder of this claim's lease may finish the row; the sale is the row's own.
+            let sale_id: i64 = tx
+                .query_row(
                     "UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
-                     WHERE id = ?1 AND tenant_id = ?2 AND branch_id = ?3 AND state = 'PENDING'",
-                    params![claim.outbox_id, scope.tenant.0, scope.branch.0],
+                     WHERE id = ?1 AND tenant_id = ?2 AND branch_id = ?3 AND state = 'PENDING' AND lease_owner = ?4
+                     RETURNING sale_id",
+                    params![claim.outbox_id, scope.tenant.0, scope.branch.0, claim.owner],
+                    |r| r.get(0),
                 )
-                .map_err(database)?;
-            if done == 0 {
-                return Err(StoreError::NotFound("pending outbox row"));
-            }
+                .optional()
+                .map_err(database)?
+                .ok_or(StoreError::NotFound("pending outbox row under this lease"))?;
             // The sequence auditor: the previous receipt of this control unit should be one less.
             let previous: Option<i64> = tx
-                .query_row("SELECT MAX(rcpt_no) FROM receipts WHERE sdc_id = ?1", [&receipt.sdc_id], |r| r.get(0))
+                .query_row("SELECT MAX(rcpt_no) FROM receipts WHERE sdc_id = ?1 AND tenant_id = ?2", params![receipt.sdc_id, scope.tenant.0], |r| r.get(0))
                 .map_err(database)?;
             let number = to_i64(receipt.tot_rcpt_no, "rcpt_no")?;
             if let Some(previous) = previous
@@ -340,14 +348,14 @@ impl SqliteStore {
                 tx.execute(
                     "INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
                      VALUES (?1, ?2, ?3, 'GAP', ?4, ?5, ?6)",
-                    params![scope.tenant.0, scope.branch.0, receipt.sdc_id, previous + 1, number, claim.sale.0],
+                    params![scope.tenant.0, scope.branch.0, receipt.sdc_id, previous + 1, number, sale_id],
                 )
                 .map_err(database)?;
                 tracing::error!(sdc_id = %receipt.sdc_id, expected = previous + 1, found = number, "receipt numbers skipped a number");
             }
             tx.execute(
                 "INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![scope.tenant.0, scope.branch.0, receipt.sdc_id, to_i64(receipt.tot_rcpt_no, "rcpt_no")?, claim.sale.0],
+                params![scope.tenant.0, scope.branch.0, receipt.sdc_id, to_i64(receipt.tot_rcpt_no, "rcpt_no")?, sale_id],
             )
             .map_err(|e| {
                 if unique_violation(&e, "receipts.sdc_id") {
@@ -369,7 +377,7 @@ impl SqliteStore {
                     receipt.sdc_id,
                     receipt.mrc_no,
                     timestamp(now),
-                    claim.sale.0,
+                    sale_id,
                     scope.tenant.0,
                     scope.branch.0
                 ],
@@ -477,9 +485,9 @@ impl SqliteStore {
             };
             let settled = tx
                 .execute(
-                    "UPDATE outbox SET state = ?1, lease_owner = NULL, lease_expires_at = NULL
-                     WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4 AND state = 'PENDING'",
-                    params![state, claim.outbox_id, scope.tenant.0, scope.branch.0],
+                                    "UPDATE outbox SET state = ?1, lease_owner = NULL, lease_expires_at = NULL
+                     WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4 AND state = 'PENDING' AND lease_owner = ?5",
+                    params![state, claim.outbox_id, scope.tenant.0, scope.branch.0, claim.owner],
                 )
                 .map_err(database)?;
             if settled == 0 {
@@ -513,7 +521,7 @@ impl SqliteStore {
                         scope.branch.0,
                         exchange.sale.map(|s| s.0),
                         exchange.endpoint,
-                        exchange.attempt,
+                        attempt_number(exchange.attempt),
                         exchange.request_body,
                         exchange.response_body,
                         exchange.http_status,

@@ -191,13 +191,14 @@ async fn the_outbox_is_claimed_in_order_under_a_lease(store: Store) {
             .unwrap(),
         None
     );
-    // The holder may renew its own claim.
-    let renewed = store
-        .claim_next(scope, "relay-1", lease, now())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((renewed.invc_no, renewed.attempts), (1, 2));
+    // Not even a relay of the same name: a live lease is never claimed twice.
+    assert_eq!(
+        store
+            .claim_next(scope, "relay-1", lease, now())
+            .await
+            .unwrap(),
+        None
+    );
     // Once the lease has run out, another relay takes the same row over: never the next one.
     let later = now() + chrono::Duration::seconds(31);
     let taken_over = store
@@ -205,7 +206,22 @@ async fn the_outbox_is_claimed_in_order_under_a_lease(store: Store) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((taken_over.invc_no, taken_over.attempts), (1, 3));
+    assert_eq!((taken_over.invc_no, taken_over.attempts), (1, 2));
+    // The first relay, late, can no longer finish or fail the row it lost.
+    assert!(matches!(
+        store
+            .record_receipt(&claim, &receipt("KRACU0000000001", 1), later)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let failure = Settlement::Failed {
+        code: "999".into(),
+        message: "late".into(),
+    };
+    assert!(matches!(
+        store.settle(&claim, &failure).await,
+        Err(StoreError::NotFound(_))
+    ));
 
     store
         .record_receipt(&taken_over, &receipt("KRACU0000000001", 1), later)
@@ -260,7 +276,7 @@ async fn a_receipt_number_is_recorded_once(store: Store) {
         }
         other => panic!("{other:?}"),
     }
-    // Nothing of the refused record stuck: the sale is pending and its row claimable.
+    // Nothing of the refused record stuck: the sale is pending, its row still leased.
     let untouched = store.sale(scope, second.sale).await.unwrap().unwrap();
     assert_eq!(
         (untouched.status, untouched.receipt),
@@ -270,10 +286,8 @@ async fn a_receipt_number_is_recorded_once(store: Store) {
         store
             .claim_next(scope, "relay", lease, now())
             .await
-            .unwrap()
-            .unwrap()
-            .sale,
-        second.sale
+            .unwrap(),
+        None
     );
     // The same number of another control unit is no duplicate.
     store
@@ -520,6 +534,135 @@ async fn the_sequence_auditor_finds_gaps_and_keeps_duplicates(store: Store) {
     );
 }
 
+async fn writes_cannot_cross_tenants(store: Store) {
+    let a = branch(&store, "P051234567A").await;
+    let b = branch(&store, "P000000001Z").await;
+    let sale_of_a = accept(&store, a, "A").await;
+    let forged = Scope {
+        tenant: b.tenant,
+        branch: a.branch,
+    };
+    let exchange = |sale| ExchangeRecord {
+        sale,
+        endpoint: "saveTrnsSalesOsdc".into(),
+        attempt: 1,
+        request_body: "{}".into(),
+        response_body: None,
+        http_status: None,
+        outcome: "not_sent".into(),
+        elapsed_ms: 1,
+    };
+    // Tenant B's scope naming A's branch, or B's own branch pointing at A's sale: refused.
+    for (scope, sale) in [
+        (forged, None),
+        (b, Some(sale_of_a.sale)),
+        (forged, Some(sale_of_a.sale)),
+    ] {
+        assert!(
+            matches!(
+                store.record_exchange(scope, &exchange(sale), now()).await,
+                Err(StoreError::NotFound(_))
+            ),
+            "{scope:?} {sale:?}"
+        );
+    }
+    let finding = SequenceFinding {
+        sdc_id: "KRACU1".into(),
+        kind: FindingKind::Gap,
+        expected: Some(1),
+        found: 3,
+        sale: Some(sale_of_a.sale),
+    };
+    assert!(matches!(
+        store.record_finding(b, &finding, now()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.exchanges(a, sale_of_a.sale).await.unwrap().is_empty());
+    assert!(store.findings(a).await.unwrap().is_empty());
+}
+
+async fn times_keep_their_microseconds_and_far_futures(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    accept(&store, scope, "A").await;
+    let lease = Duration::from_secs(30);
+    let claim = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    let retry_at = now() + chrono::Duration::microseconds(1_500);
+    store
+        .release(&claim, retry_at, false, SaleStatus::PendingSync)
+        .await
+        .unwrap();
+    let just_before = retry_at - chrono::Duration::microseconds(1);
+    assert_eq!(
+        store
+            .claim_next(scope, "relay", lease, just_before)
+            .await
+            .unwrap(),
+        None
+    );
+    let claim = store
+        .claim_next(scope, "relay", lease, retry_at)
+        .await
+        .unwrap()
+        .unwrap();
+    // A retry or lease beyond year 9999 is kept as the end of 9999, not broken.
+    let far = chrono::DateTime::<Utc>::MAX_UTC;
+    store
+        .release(&claim, far, false, SaleStatus::PendingSync)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim_next(scope, "relay", lease, now())
+            .await
+            .unwrap(),
+        None
+    );
+    let at_the_end = chrono::DateTime::parse_from_rfc3339("9999-12-31T23:59:59Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let claim = store
+        .claim_next(scope, "relay", Duration::MAX, at_the_end)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        claim.lease_expires_at, at_the_end,
+        "an endless lease ends with year 9999"
+    );
+    let the_day_before = at_the_end - chrono::Duration::days(1);
+    assert_eq!(
+        store
+            .claim_next(scope, "other", lease, the_day_before)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn a_panicking_payload_builder_uses_no_number(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let panicking: PayloadBuilder = Box::new(|_| panic!("a bug in the builder"));
+    let refused = store
+        .accept_sale(
+            scope,
+            NewSale {
+                client_reference: None,
+                tot_amt: money("1.00"),
+            },
+            panicking,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Payload(_))),
+        "{refused:?}"
+    );
+    assert_eq!(accept(&store, scope, "A").await.invc_no, 1);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -552,4 +695,7 @@ conformance!(
     settled_rows_end_failed_or_unresolved,
     the_exchange_journal_keeps_every_call,
     the_sequence_auditor_finds_gaps_and_keeps_duplicates,
+    writes_cannot_cross_tenants,
+    times_keep_their_microseconds_and_far_futures,
+    a_panicking_payload_builder_uses_no_number,
 );

@@ -16,13 +16,16 @@ CREATE TABLE branches (
     -- The last invcNo handed out; the next sale takes last_invc_no + 1 (gap-free, §6).
     last_invc_no     BIGINT NOT NULL DEFAULT 0 CONSTRAINT branches_last_invc_no_check CHECK (last_invc_no >= 0),
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
-    CONSTRAINT branches_tenant_bhf_unique UNIQUE (tenant_id, bhf_id)
+    CONSTRAINT branches_tenant_bhf_unique UNIQUE (tenant_id, bhf_id),
+    -- Referenced with the tenant by every branch-owned row, so that no row can pair one
+    -- tenant with another tenant's branch: the database itself refuses it.
+    CONSTRAINT branches_id_tenant_unique UNIQUE (id, tenant_id)
 );
 
 CREATE TABLE sales (
     id                BIGINT GENERATED ALWAYS AS IDENTITY CONSTRAINT sales_pk PRIMARY KEY,
     tenant_id         BIGINT NOT NULL CONSTRAINT sales_tenant_fk REFERENCES tenants (id),
-    branch_id         BIGINT NOT NULL CONSTRAINT sales_branch_fk REFERENCES branches (id),
+    branch_id         BIGINT NOT NULL,
     invc_no           BIGINT NOT NULL,
     client_reference  TEXT,
     status            TEXT NOT NULL CONSTRAINT sales_status_check
@@ -40,14 +43,16 @@ CREATE TABLE sales (
     failure_message   TEXT,
     created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
     signed_at         TIMESTAMPTZ,
-    CONSTRAINT sales_branch_invc_unique UNIQUE (branch_id, invc_no)
+    CONSTRAINT sales_branch_invc_unique UNIQUE (branch_id, invc_no),
+    CONSTRAINT sales_id_scope_unique UNIQUE (id, tenant_id, branch_id),
+    CONSTRAINT sales_branch_fk FOREIGN KEY (branch_id, tenant_id) REFERENCES branches (id, tenant_id)
 );
 
 CREATE TABLE outbox (
     id                BIGINT GENERATED ALWAYS AS IDENTITY CONSTRAINT outbox_pk PRIMARY KEY,
     tenant_id         BIGINT NOT NULL CONSTRAINT outbox_tenant_fk REFERENCES tenants (id),
-    branch_id         BIGINT NOT NULL CONSTRAINT outbox_branch_fk REFERENCES branches (id),
-    sale_id           BIGINT NOT NULL CONSTRAINT outbox_sale_fk REFERENCES sales (id) CONSTRAINT outbox_sale_unique UNIQUE,
+    branch_id         BIGINT NOT NULL,
+    sale_id           BIGINT NOT NULL CONSTRAINT outbox_sale_unique UNIQUE,
     invc_no           BIGINT NOT NULL,
     -- The exact KRA payload and its SHA-256, checked again before every send.
     payload           TEXT NOT NULL,
@@ -63,18 +68,20 @@ CREATE TABLE outbox (
     -- the row is reconciled (selectInvoiceDetails) before it is sent again.
     maybe_sent        BOOLEAN NOT NULL DEFAULT FALSE,
     created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
-    CONSTRAINT outbox_branch_invc_unique UNIQUE (branch_id, invc_no)
+    CONSTRAINT outbox_branch_invc_unique UNIQUE (branch_id, invc_no),
+    CONSTRAINT outbox_sale_fk FOREIGN KEY (sale_id, tenant_id, branch_id) REFERENCES sales (id, tenant_id, branch_id)
 );
 CREATE INDEX outbox_pending_idx ON outbox (branch_id, invc_no) WHERE state = 'PENDING';
 
 -- One row per receipt the control unit issued: the duplicate detector is the constraint.
 CREATE TABLE receipts (
     tenant_id   BIGINT NOT NULL CONSTRAINT receipts_tenant_fk REFERENCES tenants (id),
-    branch_id   BIGINT NOT NULL CONSTRAINT receipts_branch_fk REFERENCES branches (id),
+    branch_id   BIGINT NOT NULL,
     sdc_id      TEXT NOT NULL,
     rcpt_no     BIGINT NOT NULL,
-    sale_id     BIGINT NOT NULL CONSTRAINT receipts_sale_fk REFERENCES sales (id),
-    CONSTRAINT receipts_sdc_rcpt_unique UNIQUE (sdc_id, rcpt_no)
+    sale_id     BIGINT NOT NULL,
+    CONSTRAINT receipts_sdc_rcpt_unique UNIQUE (sdc_id, rcpt_no),
+    CONSTRAINT receipts_sale_fk FOREIGN KEY (sale_id, tenant_id, branch_id) REFERENCES sales (id, tenant_id, branch_id)
 );
 
 -- Every call to the control unit, kept for KRA support and auditors: the exact bodies, never
@@ -82,8 +89,8 @@ CREATE TABLE receipts (
 CREATE TABLE exchanges (
     id             BIGINT GENERATED ALWAYS AS IDENTITY CONSTRAINT exchanges_pk PRIMARY KEY,
     tenant_id      BIGINT NOT NULL CONSTRAINT exchanges_tenant_fk REFERENCES tenants (id),
-    branch_id      BIGINT NOT NULL CONSTRAINT exchanges_branch_fk REFERENCES branches (id),
-    sale_id        BIGINT CONSTRAINT exchanges_sale_fk REFERENCES sales (id),
+    branch_id      BIGINT NOT NULL,
+    sale_id        BIGINT,
     endpoint       TEXT NOT NULL,
     attempt        INTEGER NOT NULL,
     request_body   TEXT NOT NULL,
@@ -91,7 +98,9 @@ CREATE TABLE exchanges (
     http_status    INTEGER,
     outcome        TEXT NOT NULL,
     elapsed_ms     BIGINT NOT NULL,
-    created_at     TIMESTAMPTZ NOT NULL DEFAULT now()
+    created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT exchanges_branch_fk FOREIGN KEY (branch_id, tenant_id) REFERENCES branches (id, tenant_id),
+    CONSTRAINT exchanges_sale_fk FOREIGN KEY (sale_id, tenant_id, branch_id) REFERENCES sales (id, tenant_id, branch_id)
 );
 CREATE INDEX exchanges_sale_idx ON exchanges (sale_id);
 
@@ -99,11 +108,13 @@ CREATE INDEX exchanges_sale_idx ON exchanges (sale_id);
 CREATE TABLE sequence_findings (
     id          BIGINT GENERATED ALWAYS AS IDENTITY CONSTRAINT sequence_findings_pk PRIMARY KEY,
     tenant_id   BIGINT NOT NULL CONSTRAINT sequence_findings_tenant_fk REFERENCES tenants (id),
-    branch_id   BIGINT NOT NULL CONSTRAINT sequence_findings_branch_fk REFERENCES branches (id),
+    branch_id   BIGINT NOT NULL,
     sdc_id      TEXT NOT NULL,
     kind        TEXT NOT NULL CONSTRAINT sequence_findings_kind_check CHECK (kind IN ('GAP', 'DUPLICATE')),
     expected    BIGINT,
     found       BIGINT NOT NULL,
-    sale_id     BIGINT CONSTRAINT sequence_findings_sale_fk REFERENCES sales (id),
-    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+    sale_id     BIGINT,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT sequence_findings_branch_fk FOREIGN KEY (branch_id, tenant_id) REFERENCES branches (id, tenant_id),
+    CONSTRAINT sequence_findings_sale_fk FOREIGN KEY (sale_id, tenant_id, branch_id) REFERENCES sales (id, tenant_id, branch_id)
 );

@@ -14,13 +14,16 @@ CREATE TABLE branches (
     bhf_id           TEXT NOT NULL,
     last_invc_no     INTEGER NOT NULL DEFAULT 0 CONSTRAINT branches_last_invc_no_check CHECK (last_invc_no >= 0),
     created_at       TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    CONSTRAINT branches_tenant_bhf_unique UNIQUE (tenant_id, bhf_id)
+    CONSTRAINT branches_tenant_bhf_unique UNIQUE (tenant_id, bhf_id),
+    -- Referenced with the tenant by every branch-owned row, so that no row can pair one
+    -- tenant with another tenant's branch: the database itself refuses it.
+    CONSTRAINT branches_id_tenant_unique UNIQUE (id, tenant_id)
 );
 
 CREATE TABLE sales (
     id                INTEGER CONSTRAINT sales_pk PRIMARY KEY AUTOINCREMENT,
     tenant_id         INTEGER NOT NULL CONSTRAINT sales_tenant_fk REFERENCES tenants (id),
-    branch_id         INTEGER NOT NULL CONSTRAINT sales_branch_fk REFERENCES branches (id),
+    branch_id         INTEGER NOT NULL,
     invc_no           INTEGER NOT NULL,
     client_reference  TEXT,
     status            TEXT NOT NULL CONSTRAINT sales_status_check
@@ -38,14 +41,16 @@ CREATE TABLE sales (
     failure_message   TEXT,
     created_at        TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     signed_at         TEXT,
-    CONSTRAINT sales_branch_invc_unique UNIQUE (branch_id, invc_no)
+    CONSTRAINT sales_branch_invc_unique UNIQUE (branch_id, invc_no),
+    CONSTRAINT sales_id_scope_unique UNIQUE (id, tenant_id, branch_id),
+    CONSTRAINT sales_branch_fk FOREIGN KEY (branch_id, tenant_id) REFERENCES branches (id, tenant_id)
 );
 
 CREATE TABLE outbox (
     id                INTEGER CONSTRAINT outbox_pk PRIMARY KEY AUTOINCREMENT,
     tenant_id         INTEGER NOT NULL CONSTRAINT outbox_tenant_fk REFERENCES tenants (id),
-    branch_id         INTEGER NOT NULL CONSTRAINT outbox_branch_fk REFERENCES branches (id),
-    sale_id           INTEGER NOT NULL CONSTRAINT outbox_sale_fk REFERENCES sales (id) CONSTRAINT outbox_sale_unique UNIQUE,
+    branch_id         INTEGER NOT NULL,
+    sale_id           INTEGER NOT NULL CONSTRAINT outbox_sale_unique UNIQUE,
     invc_no           INTEGER NOT NULL,
     payload           TEXT NOT NULL,
     payload_sha256    TEXT NOT NULL,
@@ -60,17 +65,19 @@ CREATE TABLE outbox (
     -- the row is reconciled (selectInvoiceDetails) before it is sent again.
     maybe_sent        BOOLEAN NOT NULL DEFAULT FALSE,
     created_at        TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    CONSTRAINT outbox_branch_invc_unique UNIQUE (branch_id, invc_no)
+    CONSTRAINT outbox_branch_invc_unique UNIQUE (branch_id, invc_no),
+    CONSTRAINT outbox_sale_fk FOREIGN KEY (sale_id, tenant_id, branch_id) REFERENCES sales (id, tenant_id, branch_id)
 );
 CREATE INDEX outbox_pending_idx ON outbox (branch_id, invc_no) WHERE state = 'PENDING';
 
 CREATE TABLE receipts (
     tenant_id   INTEGER NOT NULL CONSTRAINT receipts_tenant_fk REFERENCES tenants (id),
-    branch_id   INTEGER NOT NULL CONSTRAINT receipts_branch_fk REFERENCES branches (id),
+    branch_id   INTEGER NOT NULL,
     sdc_id      TEXT NOT NULL,
     rcpt_no     INTEGER NOT NULL,
-    sale_id     INTEGER NOT NULL CONSTRAINT receipts_sale_fk REFERENCES sales (id),
-    CONSTRAINT receipts_sdc_rcpt_unique UNIQUE (sdc_id, rcpt_no)
+    sale_id     INTEGER NOT NULL,
+    CONSTRAINT receipts_sdc_rcpt_unique UNIQUE (sdc_id, rcpt_no),
+    CONSTRAINT receipts_sale_fk FOREIGN KEY (sale_id, tenant_id, branch_id) REFERENCES sales (id, tenant_id, branch_id)
 );
 
 -- Every call to the control unit, kept for KRA support and auditors: the exact bodies, never
@@ -78,8 +85,8 @@ CREATE TABLE receipts (
 CREATE TABLE exchanges (
     id             INTEGER CONSTRAINT exchanges_pk PRIMARY KEY AUTOINCREMENT,
     tenant_id      INTEGER NOT NULL CONSTRAINT exchanges_tenant_fk REFERENCES tenants (id),
-    branch_id      INTEGER NOT NULL CONSTRAINT exchanges_branch_fk REFERENCES branches (id),
-    sale_id        INTEGER CONSTRAINT exchanges_sale_fk REFERENCES sales (id),
+    branch_id      INTEGER NOT NULL,
+    sale_id        INTEGER,
     endpoint       TEXT NOT NULL,
     attempt        INTEGER NOT NULL,
     request_body   TEXT NOT NULL,
@@ -87,7 +94,9 @@ CREATE TABLE exchanges (
     http_status    INTEGER,
     outcome        TEXT NOT NULL,
     elapsed_ms     INTEGER NOT NULL,
-    created_at     TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    created_at     TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    CONSTRAINT exchanges_branch_fk FOREIGN KEY (branch_id, tenant_id) REFERENCES branches (id, tenant_id),
+    CONSTRAINT exchanges_sale_fk FOREIGN KEY (sale_id, tenant_id, branch_id) REFERENCES sales (id, tenant_id, branch_id)
 );
 CREATE INDEX exchanges_sale_idx ON exchanges (sale_id);
 
@@ -95,11 +104,13 @@ CREATE INDEX exchanges_sale_idx ON exchanges (sale_id);
 CREATE TABLE sequence_findings (
     id          INTEGER CONSTRAINT sequence_findings_pk PRIMARY KEY AUTOINCREMENT,
     tenant_id   INTEGER NOT NULL CONSTRAINT sequence_findings_tenant_fk REFERENCES tenants (id),
-    branch_id   INTEGER NOT NULL CONSTRAINT sequence_findings_branch_fk REFERENCES branches (id),
+    branch_id   INTEGER NOT NULL,
     sdc_id      TEXT NOT NULL,
     kind        TEXT NOT NULL CONSTRAINT sequence_findings_kind_check CHECK (kind IN ('GAP', 'DUPLICATE')),
     expected    INTEGER,
     found       INTEGER NOT NULL,
-    sale_id     INTEGER CONSTRAINT sequence_findings_sale_fk REFERENCES sales (id),
-    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    sale_id     INTEGER,
+    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    CONSTRAINT sequence_findings_branch_fk FOREIGN KEY (branch_id, tenant_id) REFERENCES branches (id, tenant_id),
+    CONSTRAINT sequence_findings_sale_fk FOREIGN KEY (sale_id, tenant_id, branch_id) REFERENCES sales (id, tenant_id, branch_id)
 );
