@@ -153,12 +153,6 @@ async fn an_oscu_needs_the_key_on_every_path() {
     handle.stop().await;
 }
 
-async fn set_clock(handle: &ushuru_sandbox::SandboxHandle, body: serde_json::Value) {
-    let (status, answer) =
-        control(handle, reqwest::Method::POST, "/_sandbox/clock", Some(body)).await;
-    assert_eq!(status, 200, "{answer}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_days_take_no_receipts_and_none_is_skipped() {
     let handle = start(Config {

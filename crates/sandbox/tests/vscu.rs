@@ -14,12 +14,6 @@ use ushuru_kra::wire::{Date8, Int};
 use ushuru_kra::{Outcome, Profile};
 use ushuru_sandbox::{Config, Mode};
 
-async fn set_clock(handle: &ushuru_sandbox::SandboxHandle, body: serde_json::Value) {
-    let (status, answer) =
-        control(handle, reqwest::Method::POST, "/_sandbox/clock", Some(body)).await;
-    assert_eq!(status, 200, "{answer}");
-}
-
 async fn cut(handle: &ushuru_sandbox::SandboxHandle, cut: bool) -> serde_json::Value {
     let (status, answer) = control(
         handle,

@@ -230,3 +230,10 @@ pub async fn control(
 pub fn sandbox(handle: &SandboxHandle) -> &Arc<Sandbox> {
     handle.sandbox()
 }
+
+/// Sets or advances the sandbox's clock through the control API.
+pub async fn set_clock(handle: &SandboxHandle, body: serde_json::Value) {
+    let (status, answer) =
+        control(handle, reqwest::Method::POST, "/_sandbox/clock", Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+}
