@@ -2,8 +2,10 @@
 //! later credit notes, stock, items, reports, the scheduler and the connectivity monitor.
 
 pub mod clock;
+pub mod pipeline;
 pub mod relay;
 
 pub use clock::{Clock, SystemClock};
+pub use pipeline::{Pipeline, Settled};
 pub use relay::{Backoff, DeviceIdentity, Relay, RelayError, Step};
 pub use ushuru_tax as tax;

@@ -146,6 +146,11 @@ impl Relay {
         timeouts.lookup + timeouts.sale + timeouts.connect * 2 + Duration::from_secs(30)
     }
 
+    /// The branch this relay sends for.
+    pub fn scope(&self) -> Scope {
+        self.scope
+    }
+
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self

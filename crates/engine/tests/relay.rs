@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sha2::Digest;
-use ushuru_engine::{Backoff, DeviceIdentity, Relay, Step, SystemClock};
+use ushuru_engine::{Backoff, DeviceIdentity, Pipeline, Relay, Step, SystemClock};
 use ushuru_kra::endpoints::{InitDevice, SaveItemEndpoint};
 use ushuru_kra::types::{InitRequest, SaveItemRequest};
 use ushuru_kra::wire::Amount;
@@ -721,6 +721,110 @@ async fn a_refusal_for_now_is_retried_not_failed(store: Store) {
     sandbox.stop().await;
 }
 
+async fn the_pipeline_signs_what_is_accepted_and_waits_for_it(store: Store) {
+    let sandbox = sandbox_at("127.0.0.1:0", None).await;
+    let branch = branch(store, &sandbox).await;
+    let pipeline = Pipeline::start(
+        branch.store.clone(),
+        vec![branch.relay()],
+        Duration::from_millis(20),
+    );
+    for price in ["116", "232", "348"] {
+        let accepted = branch.accept("SODA", price).await;
+        pipeline.wake(branch.scope.branch);
+        let record = pipeline
+            .wait_for(branch.scope, accepted.sale, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(record.status, SaleStatus::Signed, "{record:?}");
+        assert_eq!(record.receipt.unwrap().tot_rcpt_no, accepted.invc_no);
+    }
+    pipeline.shutdown().await;
+    sandbox.stop().await;
+}
+
+async fn a_waiter_gets_pending_at_its_deadline_and_the_sale_signs_later(store: Store) {
+    let dir = std::env::temp_dir().join(unique());
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("cu.sqlite");
+    let sandbox = sandbox_at("127.0.0.1:0", Some(StateFile::open(&state).unwrap())).await;
+    let addr = sandbox.addr.to_string();
+    let branch = branch(store, &sandbox).await;
+    sandbox.stop().await;
+    let pipeline = Pipeline::start(
+        branch.store.clone(),
+        vec![branch.relay()],
+        Duration::from_millis(20),
+    );
+    let accepted = branch.accept("SODA", "116").await;
+    pipeline.wake(branch.scope.branch);
+    let started = std::time::Instant::now();
+    let record = pipeline
+        .wait_for(branch.scope, accepted.sale, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        record.status,
+        SaleStatus::PendingSync,
+        "the control unit is down"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let sandbox = sandbox_at(&addr, Some(StateFile::open(&state).unwrap())).await;
+    let record = pipeline
+        .wait_for(branch.scope, accepted.sale, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        record.status,
+        SaleStatus::Signed,
+        "signed once the control unit is back, without a wake"
+    );
+    pipeline.shutdown().await;
+    sandbox.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn pending_sales_replay_in_order_when_the_pipeline_starts(store: Store) {
+    let sandbox = sandbox_at("127.0.0.1:0", None).await;
+    let branch = branch(store, &sandbox).await;
+    // Accepted while no relay ran (a process that died after phase 1).
+    let sales = [
+        branch.accept("SODA", "116").await,
+        branch.accept("SODA", "232").await,
+        branch.accept("SODA", "348").await,
+    ];
+    let pipeline = Pipeline::start(
+        branch.store.clone(),
+        vec![branch.relay()],
+        Duration::from_millis(20),
+    );
+    for sale in &sales {
+        let record = pipeline
+            .wait_for(branch.scope, sale.sale, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            (record.status, record.receipt.unwrap().tot_rcpt_no),
+            (SaleStatus::Signed, sale.invc_no)
+        );
+    }
+    // After a graceful shutdown nothing is sent any more.
+    pipeline.shutdown().await;
+    let later = branch.accept("SODA", "116").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        branch
+            .store
+            .sale(branch.scope, later.sale)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        SaleStatus::PendingSync
+    );
+    sandbox.stop().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -743,4 +847,7 @@ on_both!(
     a_duplicate_without_a_receipt_needs_reconciliation,
     two_relays_on_one_branch_send_one_at_a_time_in_order,
     a_refusal_for_now_is_retried_not_failed,
+    the_pipeline_signs_what_is_accepted_and_waits_for_it,
+    a_waiter_gets_pending_at_its_deadline_and_the_sale_signs_later,
+    pending_sales_replay_in_order_when_the_pipeline_starts,
 );

@@ -1,0 +1,151 @@
+//! The signing pipeline's runtime: one relay task per branch, woken when a sale is accepted
+//! (and every `poll` anyway, for backoff and for rows another replica gave back), a way for
+//! an HTTP request to wait for its sale's phase 3 up to a deadline, and graceful shutdown.
+//!
+//! A relay task drains its branch as soon as it starts, so after a restart every pending
+//! row is sent again, in invoice order, without anyone asking.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast, watch};
+use tokio::task::JoinSet;
+use ushuru_store::{BranchId, SaleId, SaleRecord, SaleStatus, Scope, Store, StoreError};
+
+use crate::relay::{Relay, Step};
+
+/// A sale that reached a final state (signed, failed, or needing reconciliation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
+    pub scope: Scope,
+    pub sale: SaleId,
+}
+
+/// The running relays.
+pub struct Pipeline {
+    store: Store,
+    wakers: HashMap<BranchId, Arc<Notify>>,
+    settled: broadcast::Sender<Settled>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Pipeline {
+    /// Starts a task for each relay. `poll` bounds how long a branch waits without a wake.
+    pub fn start(store: Store, relays: Vec<Relay>, poll: Duration) -> Pipeline {
+        let (settled, _) = broadcast::channel(1024);
+        let (stop, stopping) = watch::channel(false);
+        let mut wakers = HashMap::new();
+        let mut tasks = JoinSet::new();
+        for relay in relays {
+            let waker = Arc::new(Notify::new());
+            wakers.insert(relay.scope().branch, Arc::clone(&waker));
+            tasks.spawn(run_branch(
+                relay,
+                waker,
+                settled.clone(),
+                stopping.clone(),
+                poll,
+            ));
+        }
+        Pipeline {
+            store,
+            wakers,
+            settled,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Tells a branch's relay there is work (a sale was accepted).
+    pub fn wake(&self, branch: BranchId) {
+        if let Some(waker) = self.wakers.get(&branch) {
+            waker.notify_one();
+        }
+    }
+
+    /// Waits until the sale is settled or `deadline` passes, and returns it as it then is
+    /// (PENDING_SYNC or OUTCOME_UNKNOWN when the deadline won).
+    pub async fn wait_for(
+        &self,
+        scope: Scope,
+        sale: SaleId,
+        deadline: Duration,
+    ) -> Result<SaleRecord, StoreError> {
+        // Subscribe before looking, so a settlement between the look and the wait is seen.
+        let mut events = self.settled.subscribe();
+        let give_up = tokio::time::Instant::now() + deadline;
+        loop {
+            let record = self
+                .store
+                .sale(scope, sale)
+                .await?
+                .ok_or(StoreError::NotFound("sale"))?;
+            if is_final(record.status) {
+                return Ok(record);
+            }
+            match tokio::time::timeout_at(give_up, events.recv()).await {
+                Err(_) => return Ok(record),
+                Ok(Ok(event)) if event.sale != sale => continue,
+                // Ours, or events were missed (lagged): look again.
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Stops the relays after the step each is in; no call is cut off halfway.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn is_final(status: SaleStatus) -> bool {
+    matches!(
+        status,
+        SaleStatus::Signed | SaleStatus::Failed | SaleStatus::ReconciliationRequired
+    )
+}
+
+async fn run_branch(
+    relay: Relay,
+    waker: Arc<Notify>,
+    settled: broadcast::Sender<Settled>,
+    mut stop: watch::Receiver<bool>,
+    poll: Duration,
+) {
+    let scope = relay.scope();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match relay.step().await {
+            Ok(Step::Idle) => {
+                tokio::select! {
+                    () = waker.notified() => {}
+                    () = tokio::time::sleep(poll) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            Ok(
+                Step::Signed { sale, .. }
+                | Step::Failed { sale, .. }
+                | Step::Unresolved { sale }
+                | Step::Quarantined { sale },
+            ) => {
+                let _ = settled.send(Settled { scope, sale });
+            }
+            // Backing off: the claim says when; the poll brings the relay back then.
+            Ok(Step::Retrying { .. }) => {}
+            Err(e) => {
+                // The store is unreachable or refused: say so, and try again after a poll.
+                tracing::error!(error = %e, branch = scope.branch.0, "relay step failed");
+                tokio::select! {
+                    () = tokio::time::sleep(poll) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+}
