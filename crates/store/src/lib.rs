@@ -194,6 +194,101 @@ impl Store {
     pub async fn findings(&self, scope: Scope) -> Result<Vec<SequenceFinding>> {
         dispatch!(self, s => s.findings(scope))
     }
+
+    /// Issues an API key for a branch. The key is returned once; only its SHA-256 and its
+    /// first characters are stored.
+    pub async fn create_api_key(&self, scope: Scope, name: &str) -> Result<(String, ApiKey)> {
+        let key = new_api_key()?;
+        let record = dispatch!(self, s => s.insert_api_key(scope, name, &key_prefix(&key), &key_sha256(&key)))?;
+        Ok((key, record))
+    }
+
+    /// The live key a caller presents, with its branch; `None` for an unknown or revoked key.
+    pub async fn authenticate(&self, key: &str, now: DateTime<Utc>) -> Result<Option<ApiKey>> {
+        dispatch!(self, s => s.authenticate(&key_sha256(key), now))
+    }
+
+    pub async fn revoke_api_key(&self, scope: Scope, id: i64, now: DateTime<Utc>) -> Result<()> {
+        dispatch!(self, s => s.revoke_api_key(scope, id, now))
+    }
+
+    /// Starts a request under an Idempotency-Key of the tenant (see [`IdempotencyStart`]).
+    /// A first request that has not answered within `in_flight_for` is taken as dead and
+    /// may run again; an answer is kept until `now + keep`.
+    pub async fn begin_idempotent(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        request_sha256: &str,
+        now: DateTime<Utc>,
+        in_flight_for: Duration,
+        keep: Duration,
+    ) -> Result<IdempotencyStart> {
+        dispatch!(self, s => s.begin_idempotent(tenant, key, request_sha256, now, in_flight_for, keep))
+    }
+
+    /// Records the answer of a request started with [`Store::begin_idempotent`].
+    pub async fn finish_idempotent(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<()> {
+        dispatch!(self, s => s.finish_idempotent(tenant, key, status, body))
+    }
+
+    /// Forgets a started request that produced no answer to keep (it may run again).
+    pub async fn abandon_idempotent(&self, tenant: TenantId, key: &str) -> Result<()> {
+        dispatch!(self, s => s.abandon_idempotent(tenant, key))
+    }
+
+    /// Deletes the records kept past their time; returns how many.
+    pub async fn purge_idempotency(&self, now: DateTime<Utc>) -> Result<u64> {
+        dispatch!(self, s => s.purge_idempotency(now))
+    }
+}
+
+/// A new API key: `ush_` and 32 random bytes in lower-case hex.
+fn new_api_key() -> Result<String> {
+    let mut random = [0u8; 32];
+    // Without the operating system's randomness no key may be issued at all.
+    getrandom::fill(&mut random)
+        .map_err(|e| StoreError::Database(format!("no randomness for an API key: {e}")))?;
+    Ok(format!("ush_{}", data_encoding::HEXLOWER.encode(&random)))
+}
+
+/// The first characters of a key, kept to tell keys apart in listings.
+fn key_prefix(key: &str) -> String {
+    key.chars().take(12).collect()
+}
+
+pub(crate) fn key_sha256(key: &str) -> String {
+    use sha2::Digest;
+    data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// The decision on an existing idempotency record.
+pub(crate) fn idempotency_decision(
+    stored_sha256: &str,
+    request_sha256: &str,
+    answer: Option<(u16, String)>,
+    started: DateTime<Utc>,
+    now: DateTime<Utc>,
+    in_flight_for: Duration,
+) -> Option<IdempotencyStart> {
+    if stored_sha256 != request_sha256 {
+        return Some(IdempotencyStart::Mismatch);
+    }
+    let running_until = chrono::Duration::from_std(in_flight_for)
+        .ok()
+        .and_then(|d| started.checked_add_signed(d));
+    match answer {
+        Some((status, body)) => Some(IdempotencyStart::Replay { status, body }),
+        None if running_until.is_none_or(|until| until > now) => Some(IdempotencyStart::InFlight),
+        // The first request died without answering: it may run again.
+        None => None,
+    }
 }
 
 /// A migration: its version, name and SQL for each backend.

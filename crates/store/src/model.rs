@@ -202,3 +202,25 @@ impl FindingKind {
         }
     }
 }
+
+/// An API key as stored: never the key itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: i64,
+    pub scope: Scope,
+    pub prefix: String,
+    pub name: String,
+}
+
+/// What an Idempotency-Key says about a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdempotencyStart {
+    /// First use: run the request, then [`crate::Store::finish_idempotent`].
+    Started,
+    /// The same key and the same request, answered before: send this answer again.
+    Replay { status: u16, body: String },
+    /// The same key with a different request: refuse (IDEMPOTENCY_KEY_REUSED).
+    Mismatch,
+    /// The first request with this key has not answered yet: refuse (425).
+    InFlight,
+}

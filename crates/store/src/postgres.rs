@@ -10,11 +10,11 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::{
-    AcceptedSale, Branch, BranchId, Claim, ExchangeRecord, FindingKind, MIGRATIONS, NewSale,
-    OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleRecord, SaleStatus, Scope,
-    SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number, build_payload,
-    clamp_time, lease_token, lease_until, money_from_text, money_text, sale_status_of, to_i64,
-    to_u64,
+    AcceptedSale, ApiKey, Branch, BranchId, Claim, ExchangeRecord, FindingKind, IdempotencyStart,
+    MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleRecord,
+    SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number,
+    build_payload, clamp_time, idempotency_decision, lease_token, lease_until, money_from_text,
+    money_text, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -646,5 +646,187 @@ impl PostgresStore {
                 })
             })
             .collect()
+    }
+}
+
+impl PostgresStore {
+    pub async fn insert_api_key(
+        &self,
+        scope: Scope,
+        name: &str,
+        prefix: &str,
+        sha256: &str,
+    ) -> Result<ApiKey> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO api_keys (tenant_id, branch_id, prefix, key_sha256, name) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                &[&scope.tenant.0, &scope.branch.0, &prefix, &sha256, &name],
+            )
+            .await
+            .map_err(query_error)?
+            .get(0);
+        tx.commit().await.map_err(query_error)?;
+        Ok(ApiKey {
+            id,
+            scope,
+            prefix: prefix.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Looks a key up by its hash, across tenants: this is how a request finds its tenant.
+    /// (Row-level security will need this one lookup to run as a narrow, definer function.)
+    pub async fn authenticate(&self, sha256: &str, now: DateTime<Utc>) -> Result<Option<ApiKey>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "UPDATE api_keys SET last_used_at = $1 WHERE key_sha256 = $2 AND revoked_at IS NULL
+                 RETURNING id, tenant_id, branch_id, prefix, name",
+                &[&now, &sha256],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(row.map(|r| ApiKey {
+            id: r.get(0),
+            scope: Scope {
+                tenant: TenantId(r.get(1)),
+                branch: BranchId(r.get(2)),
+            },
+            prefix: r.get(3),
+            name: r.get(4),
+        }))
+    }
+
+    pub async fn revoke_api_key(&self, scope: Scope, id: i64, now: DateTime<Utc>) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        let revoked = tx
+            .execute(
+                "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4 AND revoked_at IS NULL",
+                &[&now, &id, &scope.tenant.0, &scope.branch.0],
+            )
+            .await
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        if revoked == 0 {
+            Err(StoreError::NotFound("live API key"))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub async fn begin_idempotent(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        request_sha256: &str,
+        now: DateTime<Utc>,
+        in_flight_for: Duration,
+        keep: Duration,
+    ) -> Result<IdempotencyStart> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, tenant).await?;
+        let expires = lease_until(now, keep);
+        // The first of concurrent requests inserts; the others find its row, locked.
+        let inserted = tx
+            .query_opt(
+                "INSERT INTO idempotency_keys (tenant_id, key, request_sha256, created_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1",
+                &[&tenant.0, &key, &request_sha256, &now, &expires],
+            )
+            .await
+            .map_err(query_error)?;
+        if inserted.is_some() {
+            tx.commit().await.map_err(query_error)?;
+            return Ok(IdempotencyStart::Started);
+        }
+        let row = tx
+            .query_one(
+                "SELECT request_sha256, response_status, response_body, created_at, expires_at
+                 FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 FOR UPDATE",
+                &[&tenant.0, &key],
+            )
+            .await
+            .map_err(query_error)?;
+        let stored_expiry: DateTime<Utc> = row.get(4);
+        if stored_expiry > now {
+            let answer = row
+                .get::<_, Option<i32>>(1)
+                .zip(row.get::<_, Option<String>>(2))
+                .map(|(s, b)| (u16::try_from(s).unwrap_or(500), b));
+            if let Some(decision) = idempotency_decision(
+                row.get(0),
+                request_sha256,
+                answer,
+                row.get(3),
+                now,
+                in_flight_for,
+            ) {
+                tx.commit().await.map_err(query_error)?;
+                return Ok(decision);
+            }
+        }
+        tx.execute(
+            "UPDATE idempotency_keys SET request_sha256 = $3, response_status = NULL, response_body = NULL,
+                 created_at = $4, expires_at = $5
+             WHERE tenant_id = $1 AND key = $2",
+            &[&tenant.0, &key, &request_sha256, &now, &expires],
+        )
+        .await
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        Ok(IdempotencyStart::Started)
+    }
+
+    pub async fn finish_idempotent(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, tenant).await?;
+        let finished = tx
+            .execute(
+                "UPDATE idempotency_keys SET response_status = $1, response_body = $2
+                 WHERE tenant_id = $3 AND key = $4 AND response_status IS NULL",
+                &[&i32::from(status), &body, &tenant.0, &key],
+            )
+            .await
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        if finished == 0 {
+            Err(StoreError::NotFound("running idempotent request"))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub async fn abandon_idempotent(&self, tenant: TenantId, key: &str) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, tenant).await?;
+        tx.execute("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND response_status IS NULL", &[&tenant.0, &key])
+            .await
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)
+    }
+
+    pub async fn purge_idempotency(&self, now: DateTime<Utc>) -> Result<u64> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM idempotency_keys WHERE expires_at <= $1",
+                &[&now],
+            )
+            .await
+            .map_err(query_error)
     }
 }

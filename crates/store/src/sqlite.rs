@@ -10,11 +10,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    AcceptedSale, Branch, BranchId, Claim, ExchangeRecord, FindingKind, MIGRATIONS, NewSale,
-    OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleRecord, SaleStatus, Scope,
-    SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number, build_payload,
-    clamp_time, lease_token, lease_until, money_from_text, money_text, sale_status_of, to_i64,
-    to_u64,
+    AcceptedSale, ApiKey, Branch, BranchId, Claim, ExchangeRecord, FindingKind, IdempotencyStart,
+    MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleRecord,
+    SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number,
+    build_payload, clamp_time, idempotency_decision, lease_token, lease_until, money_from_text,
+    money_text, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -623,6 +623,167 @@ impl SqliteStore {
                 })
             })
             .collect()
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    pub async fn insert_api_key(
+        &self,
+        scope: Scope,
+        name: &str,
+        prefix: &str,
+        sha256: &str,
+    ) -> Result<ApiKey> {
+        let (name, prefix, sha256) = (name.to_owned(), prefix.to_owned(), sha256.to_owned());
+        self.run(move |connection| {
+            let id: i64 = connection
+                .query_row(
+                    "INSERT INTO api_keys (tenant_id, branch_id, prefix, key_sha256, name) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                    params![scope.tenant.0, scope.branch.0, prefix, sha256, name],
+                    |r| r.get(0),
+                )
+                .map_err(database)?;
+            Ok(ApiKey { id, scope, prefix, name })
+        })
+        .await
+    }
+
+    pub async fn authenticate(&self, sha256: &str, now: DateTime<Utc>) -> Result<Option<ApiKey>> {
+        let sha256 = sha256.to_owned();
+        self.run(move |connection| {
+            connection
+                .query_row(
+                    "UPDATE api_keys SET last_used_at = ?1 WHERE key_sha256 = ?2 AND revoked_at IS NULL
+                     RETURNING id, tenant_id, branch_id, prefix, name",
+                    params![timestamp(now), sha256],
+                    |r| {
+                        Ok(ApiKey {
+                            id: r.get(0)?,
+                            scope: Scope { tenant: TenantId(r.get(1)?), branch: BranchId(r.get(2)?) },
+                            prefix: r.get(3)?,
+                            name: r.get(4)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(database)
+        })
+        .await
+    }
+
+    pub async fn revoke_api_key(&self, scope: Scope, id: i64, now: DateTime<Utc>) -> Result<()> {
+        self.run(move |connection| {
+            let revoked = connection
+                .execute(
+                    "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4 AND revoked_at IS NULL",
+                    params![timestamp(now), id, scope.tenant.0, scope.branch.0],
+                )
+                .map_err(database)?;
+            if revoked == 0 { Err(StoreError::NotFound("live API key")) } else { Ok(()) }
+        })
+        .await
+    }
+
+    pub async fn begin_idempotent(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        request_sha256: &str,
+        now: DateTime<Utc>,
+        in_flight_for: Duration,
+        keep: Duration,
+    ) -> Result<IdempotencyStart> {
+        let (key, request_sha256) = (key.to_owned(), request_sha256.to_owned());
+        self.run(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let stored = tx
+                .query_row(
+                    "SELECT request_sha256, response_status, response_body, created_at, expires_at
+                     FROM idempotency_keys WHERE tenant_id = ?1 AND key = ?2",
+                    params![tenant.0, key],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Option<i64>>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(database)?;
+            if let Some((stored_sha256, status, body, created, expires)) = stored
+                && parse_timestamp(&expires)? > now
+            {
+                let answer = status.zip(body).map(|(s, b)| (u16::try_from(s).unwrap_or(500), b));
+                if let Some(decision) =
+                    idempotency_decision(&stored_sha256, &request_sha256, answer, parse_timestamp(&created)?, now, in_flight_for)
+                {
+                    return Ok(decision);
+                }
+            }
+            tx.execute(
+                "INSERT INTO idempotency_keys (tenant_id, key, request_sha256, response_status, response_body, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, NULL, NULL, ?4, ?5)
+                 ON CONFLICT (tenant_id, key) DO UPDATE SET request_sha256 = excluded.request_sha256, response_status = NULL,
+                     response_body = NULL, created_at = excluded.created_at, expires_at = excluded.expires_at",
+                params![tenant.0, key, request_sha256, timestamp(now), timestamp(lease_until(now, keep))],
+            )
+            .map_err(database)?;
+            tx.commit().map_err(database)?;
+            Ok(IdempotencyStart::Started)
+        })
+        .await
+    }
+
+    pub async fn finish_idempotent(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<()> {
+        let (key, body) = (key.to_owned(), body.to_owned());
+        self.run(move |connection| {
+            let finished = connection
+                .execute(
+                    "UPDATE idempotency_keys SET response_status = ?1, response_body = ?2
+                     WHERE tenant_id = ?3 AND key = ?4 AND response_status IS NULL",
+                    params![status, body, tenant.0, key],
+                )
+                .map_err(database)?;
+            if finished == 0 {
+                Err(StoreError::NotFound("running idempotent request"))
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    pub async fn abandon_idempotent(&self, tenant: TenantId, key: &str) -> Result<()> {
+        let key = key.to_owned();
+        self.run(move |connection| {
+            connection
+                .execute("DELETE FROM idempotency_keys WHERE tenant_id = ?1 AND key = ?2 AND response_status IS NULL", params![tenant.0, key])
+                .map_err(database)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn purge_idempotency(&self, now: DateTime<Utc>) -> Result<u64> {
+        self.run(move |connection| {
+            let purged = connection
+                .execute(
+                    "DELETE FROM idempotency_keys WHERE expires_at <= ?1",
+                    [timestamp(now)],
+                )
+                .map_err(database)?;
+            Ok(purged as u64)
         })
         .await
     }

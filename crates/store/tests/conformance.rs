@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ushuru_store::{
-    ExchangeRecord, FindingKind, NewSale, OutboxPayload, PayloadBuilder, Receipt, SaleStatus,
-    Scope, SequenceFinding, Settlement, Store, StoreError,
+    ExchangeRecord, FindingKind, IdempotencyStart, NewSale, OutboxPayload, PayloadBuilder, Receipt,
+    SaleStatus, Scope, SequenceFinding, Settlement, Store, StoreError,
 };
 use ushuru_tax::{Money, Rounding};
 
@@ -663,6 +663,158 @@ async fn a_panicking_payload_builder_uses_no_number(store: Store) {
     assert_eq!(accept(&store, scope, "A").await.invc_no, 1);
 }
 
+async fn api_keys_are_kept_as_hashes_and_can_be_revoked(store: Store) {
+    let a = branch(&store, "P051234567A").await;
+    let b = branch(&store, "P000000001Z").await;
+    let (key, record) = store.create_api_key(a, "till 1").await.unwrap();
+    assert!(key.starts_with("ush_") && key.len() == 68, "{key}");
+    assert!(key.starts_with(&record.prefix) && record.prefix.len() < key.len());
+    let found = store.authenticate(&key, now()).await.unwrap().unwrap();
+    assert_eq!((found.id, found.scope), (record.id, a));
+    assert_eq!(
+        store.authenticate("ush_not-a-key", now()).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.authenticate(&record.prefix, now()).await.unwrap(),
+        None,
+        "the prefix is no key"
+    );
+    // Another tenant can neither issue a key for A's branch nor revoke A's key.
+    let forged = Scope {
+        tenant: b.tenant,
+        branch: a.branch,
+    };
+    assert!(matches!(
+        store.create_api_key(forged, "stolen").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.revoke_api_key(b, record.id, now()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.revoke_api_key(a, record.id, now()).await.unwrap();
+    assert_eq!(store.authenticate(&key, now()).await.unwrap(), None);
+    assert!(matches!(
+        store.revoke_api_key(a, record.id, now()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let (second, _) = store.create_api_key(a, "till 2").await.unwrap();
+    assert_ne!(second, key);
+}
+
+async fn idempotency_keys_replay_refuse_and_expire(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let other = branch(&store, "P000000001Z").await;
+    let (running, keep) = (Duration::from_secs(60), Duration::from_secs(24 * 3600));
+    let begin = |key: &'static str, hash: &'static str, at: DateTime<Utc>, tenant| {
+        let store = store.clone();
+        async move {
+            store
+                .begin_idempotent(tenant, key, hash, at, running, keep)
+                .await
+                .unwrap()
+        }
+    };
+    let tenant = scope.tenant;
+    assert_eq!(
+        begin("K1", "h1", now(), tenant).await,
+        IdempotencyStart::Started
+    );
+    assert_eq!(
+        begin("K1", "h1", now(), tenant).await,
+        IdempotencyStart::InFlight
+    );
+    assert_eq!(
+        begin("K1", "h2", now(), tenant).await,
+        IdempotencyStart::Mismatch
+    );
+    // Keys belong to their tenant.
+    assert_eq!(
+        begin("K1", "h2", now(), other.tenant).await,
+        IdempotencyStart::Started
+    );
+    store
+        .finish_idempotent(tenant, "K1", 200, "{\"purchaseId\":1}")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.finish_idempotent(tenant, "K1", 200, "again").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        begin("K1", "h1", now(), tenant).await,
+        IdempotencyStart::Replay {
+            status: 200,
+            body: "{\"purchaseId\":1}".into()
+        }
+    );
+    assert_eq!(
+        begin("K1", "h2", now(), tenant).await,
+        IdempotencyStart::Mismatch
+    );
+    // A first request that died without answering may run again after a while.
+    assert_eq!(
+        begin("K2", "h1", now(), tenant).await,
+        IdempotencyStart::Started
+    );
+    let after_running = now() + chrono::Duration::seconds(61);
+    assert_eq!(
+        begin("K2", "h1", after_running, tenant).await,
+        IdempotencyStart::Started
+    );
+    // An abandoned start leaves nothing.
+    store.abandon_idempotent(tenant, "K2").await.unwrap();
+    assert_eq!(
+        begin("K2", "h9", after_running, tenant).await,
+        IdempotencyStart::Started
+    );
+    // Past their time records are purged, and a key may be used afresh.
+    let next_day = now() + chrono::Duration::hours(25);
+    assert_eq!(
+        begin("K1", "h2", next_day, tenant).await,
+        IdempotencyStart::Started
+    );
+    assert!(
+        store
+            .purge_idempotency(next_day + chrono::Duration::hours(25))
+            .await
+            .unwrap()
+            >= 3
+    );
+}
+
+async fn concurrent_first_uses_of_a_key_start_once(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .begin_idempotent(
+                        scope.tenant,
+                        "SAME",
+                        "h",
+                        now(),
+                        Duration::from_secs(60),
+                        Duration::from_secs(3600),
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut started = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            IdempotencyStart::Started => started += 1,
+            IdempotencyStart::InFlight => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(started, 1);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -698,4 +850,7 @@ conformance!(
     writes_cannot_cross_tenants,
     times_keep_their_microseconds_and_far_futures,
     a_panicking_payload_builder_uses_no_number,
+    api_keys_are_kept_as_hashes_and_can_be_revoked,
+    idempotency_keys_replay_refuse_and_expire,
+    concurrent_first_uses_of_a_key_start_once,
 );

@@ -118,3 +118,32 @@ CREATE TABLE sequence_findings (
     CONSTRAINT sequence_findings_branch_fk FOREIGN KEY (branch_id, tenant_id) REFERENCES branches (id, tenant_id),
     CONSTRAINT sequence_findings_sale_fk FOREIGN KEY (sale_id, tenant_id, branch_id) REFERENCES sales (id, tenant_id, branch_id)
 );
+
+-- API keys: only a SHA-256 of the key is kept, with its first characters to find it by.
+CREATE TABLE api_keys (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY CONSTRAINT api_keys_pk PRIMARY KEY,
+    tenant_id   BIGINT NOT NULL,
+    branch_id   BIGINT NOT NULL,
+    prefix      TEXT NOT NULL,
+    key_sha256  TEXT NOT NULL CONSTRAINT api_keys_sha256_unique UNIQUE,
+    name        TEXT NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    revoked_at  TIMESTAMPTZ,
+    last_used_at TIMESTAMPTZ,
+    CONSTRAINT api_keys_branch_fk FOREIGN KEY (branch_id, tenant_id) REFERENCES branches (id, tenant_id)
+);
+CREATE INDEX api_keys_prefix_idx ON api_keys (prefix);
+
+-- Idempotency-Key records, per tenant: the request's hash, and once done the answer.
+CREATE TABLE idempotency_keys (
+    tenant_id        BIGINT NOT NULL CONSTRAINT idempotency_keys_tenant_fk REFERENCES tenants (id),
+    key              TEXT NOT NULL,
+    request_sha256   TEXT NOT NULL,
+    -- NULL while the first request with the key is still running.
+    response_status  INTEGER,
+    response_body    TEXT,
+    created_at       TIMESTAMPTZ NOT NULL,
+    expires_at       TIMESTAMPTZ NOT NULL,
+    CONSTRAINT idempotency_keys_pk PRIMARY KEY (tenant_id, key)
+);
+CREATE INDEX idempotency_keys_expiry_idx ON idempotency_keys (expires_at);

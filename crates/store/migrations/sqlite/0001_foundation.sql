@@ -114,3 +114,32 @@ CREATE TABLE sequence_findings (
     CONSTRAINT sequence_findings_branch_fk FOREIGN KEY (branch_id, tenant_id) REFERENCES branches (id, tenant_id),
     CONSTRAINT sequence_findings_sale_fk FOREIGN KEY (sale_id, tenant_id, branch_id) REFERENCES sales (id, tenant_id, branch_id)
 );
+
+-- API keys: only a SHA-256 of the key is kept, with its first characters to find it by.
+CREATE TABLE api_keys (
+    id          INTEGER CONSTRAINT api_keys_pk PRIMARY KEY AUTOINCREMENT,
+    tenant_id   INTEGER NOT NULL,
+    branch_id   INTEGER NOT NULL,
+    prefix      TEXT NOT NULL,
+    key_sha256  TEXT NOT NULL CONSTRAINT api_keys_sha256_unique UNIQUE,
+    name        TEXT NOT NULL,
+    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    revoked_at  TEXT,
+    last_used_at TEXT,
+    CONSTRAINT api_keys_branch_fk FOREIGN KEY (branch_id, tenant_id) REFERENCES branches (id, tenant_id)
+);
+CREATE INDEX api_keys_prefix_idx ON api_keys (prefix);
+
+-- Idempotency-Key records, per tenant: the request's hash, and once done the answer.
+CREATE TABLE idempotency_keys (
+    tenant_id        INTEGER NOT NULL CONSTRAINT idempotency_keys_tenant_fk REFERENCES tenants (id),
+    key              TEXT NOT NULL,
+    request_sha256   TEXT NOT NULL,
+    -- NULL while the first request with the key is still running.
+    response_status  INTEGER,
+    response_body    TEXT,
+    created_at       TEXT NOT NULL,
+    expires_at       TEXT NOT NULL,
+    CONSTRAINT idempotency_keys_pk PRIMARY KEY (tenant_id, key)
+);
+CREATE INDEX idempotency_keys_expiry_idx ON idempotency_keys (expires_at);
