@@ -22,8 +22,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use ushuru_kra::types::{InvoiceDetailsRequest, InvoiceDetailsResponse, SaleResponse};
-use ushuru_kra::wire::Int;
+use ushuru_kra::endpoints::SaveItemEndpoint;
+use ushuru_kra::types::{
+    InvoiceDetailsRequest, InvoiceDetailsResponse, SaleRequest, SaleResponse, SaveItemRequest,
+};
+use ushuru_kra::wire::{Int, from_slice_lenient};
 use ushuru_kra::{Call, EndpointName, Exchange, KraClient, Outcome, ResultClass};
 use ushuru_store::{
     Claim, ExchangeRecord, FindingKind, Receipt, SaleId, SaleStatus, Scope, SequenceFinding,
@@ -31,6 +34,10 @@ use ushuru_store::{
 };
 
 use crate::clock::Clock;
+
+/// The item class given to an item whose sale line names none (KRA requires one; the
+/// REST API sets it, so this is only a fallback).
+const UNCLASSIFIED: &str = "99999999";
 
 /// The control unit a branch's device was initialised on: OSCU answers carry neither id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,6 +193,10 @@ impl Relay {
                 .await?;
             return Ok(Step::Quarantined { sale: claim.sale });
         }
+        // Items must be known to the control unit before a sale names them (§6).
+        if let Some(step) = self.register_items(&claim).await? {
+            return Ok(step);
+        }
         // It may have reached the control unit before: look before sending it again.
         if claim.maybe_sent {
             match self.look_up(&claim).await? {
@@ -273,6 +284,91 @@ impl Relay {
                 step => steps.push(step),
             }
         }
+    }
+
+    /// Registers the sale's items the control unit does not know yet (`saveItem`, which
+    /// updates an item saved before, so repeating it is harmless). Returns the step to end
+    /// with when a registration did not succeed.
+    async fn register_items(&self, claim: &Claim) -> Result<Option<Step>, RelayError> {
+        let Ok(sale) = from_slice_lenient::<SaleRequest>(claim.payload.body.as_bytes()) else {
+            // The payload is ours and checked against its hash; the control unit will say
+            // what is wrong with it.
+            return Ok(None);
+        };
+        for line in &sale.item_list {
+            if self
+                .store
+                .item_registered(self.scope, &line.item_cd)
+                .await?
+            {
+                continue;
+            }
+            let item = SaveItemRequest {
+                item_cd: line.item_cd.clone(),
+                item_cls_cd: line
+                    .item_cls_cd
+                    .clone()
+                    .unwrap_or_else(|| UNCLASSIFIED.to_owned()),
+                item_ty_cd: "2".to_owned(),
+                item_nm: line.item_nm.clone(),
+                item_std_nm: None,
+                orgn_nat_cd: "KE".to_owned(),
+                pkg_unit_cd: line.pkg_unit_cd.clone(),
+                qty_unit_cd: line.qty_unit_cd.clone(),
+                tax_ty_cd: line.tax_ty_cd.clone(),
+                btch_no: None,
+                bcd: line.bcd.clone(),
+                dft_prc: line.prc,
+                grp_prc_l1: None,
+                grp_prc_l2: None,
+                grp_prc_l3: None,
+                grp_prc_l4: None,
+                grp_prc_l5: None,
+                add_info: None,
+                sfty_qty: None,
+                isrc_aplcb_yn: "N".to_owned(),
+                use_yn: "Y".to_owned(),
+                regr_id: "ushuru".to_owned(),
+                regr_nm: "Ushuru".to_owned(),
+                modr_id: "ushuru".to_owned(),
+                modr_nm: "Ushuru".to_owned(),
+            };
+            let call = self.client.call::<SaveItemEndpoint>(&item).await;
+            self.journal(claim, &call).await?;
+            match call.outcome {
+                Outcome::Ok { .. } => {
+                    self.store
+                        .mark_item_registered(self.scope, &line.item_cd, self.clock.now())
+                        .await?
+                }
+                Outcome::Rejected { code, message } if code.class() == ResultClass::Request => {
+                    let message =
+                        format!("item {} could not be registered: {message}", line.item_cd);
+                    let code = code.code().to_owned();
+                    self.store
+                        .settle(
+                            claim,
+                            &Settlement::Failed {
+                                code: code.clone(),
+                                message,
+                            },
+                        )
+                        .await?;
+                    return Ok(Some(Step::Failed {
+                        sale: claim.sale,
+                        code,
+                    }));
+                }
+                // The sale itself was not sent: it stays as its claim found it.
+                _ => {
+                    return self
+                        .retry(claim, claim.maybe_sent, "not_sent")
+                        .await
+                        .map(Some);
+                }
+            }
+        }
+        Ok(None)
     }
 
     async fn record(&self, claim: &Claim, receipt: Receipt) -> Result<Step, RelayError> {

@@ -151,6 +151,10 @@ async fn branch(store: Store, sandbox: &SandboxHandle) -> Branch {
     ));
     let tenant = store.create_tenant(TIN, "Test Traders").await.unwrap();
     let scope = store.create_branch(tenant.id, "00").await.unwrap().scope();
+    store
+        .mark_item_registered(scope, "SODA", chrono::Utc::now())
+        .await
+        .unwrap();
     Branch {
         store,
         scope,
@@ -511,7 +515,13 @@ async fn an_outage_keeps_sales_pending_then_signs_them_in_order(store: Store) {
 async fn a_refusal_fails_the_sale_with_kras_code(store: Store) {
     let sandbox = sandbox_at("127.0.0.1:0", None).await;
     let branch = branch(store, &sandbox).await;
-    let accepted = branch.accept("GHOST", "116").await; // never registered
+    let accepted = branch.accept("SODA", "116").await;
+    fault(
+        &sandbox,
+        "saveTrnsSalesOsdc",
+        json!({"kind": "result_code", "code": "910", "message": "Request parameter error: itemCd"}),
+    )
+    .await;
     let steps = branch.relay().drain().await.unwrap();
     assert_eq!(
         steps,
@@ -825,6 +835,54 @@ async fn pending_sales_replay_in_order_when_the_pipeline_starts(store: Store) {
     sandbox.stop().await;
 }
 
+async fn items_are_registered_the_first_time_they_are_sold(store: Store) {
+    let sandbox = sandbox_at("127.0.0.1:0", None).await;
+    let branch = branch(store, &sandbox).await;
+    let first = branch.accept("TEA", "116").await; // never registered anywhere
+    let second = branch.accept("TEA", "232").await;
+    let steps = branch.relay().drain().await.unwrap();
+    assert_eq!(
+        steps,
+        vec![
+            Step::Signed {
+                sale: first.sale,
+                invc_no: 1
+            },
+            Step::Signed {
+                sale: second.sale,
+                invc_no: 2
+            }
+        ]
+    );
+    let calls = |sale| {
+        let store = branch.store.clone();
+        let scope = branch.scope;
+        async move {
+            store
+                .exchanges(scope, sale)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.endpoint)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(calls(first.sale).await, ["saveItem", "saveTrnsSalesOsdc"]);
+    assert_eq!(
+        calls(second.sale).await,
+        ["saveTrnsSalesOsdc"],
+        "registered once"
+    );
+    assert!(
+        branch
+            .store
+            .item_registered(branch.scope, "TEA")
+            .await
+            .unwrap()
+    );
+    sandbox.stop().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -850,4 +908,5 @@ on_both!(
     the_pipeline_signs_what_is_accepted_and_waits_for_it,
     a_waiter_gets_pending_at_its_deadline_and_the_sale_signs_later,
     pending_sales_replay_in_order_when_the_pipeline_starts,
+    items_are_registered_the_first_time_they_are_sold,
 );

@@ -243,6 +243,21 @@ impl Store {
         dispatch!(self, s => s.abandon_idempotent(tenant, key))
     }
 
+    /// Whether the branch's control unit knows the item (saveItem done).
+    pub async fn item_registered(&self, scope: Scope, item_cd: &str) -> Result<bool> {
+        dispatch!(self, s => s.item_registered(scope, item_cd))
+    }
+
+    /// Records that the branch's control unit knows the item.
+    pub async fn mark_item_registered(
+        &self,
+        scope: Scope,
+        item_cd: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        dispatch!(self, s => s.mark_item_registered(scope, item_cd, now))
+    }
+
     /// Deletes the records kept past their time; returns how many.
     pub async fn purge_idempotency(&self, now: DateTime<Utc>) -> Result<u64> {
         dispatch!(self, s => s.purge_idempotency(now))

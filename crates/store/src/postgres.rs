@@ -830,3 +830,39 @@ impl PostgresStore {
             .map_err(query_error)
     }
 }
+
+impl PostgresStore {
+    pub async fn item_registered(&self, scope: Scope, item_cd: &str) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        let found = tx
+            .query_opt(
+                "SELECT 1 FROM registered_items WHERE tenant_id = $1 AND branch_id = $2 AND item_cd = $3",
+                &[&scope.tenant.0, &scope.branch.0, &item_cd],
+            )
+            .await
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        Ok(found.is_some())
+    }
+
+    pub async fn mark_item_registered(
+        &self,
+        scope: Scope,
+        item_cd: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        tx.execute(
+            "INSERT INTO registered_items (tenant_id, branch_id, item_cd, registered_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (branch_id, item_cd) DO NOTHING",
+            &[&scope.tenant.0, &scope.branch.0, &item_cd, &now],
+        )
+        .await
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)
+    }
+}

@@ -788,3 +788,41 @@ impl SqliteStore {
         .await
     }
 }
+
+impl SqliteStore {
+    pub async fn item_registered(&self, scope: Scope, item_cd: &str) -> Result<bool> {
+        let item_cd = item_cd.to_owned();
+        self.run(move |connection| {
+            connection
+                .query_row(
+                    "SELECT 1 FROM registered_items WHERE tenant_id = ?1 AND branch_id = ?2 AND item_cd = ?3",
+                    params![scope.tenant.0, scope.branch.0, item_cd],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map(|found| found.is_some())
+                .map_err(database)
+        })
+        .await
+    }
+
+    pub async fn mark_item_registered(
+        &self,
+        scope: Scope,
+        item_cd: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let item_cd = item_cd.to_owned();
+        self.run(move |connection| {
+            connection
+                .execute(
+                    "INSERT INTO registered_items (tenant_id, branch_id, item_cd, registered_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (branch_id, item_cd) DO NOTHING",
+                    params![scope.tenant.0, scope.branch.0, item_cd, timestamp(now)],
+                )
+                .map_err(database)?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -143,3 +143,13 @@ CREATE TABLE idempotency_keys (
     CONSTRAINT idempotency_keys_pk PRIMARY KEY (tenant_id, key)
 );
 CREATE INDEX idempotency_keys_expiry_idx ON idempotency_keys (expires_at);
+
+-- Items the branch's control unit knows (saveItem done): a sale may only name these.
+CREATE TABLE registered_items (
+    tenant_id      INTEGER NOT NULL,
+    branch_id      INTEGER NOT NULL,
+    item_cd        TEXT NOT NULL,
+    registered_at  TEXT NOT NULL,
+    CONSTRAINT registered_items_pk PRIMARY KEY (branch_id, item_cd),
+    CONSTRAINT registered_items_branch_fk FOREIGN KEY (branch_id, tenant_id) REFERENCES branches (id, tenant_id)
+);
