@@ -86,7 +86,14 @@ impl Pipeline {
                 return Ok(record);
             }
             match tokio::time::timeout_at(give_up, events.recv()).await {
-                Err(_) => return Ok(record),
+                // The deadline: the sale as it is now, not as it was when the wait began.
+                Err(_) => {
+                    return self
+                        .store
+                        .sale(scope, sale)
+                        .await?
+                        .ok_or(StoreError::NotFound("sale"));
+                }
                 Ok(Ok(event)) if event.sale != sale => continue,
                 // Ours, or events were missed (lagged): look again.
                 Ok(_) => {}

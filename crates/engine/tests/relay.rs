@@ -883,6 +883,40 @@ async fn items_are_registered_the_first_time_they_are_sold(store: Store) {
     sandbox.stop().await;
 }
 
+async fn a_waiter_sees_the_sale_as_it_is_at_the_deadline(store: Store) {
+    let sandbox = sandbox_at("127.0.0.1:0", None).await;
+    let branch = branch(store, &sandbox).await;
+    // Every sale call and lookup is cut off: the sale stays OUTCOME_UNKNOWN.
+    sandbox.sandbox().faults().push(
+        ushuru_kra::EndpointName::SaveTrnsSalesOsdc,
+        ushuru_sandbox::faults::Fault::Drop,
+        1_000,
+    );
+    sandbox.sandbox().faults().push(
+        ushuru_kra::EndpointName::SelectInvoiceDetails,
+        ushuru_sandbox::faults::Fault::Drop,
+        1_000_000,
+    );
+    let pipeline = Pipeline::start(
+        branch.store.clone(),
+        vec![branch.relay()],
+        Duration::from_millis(20),
+    );
+    let accepted = branch.accept("SODA", "116").await;
+    pipeline.wake(branch.scope.branch);
+    let record = pipeline
+        .wait_for(branch.scope, accepted.sale, Duration::from_millis(400))
+        .await
+        .unwrap();
+    assert_eq!(
+        record.status,
+        SaleStatus::OutcomeUnknown,
+        "not the PENDING_SYNC the wait began with"
+    );
+    pipeline.shutdown().await;
+    sandbox.stop().await;
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -909,4 +943,5 @@ on_both!(
     a_waiter_gets_pending_at_its_deadline_and_the_sale_signs_later,
     pending_sales_replay_in_order_when_the_pipeline_starts,
     items_are_registered_the_first_time_they_are_sold,
+    a_waiter_sees_the_sale_as_it_is_at_the_deadline,
 );

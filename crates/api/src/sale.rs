@@ -1,0 +1,529 @@
+//! `POST /v2/etims/sale` and `GET /v2/etims/sales/{id}/status` (taxid-api.md §2.1, §3).
+
+use std::borrow::Cow;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use ushuru_kra::{DraftLine, SaleDraft};
+use ushuru_store::{
+    IdempotencyStart, NewSale, OutboxPayload, SaleId, SaleRecord, SaleStatus, Scope,
+};
+use ushuru_tax::{
+    InvoiceTotals, LineInput, LineText, Money, PricedLine, Pricing, Rounding, TaxBand,
+    calculate_line,
+};
+
+use crate::error::ApiError;
+use crate::{AppState, BranchContext, Caller, request_id};
+
+/// KRA's item class for an item the caller did not classify (the flat body never does).
+const UNCLASSIFIED: &str = "99999999";
+
+/// The body of `POST /v2/etims/sale`: the flat form, or the itemised form with `items`.
+/// Decimals come as JSON strings (the SDK's form) or numbers.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SaleBody {
+    supplier_pin: String,
+    client_reference: String,
+    amount: Value,
+    invoice_date: String,
+    item_description: Option<String>,
+    tax_amount: Value,
+    pmt_ty_cd: Option<String>,
+    tax_band: Option<String>,
+    items: Option<Vec<ItemBody>>,
+    buyer_pin: Option<String>,
+    buyer_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemBody {
+    sku: String,
+    item_nm: String,
+    item_cls_cd: String,
+    tax_ty_cd: String,
+    qty: Value,
+    unit_price: Value,
+    pkg_unit_cd: Option<String>,
+    qty_unit_cd: Option<String>,
+    discount: Option<Value>,
+    discount_rate: Option<Value>,
+}
+
+/// A decimal field's text, exactly as sent.
+fn decimal_text<'a>(field: &str, value: &'a Value) -> Result<Cow<'a, str>, ApiError> {
+    match value {
+        Value::String(text) => Ok(Cow::Borrowed(text)),
+        Value::Number(number) => Ok(Cow::Owned(number.to_string())),
+        _ => Err(ApiError::bad_request(
+            "INVALID_BODY",
+            format!("{field} must be a decimal string such as \"5800.00\""),
+        )),
+    }
+}
+
+fn money(field: &str, value: &Value) -> Result<Money, ApiError> {
+    let text = decimal_text(field, value)?;
+    Money::parse(&text, Rounding::HalfUp)
+        .map_err(|e| ApiError::invalid("INVALID_AMOUNT", format!("{field} {text:?} {e}")))
+}
+
+/// A KRA item code for a caller's SKU: the SKU itself when it fits KRA's 20 characters,
+/// else one derived from it (origin KE, type 2, packaging NT, unit U, 7 digits: §3).
+fn item_code(sku: &str) -> String {
+    if !sku.is_empty() && sku.len() <= 20 {
+        return sku.to_owned();
+    }
+    let digest = Sha256::digest(sku.as_bytes());
+    let number = u64::from_be_bytes([
+        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
+    ]);
+    format!("KE2NTU{:07}", number % 10_000_000)
+}
+
+fn is_pin(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 11
+        && b[0].is_ascii_uppercase()
+        && b[1..10].iter().all(u8::is_ascii_digit)
+        && b[10].is_ascii_uppercase()
+}
+
+/// The priced sale, ready for phase 1.
+struct PricedSale {
+    lines: Vec<DraftLine>,
+    totals: InvoiceTotals,
+    client_reference: String,
+    pmt_ty_cd: String,
+    buyer: Option<(String, Option<String>)>,
+}
+
+fn price(
+    body: &SaleBody,
+    branch: &BranchContext,
+    state: &AppState,
+) -> Result<PricedSale, ApiError> {
+    if body.supplier_pin.trim() != branch.tin {
+        return Err(ApiError::invalid(
+            "SUPPLIER_MISMATCH",
+            format!(
+                "supplierPin {} is not the PIN of this API key's branch",
+                body.supplier_pin
+            ),
+        ));
+    }
+    if chrono::NaiveDate::parse_from_str(&body.invoice_date, "%Y-%m-%d").is_err() {
+        return Err(ApiError::invalid(
+            "INVALID_DATE",
+            format!("invoiceDate {:?} is not YYYY-MM-DD", body.invoice_date),
+        ));
+    }
+    if body.client_reference.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "MISSING_REFERENCE",
+            "clientReference is empty",
+        ));
+    }
+    let buyer = match &body.buyer_pin {
+        Some(pin) if !is_pin(pin) => {
+            return Err(ApiError::invalid(
+                "INVALID_PIN",
+                format!("buyerPin {pin:?} is not a KRA PIN (A123456789B)"),
+            ));
+        }
+        Some(pin) => Some((pin.clone(), body.buyer_name.clone())),
+        None => None,
+    };
+    let line_error = |index: usize, e: ushuru_tax::LineError| {
+        ApiError::invalid(e.code(), format!("line {}: {e}", index + 1))
+    };
+    let mut lines = Vec::new();
+    match &body.items {
+        None => {
+            let band = body.tax_band.as_deref().unwrap_or("B");
+            let amount = decimal_text("amount", &body.amount)?;
+            let text = LineText {
+                price: &amount,
+                band,
+                qty: "1",
+                pricing: Pricing::VatInclusive,
+                discount: None,
+                discount_rate: None,
+            };
+            let priced = LineInput::parse(&text)
+                .and_then(|input| calculate_line(&input, &state.rates))
+                .map_err(|e| line_error(0, e))?;
+            let name = body
+                .item_description
+                .clone()
+                .filter(|d| !d.trim().is_empty())
+                .unwrap_or_else(|| "General supply".into());
+            lines.push(draft_line(
+                item_code(&name),
+                name.chars().take(200).collect(),
+                UNCLASSIFIED.into(),
+                None,
+                None,
+                priced,
+            ));
+        }
+        Some(items) if items.is_empty() => {
+            return Err(ApiError::invalid("NO_ITEMS", "items is empty"));
+        }
+        Some(items) => {
+            for (index, item) in items.iter().enumerate() {
+                let (qty, price) = (
+                    decimal_text("qty", &item.qty)?,
+                    decimal_text("unitPrice", &item.unit_price)?,
+                );
+                let discount = item
+                    .discount
+                    .as_ref()
+                    .map(|d| decimal_text("discount", d))
+                    .transpose()?;
+                let discount_rate = item
+                    .discount_rate
+                    .as_ref()
+                    .map(|d| decimal_text("discountRate", d))
+                    .transpose()?;
+                let text = LineText {
+                    price: &price,
+                    band: &item.tax_ty_cd,
+                    qty: &qty,
+                    pricing: Pricing::VatInclusive,
+                    discount: discount
+                        .as_deref()
+                        .filter(|d| Money::parse(d, Rounding::HalfUp).is_ok_and(|m| !m.is_zero())),
+                    discount_rate: discount_rate.as_deref(),
+                };
+                let priced = LineInput::parse(&text)
+                    .and_then(|input| calculate_line(&input, &state.rates))
+                    .map_err(|e| line_error(index, e))?;
+                let class = &item.item_cls_cd;
+                if !(8..=10).contains(&class.len()) || !class.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(ApiError::invalid(
+                        "INVALID_ITEM_CLASS",
+                        format!("line {}: itemClsCd must be 8 to 10 digits", index + 1),
+                    ));
+                }
+                lines.push(draft_line(
+                    item_code(&item.sku),
+                    item.item_nm.clone(),
+                    class.clone(),
+                    item.pkg_unit_cd.clone(),
+                    item.qty_unit_cd.clone(),
+                    priced,
+                ));
+            }
+        }
+    }
+    let priced: Vec<PricedLine> = lines.iter().map(|l| l.priced).collect();
+    let totals = InvoiceTotals::from_lines(&priced, &state.rates)
+        .map_err(|e| ApiError::invalid("OUT_OF_RANGE", e.to_string()))?;
+    // The caller's totals must be ours: the total to the cent, the tax within KRA's 0.02.
+    let amount = money("amount", &body.amount)?;
+    let tax_amount = money("taxAmount", &body.tax_amount)?;
+    let cents = |a: Money, b: Money| (a.minor() - b.minor()).unsigned_abs();
+    if cents(amount, totals.tot_amt) > 1 {
+        return Err(ApiError::invalid(
+            "AMOUNT_MISMATCH",
+            format!("amount {amount} is not the lines' total {}", totals.tot_amt),
+        ));
+    }
+    if cents(tax_amount, totals.tot_tax_amt) > 2 {
+        return Err(ApiError::invalid(
+            "TAX_MISMATCH",
+            format!(
+                "taxAmount {tax_amount} is not the VAT of the lines, {}",
+                totals.tot_tax_amt
+            ),
+        ));
+    }
+    if body
+        .tax_band
+        .as_deref()
+        .is_some_and(|b| b.parse::<TaxBand>().is_err())
+    {
+        return Err(ApiError::invalid(
+            "UNKNOWN_TAX_BAND",
+            "taxBand must be A, B, C, D or E",
+        ));
+    }
+    Ok(PricedSale {
+        lines,
+        totals,
+        client_reference: body.client_reference.clone(),
+        pmt_ty_cd: body.pmt_ty_cd.clone().unwrap_or_else(|| "01".into()),
+        buyer,
+    })
+}
+
+fn draft_line(
+    item_cd: String,
+    item_nm: String,
+    item_cls_cd: String,
+    pkg_unit_cd: Option<String>,
+    qty_unit_cd: Option<String>,
+    priced: PricedLine,
+) -> DraftLine {
+    DraftLine {
+        item_cd,
+        item_nm,
+        item_cls_cd: Some(item_cls_cd),
+        pkg_unit_cd: pkg_unit_cd.unwrap_or_else(|| "NT".into()),
+        qty_unit_cd: qty_unit_cd.unwrap_or_else(|| "U".into()),
+        priced,
+    }
+}
+
+/// The body of a sale as the SDK reads it (`SaleResult`): every optional field a string or
+/// null, `purchaseId` an integer.
+pub(crate) fn render(
+    sale: &SaleRecord,
+    branch: &BranchContext,
+    state: &AppState,
+    request_id: &str,
+) -> (StatusCode, Value) {
+    let receipt = sale.receipt.as_ref();
+    let cu_invoice = receipt.map(|r| format!("{}/{} NS", r.sdc_id, r.cur_rcpt_no));
+    let qr_payload = receipt.and_then(|r| {
+        let at = chrono::NaiveDateTime::parse_from_str(&r.sdc_date_time, "%Y%m%d%H%M%S").ok()?;
+        let cu = cu_invoice.clone()?;
+        Some(format!(
+            "{}#{}#{}#{cu}#{}#{}",
+            at.format("%d%m%Y"),
+            at.format("%H%M%S"),
+            r.sdc_id,
+            r.intrl_data,
+            r.rcpt_sign
+        ))
+    });
+    let qr_url = receipt.map(|r| {
+        format!(
+            "https://{}/common/link/etims/receipt/indexEtimsReceiptData?Data={}{}{}",
+            state.receipt_host, branch.tin, branch.bhf_id, r.rcpt_sign
+        )
+    });
+    let status = match sale.status {
+        SaleStatus::Signed | SaleStatus::Failed | SaleStatus::ReconciliationRequired => {
+            StatusCode::OK
+        }
+        SaleStatus::PendingSync | SaleStatus::OutcomeUnknown => StatusCode::ACCEPTED,
+    };
+    let body = json!({
+        "purchaseId": sale.id.0,
+        "status": sale.status.as_str(),
+        "type": "SALE",
+        "cuInvoiceNumber": cu_invoice,
+        "sdcId": receipt.map(|r| r.sdc_id.clone()),
+        "receiptSignature": receipt.map(|r| r.rcpt_sign.clone()),
+        "internalData": receipt.map(|r| r.intrl_data.clone()),
+        "kraQrPayload": qr_payload,
+        "kraQrUrl": qr_url,
+        "vscuTimestamp": receipt.map(|r| r.sdc_date_time.clone()),
+        "invcNo": sale.invc_no.to_string(),
+        "clientReference": sale.client_reference,
+        "requestId": request_id,
+    });
+    (status, body)
+}
+
+fn respond(status: StatusCode, body: Value, request_id: &str) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(value) = request_id.parse() {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+pub(crate) async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request_id = request_id();
+    let scope = caller.key.scope;
+    let Some(branch) = state.branches.get(&scope.branch).cloned() else {
+        return ApiError::internal(format!("branch {} has no device context", scope.branch.0))
+            .into_response();
+    };
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(key) = key else {
+        return match accept(&state, scope, &branch, &body, &request_id).await {
+            Ok((status, body)) => respond(status, body, &request_id),
+            Err(error) => error.into_response(),
+        };
+    };
+    let request_sha256 = data_encoding::HEXLOWER.encode(&Sha256::digest(&body));
+    let now = state.clock.now();
+    let started = state
+        .store
+        .begin_idempotent(
+            scope.tenant,
+            &key,
+            &request_sha256,
+            now,
+            state.in_flight_for,
+            state.idempotency_keep,
+        )
+        .await;
+    match started {
+        Err(e) => ApiError::from(e).into_response(),
+        Ok(IdempotencyStart::Mismatch) => ApiError::invalid(
+            "IDEMPOTENCY_KEY_REUSED",
+            "this Idempotency-Key was used with a different request",
+        )
+        .into_response(),
+        Ok(IdempotencyStart::InFlight) => ApiError::new(
+            StatusCode::TOO_EARLY,
+            "IDEMPOTENT_REQUEST_IN_FLIGHT",
+            "the first request with this Idempotency-Key is still running; ask again shortly",
+        )
+        .into_response(),
+        Ok(IdempotencyStart::Replay { status, body }) => {
+            replay(&state, scope, &branch, status, &body, &request_id).await
+        }
+        Ok(IdempotencyStart::Started) => {
+            let outcome = accept(&state, scope, &branch, &body, &request_id).await;
+            let (status, answer) = match &outcome {
+                Ok((status, body)) => (*status, body.clone()),
+                Err(error) => (error.status, error.body()),
+            };
+            let kept = if status.is_server_error() {
+                state.store.abandon_idempotent(scope.tenant, &key).await
+            } else {
+                state
+                    .store
+                    .finish_idempotent(scope.tenant, &key, status.as_u16(), &answer.to_string())
+                    .await
+            };
+            if let Err(e) = kept {
+                tracing::error!(error = %e, "idempotency record not kept");
+            }
+            respond(status, answer, &request_id)
+        }
+    }
+}
+
+/// The same request again: a sale answer is given as the sale now is (the same
+/// `purchaseId`, its receipt once signed); any other answer as it was.
+async fn replay(
+    state: &AppState,
+    scope: Scope,
+    branch: &BranchContext,
+    status: u16,
+    body: &str,
+    request_id: &str,
+) -> Response {
+    let stored: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    if let Some(id) = stored.get("purchaseId").and_then(Value::as_i64) {
+        return match state.store.sale(scope, SaleId(id)).await {
+            Ok(Some(sale)) => {
+                let (status, body) = render(&sale, branch, state, request_id);
+                respond(status, body, request_id)
+            }
+            Ok(None) => ApiError::not_found("sale").into_response(),
+            Err(e) => ApiError::from(e).into_response(),
+        };
+    }
+    respond(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        stored,
+        request_id,
+    )
+}
+
+/// Prices and accepts a sale (phase 1), then waits for its receipt up to the deadline.
+async fn accept(
+    state: &AppState,
+    scope: Scope,
+    branch: &BranchContext,
+    body: &[u8],
+    request_id: &str,
+) -> Result<(StatusCode, Value), ApiError> {
+    let parsed: SaleBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("INVALID_BODY", format!("the sale body does not read: {e}"))
+    })?;
+    let priced = price(&parsed, branch, state)?;
+    let confirmed = state.clock.now().with_timezone(&crate::EAT).naive_local();
+    let (tin, bhf_id, rates) = (branch.tin.clone(), branch.bhf_id.clone(), state.rates);
+    let PricedSale {
+        lines,
+        totals,
+        client_reference,
+        pmt_ty_cd,
+        buyer,
+    } = priced;
+    let reference = client_reference.clone();
+    let build = Box::new(move |invc_no: u64| {
+        let (cust_tin, cust_nm) = buyer.map_or((None, None), |(pin, name)| (Some(pin), name));
+        let request = SaleDraft {
+            tin,
+            bhf_id,
+            invc_no,
+            org_invc_no: 0,
+            trd_invc_no: reference.chars().take(50).collect(),
+            rcpt_ty_cd: "S".into(),
+            sales_ty_cd: "N".into(),
+            pmt_ty_cd: Some(pmt_ty_cd),
+            cust_tin,
+            cust_nm,
+            rfd_rsn_cd: None,
+            confirmed,
+            operator: "ushuru".into(),
+            lines,
+        }
+        .into_request(&rates)
+        .map_err(|e| e.to_string())?;
+        let body = serde_json::to_string(&request).map_err(|e| e.to_string())?;
+        let sha256 = data_encoding::HEXLOWER.encode(&Sha256::digest(body.as_bytes()));
+        Ok(OutboxPayload { body, sha256 })
+    });
+    let sale = NewSale {
+        client_reference: Some(client_reference),
+        tot_amt: totals.tot_amt,
+    };
+    let accepted = state.store.accept_sale(scope, sale, build).await?;
+    state.pipeline.wake(scope.branch);
+    let record = state
+        .pipeline
+        .wait_for(scope, accepted.sale, state.sale_deadline)
+        .await?;
+    Ok(render(&record, branch, state, request_id))
+}
+
+pub(crate) async fn status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Response {
+    let request_id = request_id();
+    let scope = caller.key.scope;
+    let Ok(id) = id.parse::<i64>() else {
+        return ApiError::not_found("sale").into_response();
+    };
+    let Some(branch) = state.branches.get(&scope.branch).cloned() else {
+        return ApiError::internal(format!("branch {} has no device context", scope.branch.0))
+            .into_response();
+    };
+    match state.store.sale(scope, SaleId(id)).await {
+        Ok(Some(sale)) => {
+            let (_, body) = render(&sale, &branch, &state, &request_id);
+            respond(StatusCode::OK, body, &request_id)
+        }
+        Ok(None) => ApiError::not_found("sale").into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}

@@ -1,0 +1,551 @@
+//! The sale endpoints over real HTTP: the app in-process with its pipeline, the real
+//! sandbox as control unit, on both stores.
+
+// A test crate: a panic in a helper is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use ushuru_api::{AppState, BranchContext};
+use ushuru_engine::{Backoff, DeviceIdentity, Pipeline, Relay, SystemClock};
+use ushuru_kra::endpoints::InitDevice;
+use ushuru_kra::types::InitRequest;
+use ushuru_kra::{ClientConfig, KraClient, Outcome, Profile, Secret, Timeouts};
+use ushuru_sandbox::persist::StateFile;
+use ushuru_sandbox::server::GatewayAccess;
+use ushuru_sandbox::{Config, ControlUnit, Sandbox, SandboxHandle};
+use ushuru_store::Store;
+use ushuru_tax::TaxRates;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn unique() -> String {
+    format!(
+        "ushuru_conformance_api_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn sqlite() -> Store {
+    let store = Store::connect(
+        std::env::temp_dir()
+            .join(format!("{}.sqlite", unique()))
+            .to_str()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+async fn postgres() -> Store {
+    let admin_url = std::env::var("USHURU_TEST_POSTGRES_URL")
+        .expect("USHURU_TEST_POSTGRES_URL is not set: run ./scripts/test, which starts PostgreSQL and sets it");
+    let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let name = unique();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let store = Store::connect(&format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// A running Ushuru: two taxpayers with a branch and a key each, on one sandbox.
+struct App {
+    url: String,
+    keys: Vec<String>,
+    sandbox: SandboxHandle,
+    pipeline: Arc<Pipeline>,
+    state_dir: std::path::PathBuf,
+}
+
+const TINS: [&str; 2] = ["P051234567A", "P000000001Z"];
+
+async fn start(store: Store, deadline: Duration) -> App {
+    let state_dir = std::env::temp_dir().join(unique());
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let unit = ControlUnit::new(
+        Config::default(),
+        Some(StateFile::open(&state_dir.join("cu.sqlite")).unwrap()),
+    )
+    .unwrap();
+    let sandbox = Sandbox::new(unit, GatewayAccess::default())
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut branches = HashMap::new();
+    let mut relays = Vec::new();
+    let mut keys = Vec::new();
+    for tin in TINS {
+        let client = KraClient::new(ClientConfig {
+            base_url: sandbox.url(),
+            profile: Profile::Oscu,
+            tin: tin.into(),
+            bhf_id: "00".into(),
+            cmc_key: None,
+            timeouts: Timeouts {
+                connect: Duration::from_millis(300),
+                sale: Duration::from_secs(3),
+                lookup: Duration::from_secs(3),
+                ..Timeouts::default()
+            },
+            gateway: None,
+        })
+        .unwrap();
+        let info = match client
+            .call::<InitDevice>(&InitRequest {
+                tin: tin.into(),
+                bhf_id: "00".into(),
+                dvc_srl_no: "POS".into(),
+            })
+            .await
+            .outcome
+        {
+            Outcome::Ok {
+                data: Some(response),
+                ..
+            } => response.info,
+            other => panic!("{other:?}"),
+        };
+        let client = client.with_cmc_key(Secret::new(info.cmc_key));
+        let tenant = store.create_tenant(tin, "Traders").await.unwrap();
+        let scope = store.create_branch(tenant.id, "00").await.unwrap().scope();
+        let device = DeviceIdentity {
+            sdc_id: info.sdc_id,
+            mrc_no: Some(info.mrc_no),
+        };
+        branches.insert(
+            scope.branch,
+            BranchContext {
+                tin: tin.into(),
+                bhf_id: "00".into(),
+                device: device.clone(),
+            },
+        );
+        relays.push(
+            Relay::new(
+                store.clone(),
+                client,
+                scope,
+                device,
+                "api-test",
+                Arc::new(SystemClock),
+            )
+            .with_backoff(Backoff {
+                base: Duration::from_millis(1),
+                cap: Duration::from_millis(5),
+            }),
+        );
+        keys.push(store.create_api_key(scope, "till").await.unwrap().0);
+    }
+    let pipeline = Arc::new(Pipeline::start(
+        store.clone(),
+        relays,
+        Duration::from_millis(20),
+    ));
+    let state = AppState {
+        store,
+        pipeline: Arc::clone(&pipeline),
+        branches: Arc::new(branches),
+        rates: TaxRates::kenya(),
+        clock: Arc::new(SystemClock),
+        sale_deadline: deadline,
+        idempotency_keep: Duration::from_secs(24 * 3600),
+        in_flight_for: Duration::from_secs(60),
+        receipt_host: "etims-sbx.kra.go.ke".into(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, ushuru_api::router(state)).await });
+    App {
+        url,
+        keys,
+        sandbox,
+        pipeline,
+        state_dir,
+    }
+}
+
+fn flat(reference: &str, amount: &str, tax: &str) -> Value {
+    json!({"supplierPin": TINS[0], "clientReference": reference, "amount": amount, "invoiceDate": "2026-09-25",
+           "itemDescription": "Consulting", "taxAmount": tax, "pmtTyCd": "01", "taxBand": "B"})
+}
+
+async fn post(
+    app: &App,
+    key: Option<&str>,
+    idempotency: Option<&str>,
+    body: &Value,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/v2/etims/sale", app.url))
+        .json(body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(idempotency) = idempotency {
+        request = request.header("Idempotency-Key", idempotency);
+    }
+    let response = request.send().await.unwrap();
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    (status, response.json().await.unwrap(), headers)
+}
+
+async fn get(app: &App, key: &str, path: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", app.url))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+// ---- the cases ---------------------------------------------------------------------------
+
+async fn a_flat_sale_is_signed_and_replayed(store: Store) {
+    let app = start(store, Duration::from_secs(10)).await;
+    let key = app.keys[0].as_str();
+    let (status, body, headers) = post(
+        &app,
+        Some(key),
+        Some("P051234567A:INV-0001"),
+        &flat("INV-0001", "5800.00", "800.00"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "SIGNED");
+    assert!(body["purchaseId"].is_i64());
+    let sdc_id = body["sdcId"].as_str().unwrap();
+    let cu = body["cuInvoiceNumber"].as_str().unwrap();
+    assert_eq!(cu, format!("{sdc_id}/1 NS"));
+    let qr: Vec<&str> = body["kraQrPayload"].as_str().unwrap().split('#').collect();
+    assert_eq!(qr.len(), 6);
+    assert_eq!(
+        (qr[2], qr[3], qr[4], qr[5]),
+        (
+            sdc_id,
+            cu,
+            body["internalData"].as_str().unwrap(),
+            body["receiptSignature"].as_str().unwrap()
+        )
+    );
+    assert_eq!((qr[0].len(), qr[1].len()), (8, 6));
+    assert!(
+        body["kraQrUrl"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("Data=P051234567A00{}", qr[5]))
+    );
+    assert_eq!(
+        (body["invcNo"].as_str(), body["clientReference"].as_str()),
+        (Some("1"), Some("INV-0001"))
+    );
+    assert_eq!(
+        headers["x-request-id"].to_str().unwrap(),
+        body["requestId"].as_str().unwrap()
+    );
+    // The sandbox issued exactly this receipt.
+    let verified = app.sandbox.sandbox().unit().verify(
+        TINS[0],
+        "00",
+        1,
+        body["internalData"].as_str().unwrap(),
+        qr[5],
+    );
+    assert_eq!(verified, Some(true));
+
+    // Same key, same bytes: the same sale and receipt. Same key, other bytes: refused.
+    let (again_status, again, _) = post(
+        &app,
+        Some(key),
+        Some("P051234567A:INV-0001"),
+        &flat("INV-0001", "5800.00", "800.00"),
+    )
+    .await;
+    assert_eq!(again_status, 200);
+    for field in [
+        "purchaseId",
+        "cuInvoiceNumber",
+        "receiptSignature",
+        "internalData",
+        "kraQrPayload",
+    ] {
+        assert_eq!(again[field], body[field], "{field}");
+    }
+    let (reused, error, _) = post(
+        &app,
+        Some(key),
+        Some("P051234567A:INV-0001"),
+        &flat("INV-0001", "5900.00", "813.79"),
+    )
+    .await;
+    assert_eq!(
+        (reused, error["code"].as_str()),
+        (422, Some("IDEMPOTENCY_KEY_REUSED"))
+    );
+    assert_eq!(
+        app.sandbox.sandbox().unit().dump()["sales"]
+            .as_object()
+            .unwrap()
+            .len(),
+        1,
+        "signed once"
+    );
+
+    // Status, by its owner only.
+    let id = body["purchaseId"].as_i64().unwrap();
+    let (code, status_body) = get(&app, key, &format!("/v2/etims/sales/{id}/status")).await;
+    assert_eq!(
+        (code, &status_body["receiptSignature"]),
+        (200, &body["receiptSignature"])
+    );
+    let (code, error) = get(&app, &app.keys[1], &format!("/v2/etims/sales/{id}/status")).await;
+    assert_eq!(
+        (code, error["code"].as_str()),
+        (404, Some("NOT_FOUND")),
+        "another taxpayer's key"
+    );
+    assert_eq!(get(&app, key, "/v2/etims/sales/999999/status").await.0, 404);
+    assert_eq!(get(&app, key, "/v2/etims/sales/abc/status").await.0, 404);
+    finish(app).await;
+}
+
+async fn an_itemised_mixed_sale_is_signed(store: Store) {
+    let app = start(store, Duration::from_secs(10)).await;
+    let body = json!({"supplierPin": TINS[0], "clientReference": "INV-1", "amount": "2753.46", "invoiceDate": "2026-09-25",
+        "itemDescription": "Flour, Soda, Fuel", "taxAmount": "183.27", "pmtTyCd": "01",
+        "items": [
+            {"sku": "FLOUR-2KG", "itemNm": "Flour", "itemClsCd": "50221201", "taxTyCd": "A", "qty": "2.0000", "unitPrice": "200.00", "pkgUnitCd": "NT", "qtyUnitCd": "U"},
+            {"sku": "SODA-500", "itemNm": "Soda", "itemClsCd": "50202306", "taxTyCd": "B", "qty": "2.0000", "unitPrice": "70.00", "pkgUnitCd": "NT", "qtyUnitCd": "U"},
+            {"sku": "FUEL", "itemNm": "Fuel", "itemClsCd": "15101505", "taxTyCd": "E", "qty": "12.3450", "unitPrice": "179.30", "pkgUnitCd": "NT", "qtyUnitCd": "U"}],
+        "buyerPin": "P051234567X", "buyerName": "Buyer Ltd"});
+    let (status, answer, _) = post(&app, Some(&app.keys[0]), Some("K-1"), &body).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("SIGNED")),
+        "{answer}"
+    );
+    let sale = &app.sandbox.sandbox().unit().dump()["sales"][format!("{}/00/{:020}", TINS[0], 1)]["request"];
+    assert_eq!(
+        (
+            sale["totAmt"].to_string(),
+            sale["taxAmtE"].to_string(),
+            sale["custTin"].as_str()
+        ),
+        ("2753.46".into(), "163.96".into(), Some("P051234567X"))
+    );
+    finish(app).await;
+}
+
+async fn bad_requests_are_refused_and_use_no_number(store: Store) {
+    let app = start(store, Duration::from_secs(10)).await;
+    let key = app.keys[0].as_str();
+    let mut wrong_pin = flat("R", "5800.00", "800.00");
+    wrong_pin["supplierPin"] = json!("P000000001Z");
+    let mut bad_band = flat("R", "5800.00", "800.00");
+    bad_band["taxBand"] = json!("F");
+    let mut bad_date = flat("R", "5800.00", "800.00");
+    bad_date["invoiceDate"] = json!("25/09/2026");
+    let mut bad_buyer = flat("R", "5800.00", "800.00");
+    bad_buyer["buyerPin"] = json!("123");
+    let cases = [
+        (flat("R", "5800.00", "700.00"), 422, "TAX_MISMATCH"),
+        (flat("R", "abc", "800.00"), 422, "NOT_A_NUMBER"),
+        (wrong_pin, 422, "SUPPLIER_MISMATCH"),
+        (bad_band, 422, "UNKNOWN_TAX_BAND"),
+        (bad_date, 422, "INVALID_DATE"),
+        (bad_buyer, 422, "INVALID_PIN"),
+        (json!({"supplierPin": TINS[0]}), 400, "INVALID_BODY"),
+        (json!([1, 2]), 400, "INVALID_BODY"),
+    ];
+    for (body, status, code) in cases {
+        let (got, error, _) = post(&app, Some(key), None, &body).await;
+        assert_eq!(
+            (got, error["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {error}"
+        );
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let (status, body, _) = post(&app, Some(key), None, &flat("OK", "116.00", "16.00")).await;
+    assert_eq!(
+        (status, body["invcNo"].as_str()),
+        (200, Some("1")),
+        "no refused request used a number"
+    );
+    // Keys: none, unknown, revoked, and the X-API-Key header.
+    assert_eq!(
+        post(&app, None, None, &flat("X", "116.00", "16.00"))
+            .await
+            .1["code"],
+        "UNAUTHENTICATED"
+    );
+    assert_eq!(
+        post(&app, Some("ush_nope"), None, &flat("X", "116.00", "16.00"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(get(&app, key, "/v2/etims/sales/1/status").await.0, 200);
+    finish(app).await;
+}
+
+async fn an_outage_answers_202_then_the_sale_signs(store: Store) {
+    let app = start(store, Duration::from_millis(500)).await;
+    let key = app.keys[0].clone();
+    let addr = app.sandbox.addr.to_string();
+    let App {
+        url,
+        keys,
+        sandbox,
+        pipeline,
+        state_dir,
+    } = app;
+    sandbox.stop().await; // the control unit is down: nothing listens on its port
+    let (status, body, _) = post_to(&url, &key, "OUT-1", &flat("OUT-1", "116.00", "16.00")).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("PENDING_SYNC")),
+        "{body}"
+    );
+    assert_eq!(body["cuInvoiceNumber"], Value::Null);
+    // The control unit returns: the sale signs, and the status shows it.
+    let unit = ControlUnit::new(
+        Config::default(),
+        Some(StateFile::open(&state_dir.join("cu.sqlite")).unwrap()),
+    )
+    .unwrap();
+    let sandbox = Sandbox::new(unit, GatewayAccess::default())
+        .start(addr.parse().unwrap())
+        .await
+        .unwrap();
+    let app = App {
+        url,
+        keys,
+        sandbox,
+        pipeline,
+        state_dir,
+    };
+    let id = body["purchaseId"].as_i64().unwrap();
+    let mut signed = Value::Null;
+    for _ in 0..250 {
+        let (_, status_body) = get(&app, &key, &format!("/v2/etims/sales/{id}/status")).await;
+        if status_body["status"] == "SIGNED" {
+            signed = status_body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(signed["status"], "SIGNED");
+    // A replay of the first request now shows the receipt, under the same purchaseId.
+    let (status, again, _) = post(
+        &app,
+        Some(&key),
+        Some("OUT-1"),
+        &flat("OUT-1", "116.00", "16.00"),
+    )
+    .await;
+    assert_eq!(
+        (status, &again["purchaseId"], &again["receiptSignature"]),
+        (200, &body["purchaseId"], &signed["receiptSignature"])
+    );
+    finish(app).await;
+}
+
+async fn post_to(
+    url: &str,
+    key: &str,
+    idempotency: &str,
+    body: &Value,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v2/etims/sale"))
+        .bearer_auth(key)
+        .header("Idempotency-Key", idempotency)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    (status, response.json().await.unwrap(), headers)
+}
+
+async fn a_second_request_while_the_first_runs_gets_425(store: Store) {
+    let app = start(store, Duration::from_secs(10)).await;
+    app.sandbox.sandbox().faults().push(
+        ushuru_kra::EndpointName::SaveTrnsSalesOsdc,
+        ushuru_sandbox::faults::Fault::Delay { ms: 1000 },
+        1,
+    );
+    let key = app.keys[0].clone();
+    let first = {
+        let (url, key) = (app.url.clone(), key.clone());
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{url}/v2/etims/sale"))
+                .bearer_auth(key)
+                .header("Idempotency-Key", "SLOW")
+                .json(&flat("SLOW", "116.00", "16.00"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, error, _) = post(
+        &app,
+        Some(&key),
+        Some("SLOW"),
+        &flat("SLOW", "116.00", "16.00"),
+    )
+    .await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (425, Some("IDEMPOTENT_REQUEST_IN_FLIGHT"))
+    );
+    assert_eq!(first.await.unwrap(), 200);
+    finish(app).await;
+}
+
+async fn finish(app: App) {
+    app.sandbox.stop().await;
+    let _ = std::fs::remove_dir_all(&app.state_dir);
+    drop(app.pipeline);
+}
+
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::sqlite().await).await; })*
+        }
+        mod on_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::postgres().await).await; })*
+        }
+    };
+}
+
+on_both!(
+    a_flat_sale_is_signed_and_replayed,
+    an_itemised_mixed_sale_is_signed,
+    bad_requests_are_refused_and_use_no_number,
+    an_outage_answers_202_then_the_sale_signs,
+    a_second_request_while_the_first_runs_gets_425,
+);
