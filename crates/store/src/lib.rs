@@ -104,6 +104,39 @@ impl Store {
         dispatch!(self, s => s.branch(scope))
     }
 
+    /// The tenant with this PIN (an operator's lookup: not scoped).
+    pub async fn tenant_by_tin(&self, tin: &str) -> Result<Option<Tenant>> {
+        dispatch!(self, s => s.tenant_by_tin(tin))
+    }
+
+    /// The tenant's branch with this KRA branch id.
+    pub async fn branch_by_id(&self, tenant: TenantId, bhf_id: &str) -> Result<Option<Branch>> {
+        dispatch!(self, s => s.branch_by_id(tenant, bhf_id))
+    }
+
+    /// Keeps the branch's control unit and device.
+    pub async fn save_device(&self, scope: Scope, device: &DeviceRecord) -> Result<()> {
+        dispatch!(self, s => s.save_device(scope, device))
+    }
+
+    pub async fn device(&self, scope: Scope) -> Result<Option<DeviceRecord>> {
+        dispatch!(self, s => s.device(scope))
+    }
+
+    /// Stores a key chosen by the operator (`USHURU_BOOTSTRAP_API_KEY`) for a branch, as
+    /// a hash like any other; nothing if it is stored already.
+    pub async fn ensure_api_key(&self, scope: Scope, key: &str, name: &str) -> Result<ApiKey> {
+        if let Some(existing) = self.authenticate(key, Utc::now()).await? {
+            if existing.scope != scope {
+                return Err(StoreError::Conflict(
+                    "that API key belongs to another branch".into(),
+                ));
+            }
+            return Ok(existing);
+        }
+        dispatch!(self, s => s.insert_api_key(scope, name, &key_prefix(key), &key_sha256(key)))
+    }
+
     /// Phase 1: in one transaction, the branch's next invoice number, the sale and its
     /// outbox row with the payload `build` makes for that number. If anything fails —
     /// `build` included — nothing is written and the number stays free.

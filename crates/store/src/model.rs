@@ -224,3 +224,27 @@ pub enum IdempotencyStart {
     /// The first request with this key has not answered yet: refuse (425).
     InFlight,
 }
+
+/// A branch's control unit and the device initialised on it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub control_unit_url: String,
+    /// oscu, vscu or gavaconnect.
+    pub profile: String,
+    pub sdc_id: String,
+    pub mrc_no: String,
+    pub cmc_key: String,
+}
+
+impl std::fmt::Debug for DeviceRecord {
+    /// Never prints the cmcKey.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceRecord")
+            .field("control_unit_url", &self.control_unit_url)
+            .field("profile", &self.profile)
+            .field("sdc_id", &self.sdc_id)
+            .field("mrc_no", &self.mrc_no)
+            .field("cmc_key", &"<redacted>")
+            .finish()
+    }
+}

@@ -10,11 +10,11 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::{
-    AcceptedSale, ApiKey, Branch, BranchId, Claim, ExchangeRecord, FindingKind, IdempotencyStart,
-    MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleRecord,
-    SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number,
-    build_payload, clamp_time, idempotency_decision, lease_token, lease_until, money_from_text,
-    money_text, sale_status_of, to_i64, to_u64,
+    AcceptedSale, ApiKey, Branch, BranchId, Claim, DeviceRecord, ExchangeRecord, FindingKind,
+    IdempotencyStart, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
+    SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId,
+    attempt_number, build_payload, clamp_time, idempotency_decision, lease_token, lease_until,
+    money_from_text, money_text, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -864,5 +864,88 @@ impl PostgresStore {
         .await
         .map_err(query_error)?;
         tx.commit().await.map_err(query_error)
+    }
+}
+
+impl PostgresStore {
+    pub async fn tenant_by_tin(&self, tin: &str) -> Result<Option<Tenant>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT id, name FROM tenants WHERE tin = $1", &[&tin])
+            .await
+            .map_err(query_error)?;
+        Ok(row.map(|r| Tenant {
+            id: TenantId(r.get(0)),
+            tin: tin.to_owned(),
+            name: r.get(1),
+        }))
+    }
+
+    pub async fn branch_by_id(&self, tenant: TenantId, bhf_id: &str) -> Result<Option<Branch>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, tenant).await?;
+        let row = tx
+            .query_opt(
+                "SELECT id, last_invc_no FROM branches WHERE tenant_id = $1 AND bhf_id = $2",
+                &[&tenant.0, &bhf_id],
+            )
+            .await
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        row.map(|r| {
+            Ok(Branch {
+                id: BranchId(r.get(0)),
+                tenant,
+                bhf_id: bhf_id.to_owned(),
+                last_invc_no: to_u64(r.get(1), "last_invc_no")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn save_device(&self, scope: Scope, device: &DeviceRecord) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        let saved = tx
+            .execute(
+                "UPDATE branches SET control_unit_url = $1, control_unit_profile = $2, sdc_id = $3, mrc_no = $4, cmc_key = $5
+                 WHERE id = $6 AND tenant_id = $7",
+                &[&device.control_unit_url, &device.profile, &device.sdc_id, &device.mrc_no, &device.cmc_key, &scope.branch.0, &scope.tenant.0],
+            )
+            .await
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        if saved == 0 {
+            Err(StoreError::NotFound("branch"))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub async fn device(&self, scope: Scope) -> Result<Option<DeviceRecord>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        let row = tx
+            .query_opt(
+                "SELECT control_unit_url, control_unit_profile, sdc_id, mrc_no, cmc_key FROM branches WHERE id = $1 AND tenant_id = $2",
+                &[&scope.branch.0, &scope.tenant.0],
+            )
+            .await
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        // Every column may still be NULL (a branch whose device is not initialised yet).
+        Ok(row.and_then(|r| {
+            let text = |i: usize| r.get::<_, Option<String>>(i);
+            Some(DeviceRecord {
+                control_unit_url: text(0)?,
+                profile: text(1)?,
+                sdc_id: text(2)?,
+                mrc_no: text(3)?,
+                cmc_key: text(4)?,
+            })
+        }))
     }
 }

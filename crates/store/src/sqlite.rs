@@ -10,11 +10,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    AcceptedSale, ApiKey, Branch, BranchId, Claim, ExchangeRecord, FindingKind, IdempotencyStart,
-    MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleRecord,
-    SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number,
-    build_payload, clamp_time, idempotency_decision, lease_token, lease_until, money_from_text,
-    money_text, sale_status_of, to_i64, to_u64,
+    AcceptedSale, ApiKey, Branch, BranchId, Claim, DeviceRecord, ExchangeRecord, FindingKind,
+    IdempotencyStart, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
+    SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId,
+    attempt_number, build_payload, clamp_time, idempotency_decision, lease_token, lease_until,
+    money_from_text, money_text, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -822,6 +822,92 @@ impl SqliteStore {
                 )
                 .map_err(database)?;
             Ok(())
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    pub async fn tenant_by_tin(&self, tin: &str) -> Result<Option<Tenant>> {
+        let tin = tin.to_owned();
+        self.run(move |connection| {
+            connection
+                .query_row("SELECT id, name FROM tenants WHERE tin = ?1", [&tin], |r| {
+                    Ok(Tenant {
+                        id: TenantId(r.get(0)?),
+                        tin: tin.clone(),
+                        name: r.get(1)?,
+                    })
+                })
+                .optional()
+                .map_err(database)
+        })
+        .await
+    }
+
+    pub async fn branch_by_id(&self, tenant: TenantId, bhf_id: &str) -> Result<Option<Branch>> {
+        let bhf_id = bhf_id.to_owned();
+        self.run(move |connection| {
+            let row = connection
+                .query_row(
+                    "SELECT id, last_invc_no FROM branches WHERE tenant_id = ?1 AND bhf_id = ?2",
+                    params![tenant.0, bhf_id],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .optional()
+                .map_err(database)?;
+            row.map(|(id, last)| {
+                Ok(Branch {
+                    id: BranchId(id),
+                    tenant,
+                    bhf_id: bhf_id.clone(),
+                    last_invc_no: to_u64(last, "last_invc_no")?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    pub async fn save_device(&self, scope: Scope, device: &DeviceRecord) -> Result<()> {
+        let device = device.clone();
+        self.run(move |connection| {
+            let saved = connection
+                .execute(
+                    "UPDATE branches SET control_unit_url = ?1, control_unit_profile = ?2, sdc_id = ?3, mrc_no = ?4, cmc_key = ?5
+                     WHERE id = ?6 AND tenant_id = ?7",
+                    params![device.control_unit_url, device.profile, device.sdc_id, device.mrc_no, device.cmc_key, scope.branch.0, scope.tenant.0],
+                )
+                .map_err(database)?;
+            if saved == 0 { Err(StoreError::NotFound("branch")) } else { Ok(()) }
+        })
+        .await
+    }
+
+    pub async fn device(&self, scope: Scope) -> Result<Option<DeviceRecord>> {
+        self.run(move |connection| {
+            let row = connection
+                .query_row(
+                    "SELECT control_unit_url, control_unit_profile, sdc_id, mrc_no, cmc_key FROM branches WHERE id = ?1 AND tenant_id = ?2",
+                    params![scope.branch.0, scope.tenant.0],
+                    |r| {
+                        Ok((
+                            r.get::<_, Option<String>>(0)?,
+                            r.get::<_, Option<String>>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(database)?;
+            Ok(match row {
+                Some((Some(control_unit_url), Some(profile), Some(sdc_id), Some(mrc_no), Some(cmc_key))) => {
+                    Some(DeviceRecord { control_unit_url, profile, sdc_id, mrc_no, cmc_key })
+                }
+                _ => None,
+            })
         })
         .await
     }

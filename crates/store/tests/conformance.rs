@@ -815,6 +815,59 @@ async fn concurrent_first_uses_of_a_key_start_once(store: Store) {
     assert_eq!(started, 1);
 }
 
+async fn bootstrap_lookups_devices_and_chosen_keys(store: Store) {
+    assert_eq!(store.tenant_by_tin("P051234567A").await.unwrap(), None);
+    let scope = branch(&store, "P051234567A").await;
+    let tenant = store.tenant_by_tin("P051234567A").await.unwrap().unwrap();
+    assert_eq!(tenant.id, scope.tenant);
+    let found = store.branch_by_id(tenant.id, "00").await.unwrap().unwrap();
+    assert_eq!(found.scope(), scope);
+    assert_eq!(store.branch_by_id(tenant.id, "01").await.unwrap(), None);
+    assert_eq!(
+        store.device(scope).await.unwrap(),
+        None,
+        "no device before initialisation"
+    );
+    let device = ushuru_store::DeviceRecord {
+        control_unit_url: "http://127.0.0.1:8088".into(),
+        profile: "oscu".into(),
+        sdc_id: "KRACU0000000001".into(),
+        mrc_no: "WIS00000001".into(),
+        cmc_key: "SECRET-KEY".into(),
+    };
+    store.save_device(scope, &device).await.unwrap();
+    assert_eq!(store.device(scope).await.unwrap(), Some(device.clone()));
+    assert!(!format!("{device:?}").contains("SECRET-KEY"));
+    // An operator's chosen key: stored once, found by itself, never for another branch.
+    let chosen = "ush_chosen_by_the_operator_for_scripts";
+    let key = store
+        .ensure_api_key(scope, chosen, "bootstrap")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .ensure_api_key(scope, chosen, "bootstrap")
+            .await
+            .unwrap()
+            .id,
+        key.id
+    );
+    assert_eq!(
+        store
+            .authenticate(chosen, now())
+            .await
+            .unwrap()
+            .unwrap()
+            .scope,
+        scope
+    );
+    let other = branch(&store, "P000000001Z").await;
+    assert!(matches!(
+        store.ensure_api_key(other, chosen, "x").await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -853,4 +906,5 @@ conformance!(
     api_keys_are_kept_as_hashes_and_can_be_revoked,
     idempotency_keys_replay_refuse_and_expire,
     concurrent_first_uses_of_a_key_start_once,
+    bootstrap_lookups_devices_and_chosen_keys,
 );

@@ -15,6 +15,13 @@ CREATE TABLE branches (
     bhf_id           TEXT NOT NULL,
     -- The last invcNo handed out; the next sale takes last_invc_no + 1 (gap-free, §6).
     last_invc_no     BIGINT NOT NULL DEFAULT 0 CONSTRAINT branches_last_invc_no_check CHECK (last_invc_no >= 0),
+    -- The branch's control unit and the device initialised on it. The cmcKey is held in
+    -- plain text until the key vault (issue 5) seals it.
+    control_unit_url     TEXT,
+    control_unit_profile TEXT,
+    sdc_id               TEXT,
+    mrc_no               TEXT,
+    cmc_key              TEXT,
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
     CONSTRAINT branches_tenant_bhf_unique UNIQUE (tenant_id, bhf_id),
     -- Referenced with the tenant by every branch-owned row, so that no row can pair one
