@@ -2,6 +2,7 @@
 
 mod calc;
 mod sandbox;
+mod serve;
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -28,6 +29,8 @@ enum Command {
     /// Price invoices: lines in, KRA's line and invoice amounts out (JSON or JSON Lines)
     #[command(long_about = CALC_HELP, after_long_help = CALC_EXAMPLE)]
     Calc(CalcArgs),
+    /// Run the service: the taxid-compatible REST API, signing through a control unit
+    Serve(serve::ServeArgs),
     /// Run a control-unit sandbox (KRA OSCU / VSCU emulator with fault injection)
     #[command(long_about = sandbox::SANDBOX_HELP, after_long_help = sandbox::SANDBOX_EXAMPLE)]
     Sandbox(sandbox::SandboxArgs),
@@ -112,6 +115,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Calc(args) => run_calc(args),
+        Command::Serve(args) => {
+            init_logging();
+            serve::run(args).map(|()| ExitCode::SUCCESS)
+        }
         Command::Sandbox(args) => {
             init_logging();
             sandbox::run(args).map(|()| ExitCode::SUCCESS)

@@ -1,0 +1,303 @@
+//! `ushuru serve`: the service. With no configuration it keeps its data in `./ushuru-data/`
+//! (SQLite), signs through the built-in sandbox, provisions a demo taxpayer with branch 00
+//! and an initialised device, and prints an API key with a ready-to-paste curl.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ushuru_api::{AppState, BranchContext};
+use ushuru_engine::{DeviceIdentity, Pipeline, Relay, SystemClock};
+use ushuru_kra::endpoints::InitDevice;
+use ushuru_kra::types::InitRequest;
+use ushuru_kra::{ClientConfig, KraClient, Outcome, Profile, ResultCode, Secret, Timeouts};
+use ushuru_sandbox::persist::StateFile;
+use ushuru_sandbox::server::GatewayAccess;
+use ushuru_sandbox::{ControlUnit, Sandbox};
+use ushuru_store::{DeviceRecord, Store};
+use ushuru_tax::TaxRates;
+
+/// The control-unit URL recorded for a device on the built-in sandbox, whose port changes
+/// from one start to the next.
+const BUILT_IN_SANDBOX: &str = "built-in-sandbox";
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, env = "USHURU_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the SQLite database and the built-in sandbox's state are kept
+    #[arg(long, env = "USHURU_DATA_DIR", default_value = "ushuru-data")]
+    data_dir: PathBuf,
+    /// A PostgreSQL URL (postgres://…) instead of the SQLite file in the data directory
+    #[arg(long, env = "USHURU_DATABASE_URL")]
+    database_url: Option<String>,
+    /// The bootstrap taxpayer's PIN
+    #[arg(long, env = "USHURU_TIN", default_value = "P000000000A")]
+    tin: String,
+    /// The bootstrap branch
+    #[arg(long, env = "USHURU_BRANCH", default_value = "00")]
+    branch: String,
+    /// The serial of the bootstrap branch's device
+    #[arg(long, env = "USHURU_DEVICE_SERIAL", default_value = "USHURU-DEMO-001")]
+    device_serial: String,
+    /// A control unit to sign with instead of the built-in sandbox (an OSCU server, a VSCU
+    /// JAR, or anything compatible)
+    #[arg(long, env = "USHURU_CONTROL_UNIT", value_name = "URL")]
+    control_unit: Option<String>,
+    /// How to talk to --control-unit: oscu, vscu or gavaconnect
+    #[arg(long, env = "USHURU_CONTROL_UNIT_PROFILE", default_value = "oscu", value_parser = parse_profile)]
+    control_unit_profile: Profile,
+    /// How long a sale request waits for its receipt before answering 202 PENDING_SYNC
+    #[arg(long, env = "USHURU_SALE_DEADLINE_MS", default_value_t = 10_000)]
+    sale_deadline_ms: u64,
+    /// How long Idempotency-Key answers are kept
+    #[arg(long, env = "USHURU_IDEMPOTENCY_HOURS", default_value_t = 24)]
+    idempotency_hours: u64,
+}
+
+fn parse_profile(text: &str) -> Result<Profile, String> {
+    text.parse()
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let database = match &args.database_url {
+        Some(url) => url.clone(),
+        None => args
+            .data_dir
+            .join("ushuru.sqlite")
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let store = Store::connect(&database)
+        .await
+        .context("cannot open the database")?;
+    let applied = store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "database migrated");
+    }
+
+    // The control unit: the built-in sandbox unless one was named.
+    let (sandbox, control_unit, profile, receipt_host) = match &args.control_unit {
+        Some(url) => (
+            None,
+            url.clone(),
+            args.control_unit_profile,
+            "etims.kra.go.ke",
+        ),
+        None => {
+            let file = StateFile::open(&args.data_dir.join("sandbox.sqlite"))
+                .context("cannot open the sandbox's state")?;
+            let unit = ControlUnit::new(ushuru_sandbox::Config::default(), Some(file))
+                .context("cannot load the sandbox")?;
+            let handle = Sandbox::new(unit, GatewayAccess::default())
+                .start("127.0.0.1:0".parse().context("loopback address")?)
+                .await
+                .context("cannot start the built-in sandbox")?;
+            let url = handle.url();
+            (Some(handle), url, Profile::Oscu, "etims-sbx.kra.go.ke")
+        }
+    };
+
+    // The bootstrap taxpayer, branch and device.
+    let tenant = match store.tenant_by_tin(&args.tin).await? {
+        Some(tenant) => tenant,
+        None => store.create_tenant(&args.tin, "Demo taxpayer").await?,
+    };
+    let branch = match store.branch_by_id(tenant.id, &args.branch).await? {
+        Some(branch) => branch,
+        None => store.create_branch(tenant.id, &args.branch).await?,
+    };
+    let scope = branch.scope();
+    let client = KraClient::new(ClientConfig {
+        base_url: control_unit.clone(),
+        profile,
+        tin: args.tin.clone(),
+        bhf_id: args.branch.clone(),
+        cmc_key: None,
+        timeouts: Timeouts::default(),
+        gateway: None,
+    })?;
+    let device = match store.device(scope).await? {
+        Some(device) => device,
+        None => {
+            let request = InitRequest {
+                tin: args.tin.clone(),
+                bhf_id: args.branch.clone(),
+                dvc_srl_no: args.device_serial.clone(),
+            };
+            let info = match client.call::<InitDevice>(&request).await.outcome {
+                Outcome::Ok {
+                    data: Some(response),
+                    ..
+                } => response.info,
+                Outcome::Rejected {
+                    code: ResultCode::DeviceInstalled,
+                    ..
+                } => bail!(
+                    "the control unit says branch {} of {} is initialised already, but its cmcKey is not in this database: \
+                     use the database it was initialised with",
+                    args.branch,
+                    args.tin
+                ),
+                other => bail!("initialising the device failed: {}", describe(&other)),
+            };
+            let device = DeviceRecord {
+                control_unit_url: if sandbox.is_some() {
+                    BUILT_IN_SANDBOX.into()
+                } else {
+                    control_unit.clone()
+                },
+                profile: format!("{profile:?}").to_lowercase(),
+                sdc_id: info.sdc_id.clone(),
+                mrc_no: info.mrc_no.clone(),
+                cmc_key: info.cmc_key.clone(),
+            };
+            store.save_device(scope, &device).await?;
+            tracing::info!(sdc_id = %device.sdc_id, "device initialised");
+            device
+        }
+    };
+    let client = client.with_cmc_key(Secret::new(device.cmc_key.clone()));
+    let identity = DeviceIdentity {
+        sdc_id: device.sdc_id.clone(),
+        mrc_no: Some(device.mrc_no.clone()),
+    };
+
+    // The key: the operator's, or a new one shown once.
+    let key = match std::env::var("USHURU_BOOTSTRAP_API_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+    {
+        Some(key) => {
+            store.ensure_api_key(scope, key.trim(), "bootstrap").await?;
+            key.trim().to_owned()
+        }
+        None => store.create_api_key(scope, "bootstrap").await?.0,
+    };
+
+    let relay = Relay::new(
+        store.clone(),
+        client,
+        scope,
+        identity.clone(),
+        relay_owner(),
+        Arc::new(SystemClock),
+    );
+    let pipeline = Arc::new(Pipeline::start(
+        store.clone(),
+        vec![relay],
+        Duration::from_secs(1),
+    ));
+    let branches = HashMap::from([(
+        scope.branch,
+        BranchContext {
+            tin: args.tin.clone(),
+            bhf_id: args.branch.clone(),
+            device: identity,
+        },
+    )]);
+    let state = AppState {
+        store,
+        pipeline: Arc::clone(&pipeline),
+        branches: Arc::new(branches),
+        rates: TaxRates::kenya(),
+        clock: Arc::new(SystemClock),
+        sale_deadline: Duration::from_millis(args.sale_deadline_ms),
+        idempotency_keep: Duration::from_secs(args.idempotency_hours * 3600),
+        in_flight_for: Duration::from_secs(120),
+        receipt_host: receipt_host.into(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let signer = if sandbox.is_some() {
+        "the built-in sandbox".to_owned()
+    } else {
+        control_unit
+    };
+    eprintln!(
+        "Ushuru listening on http://{addr} for {} branch {}, signing through {signer}",
+        args.tin, args.branch
+    );
+    eprintln!("API key: {key}");
+    eprintln!("Sign a sale:");
+    eprintln!(
+        "  curl -s http://{addr}/v2/etims/sale -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
+         -H 'Idempotency-Key: demo-1' -d '{{\"supplierPin\":\"{}\",\"clientReference\":\"demo-1\",\"amount\":\"5800.00\",\
+         \"invoiceDate\":\"{}\",\"itemDescription\":\"Consulting\",\"taxAmount\":\"800.00\",\"pmtTyCd\":\"01\",\"taxBand\":\"B\"}}'",
+        args.tin,
+        chrono::Utc::now().format("%Y-%m-%d")
+    );
+    axum::serve(listener, ushuru_api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    // In-flight requests have been answered; let the relays finish the call each is in.
+    if let Ok(pipeline) = Arc::try_unwrap(pipeline) {
+        pipeline.shutdown().await;
+    }
+    if let Some(sandbox) = sandbox {
+        sandbox.stop().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn describe<T>(outcome: &Outcome<T>) -> String {
+    match outcome {
+        Outcome::Ok { .. } => "the control unit answered without device information".into(),
+        Outcome::Rejected { code, message } => format!("{code}: {message}"),
+        Outcome::NotSent { reason } | Outcome::Ambiguous { reason } => reason.clone(),
+    }
+}
+
+/// A relay owner name unique to this process.
+fn relay_owner() -> String {
+    format!("{}-{}", hostname(), std::process::id())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "ushuru".into())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
