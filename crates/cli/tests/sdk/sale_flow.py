@@ -1,0 +1,71 @@
+"""The taxid-etims 0.8.1 SDK, unchanged, against `ushuru serve` (TAXID_API_URL).
+
+Run by crates/cli/tests/serve.rs with the venv scripts/test creates. Exits non-zero with a
+message on the first thing that is not as the SDK's users expect.
+"""
+
+import os
+import sys
+import warnings
+
+from kra_etims.client import KRAeTIMSClient
+from kra_etims.exceptions import KRAConflictError
+from kra_etims.models import SaleInvoice
+from kra_etims.tax import build_invoice_totals, calculate_item
+
+warnings.simplefilter("error")  # no UserWarning: every call below passes its key
+tin = os.environ["USHURU_TIN"]
+client = KRAeTIMSClient(api_key=os.environ["TAXID_API_KEY"], base_url=os.environ["TAXID_API_URL"])
+
+
+def invoice(invc_no, items):
+    return SaleInvoice(
+        tin=tin, bhfId="00", invcNo=invc_no, confirmDt="20261121120000", itemList=items, **build_invoice_totals(items)
+    )
+
+
+def check(condition, what):
+    if not condition:
+        sys.exit(f"SDK check failed: {what}")
+
+
+# A flat sale, signed.
+flat = invoice("SDK-1", [calculate_item("Consulting", "SVC-01", "5800", "B")])
+first = client.submit_sale(flat, idempotency_key=f"{tin}:SDK-1")
+check(first["status"] == "SIGNED", f"first sale: {first}")
+check(isinstance(first["purchaseId"], int), "purchaseId is an integer")
+check(first["cuInvoiceNumber"].endswith(" NS"), f"cuInvoiceNumber {first['cuInvoiceNumber']}")
+check(len(first["kraQrPayload"].split("#")) == 6, "kraQrPayload has six fields")
+
+# The typed result validates as the SDK's SaleResult.
+typed = client.submit_sale_typed(flat, idempotency_key=f"{tin}:SDK-1")
+check(typed is not None, "typed replay")
+
+# The same key and bytes: the stored sale again.
+again = client.submit_sale(flat, idempotency_key=f"{tin}:SDK-1")
+for field in ("purchaseId", "cuInvoiceNumber", "receiptSignature", "internalData"):
+    check(again[field] == first[field], f"replay changed {field}")
+
+# The same key with other bytes: IDEMPOTENCY_KEY_REUSED, raised as KRAConflictError.
+other = invoice("SDK-1", [calculate_item("Consulting", "SVC-01", "5900", "B")])
+try:
+    client.submit_sale(other, idempotency_key=f"{tin}:SDK-1")
+    sys.exit("SDK check failed: a reused key with another body was accepted")
+except KRAConflictError as error:
+    check("IDEMPOTENCY_KEY_REUSED" in str(error) or getattr(error, "code", "") == "IDEMPOTENCY_KEY_REUSED", str(error))
+
+# Status.
+status = client.get_sale_status(first["purchaseId"])
+check(status["status"] == "SIGNED" and status["receiptSignature"] == first["receiptSignature"], f"status {status}")
+
+# An itemised sale with mixed bands (the SDK sends items when bands mix).
+items = [
+    calculate_item("Flour", "FLOUR-2KG", "200", "A", 2).model_copy(update={"itemClsCd": "50221201"}),
+    calculate_item("Soda", "SODA-500", "70", "B", 2).model_copy(update={"itemClsCd": "50202306"}),
+    calculate_item("Fuel", "FUEL", "179.30", "E", "12.345").model_copy(update={"itemClsCd": "15101505"}),
+]
+mixed = client.submit_sale(invoice("SDK-2", items), idempotency_key=f"{tin}:SDK-2")
+check(mixed["status"] == "SIGNED", f"itemised sale: {mixed}")
+check(mixed["invcNo"] == "2", f"invcNo {mixed['invcNo']}")
+
+print("taxid-etims SDK: 6 checks passed against", os.environ["TAXID_API_URL"])

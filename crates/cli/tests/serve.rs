@@ -1,0 +1,197 @@
+//! `ushuru serve` as a process: the taxid-etims SDK against it, a restart that carries on,
+//! SIGTERM, on SQLite and PostgreSQL.
+
+// A test crate: a panic in a helper is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const KEY: &str = "ush_test_key_fixed_by_the_operator_0001";
+const TIN: &str = "P000000000A";
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start(data_dir: &Path, port: u16, database_url: Option<&str>) -> (Running, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ushuru"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ])
+        .env("USHURU_BOOTSTRAP_API_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(url) = database_url {
+        command.args(["--database-url", url]);
+    }
+    let running = Running(command.spawn().unwrap());
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..300 {
+        if reqwest::Client::new()
+            .get(format!("{url}/v2/etims/sales/0/status"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .is_ok()
+        {
+            return (running, url);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("ushuru serve did not start on port {port}");
+}
+
+async fn sell(url: &str, reference: &str) -> Value {
+    let body = json!({"supplierPin": TIN, "clientReference": reference, "amount": "116.00", "invoiceDate": "2026-11-21",
+                      "itemDescription": "Soda", "taxAmount": "16.00", "pmtTyCd": "01", "taxBand": "B"});
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v2/etims/sale"))
+        .bearer_auth(KEY)
+        .header("Idempotency-Key", reference)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+fn terminate(mut running: Running) {
+    let pid = running.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            assert!(status.success(), "a graceful stop exits 0: {status}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ushuru serve did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sdk_python() -> PathBuf {
+    let python = std::env::var("USHURU_TEST_PYTHON")
+        .expect("USHURU_TEST_PYTHON is not set: run ./scripts/test, which creates the venv with taxid-etims");
+    PathBuf::from(python)
+}
+
+async fn serves_the_sdk_and_carries_on_after_a_restart(database_url: Option<String>) {
+    let data_dir = std::env::temp_dir().join(format!(
+        "ushuru-serve-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let port = free_port();
+    let (running, url) = start(&data_dir, port, database_url.as_deref()).await;
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/sale_flow.py");
+    let sdk = Command::new(sdk_python())
+        .arg(&script)
+        .env("TAXID_API_URL", &url)
+        .env("TAXID_API_KEY", KEY)
+        .env("USHURU_TIN", TIN)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&sdk.stdout),
+        String::from_utf8_lossy(&sdk.stderr),
+    );
+    assert!(
+        sdk.status.success(),
+        "the SDK run failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("6 checks passed"), "{stdout}");
+
+    let third = sell(&url, "R-3").await;
+    assert_eq!(
+        (third["status"].as_str(), third["invcNo"].as_str()),
+        (Some("SIGNED"), Some("3"))
+    );
+    terminate(running);
+
+    // The same data: the same device and key, numbering carries on.
+    let (running, url) = start(&data_dir, port, database_url.as_deref()).await;
+    let fourth = sell(&url, "R-4").await;
+    assert_eq!(
+        (fourth["status"].as_str(), fourth["invcNo"].as_str()),
+        (Some("SIGNED"), Some("4"))
+    );
+    assert_eq!(
+        fourth["sdcId"], third["sdcId"],
+        "the device was kept, not initialised again"
+    );
+    let status: Value = reqwest::Client::new()
+        .get(format!(
+            "{url}/v2/etims/sales/{}/status",
+            third["purchaseId"]
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["receiptSignature"], third["receiptSignature"]);
+    terminate(running);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite() {
+    serves_the_sdk_and_carries_on_after_a_restart(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres() {
+    let admin_url = std::env::var("USHURU_TEST_POSTGRES_URL")
+        .expect("USHURU_TEST_POSTGRES_URL is not set: run ./scripts/test, which starts PostgreSQL and sets it");
+    let name = format!("ushuru_conformance_serve_{}", std::process::id());
+    let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+    serves_the_sdk_and_carries_on_after_a_restart(Some(url)).await;
+}
