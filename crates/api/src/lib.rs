@@ -1,9 +1,11 @@
 //! The REST API, wire-compatible with the `taxid-etims` 0.8.1 SDK (taxid-api.md). Today:
 //! `POST /v2/etims/sale` (flat and itemised bodies, Idempotency-Key, waiting for the
-//! receipt up to a deadline) and `GET /v2/etims/sales/{id}/status`, behind API keys.
+//! receipt up to a deadline), `GET /v2/etims/sales/{id}/status` and `/original` (the
+//! exchange journal), `GET /v2/etims/device` and `/device/monitoring`, behind API keys.
 
 mod error;
 mod sale;
+mod views;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,6 +58,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v2/etims/sale", post(sale::submit))
         .route("/v2/etims/sales/{id}/status", get(sale::status))
+        .route("/v2/etims/sales/{id}/original", get(views::original))
+        .route("/v2/etims/device", get(views::device))
+        .route("/v2/etims/device/monitoring", get(views::monitoring))
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

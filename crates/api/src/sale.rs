@@ -336,7 +336,7 @@ pub(crate) fn render(
     (status, body)
 }
 
-fn respond(status: StatusCode, body: Value, request_id: &str) -> Response {
+pub(crate) fn respond(status: StatusCode, body: Value, request_id: &str) -> Response {
     let mut response = (status, Json(body)).into_response();
     if let Ok(value) = request_id.parse() {
         response.headers_mut().insert("x-request-id", value);

@@ -18,7 +18,7 @@ use ushuru_kra::{ClientConfig, KraClient, Outcome, Profile, Secret, Timeouts};
 use ushuru_sandbox::persist::StateFile;
 use ushuru_sandbox::server::GatewayAccess;
 use ushuru_sandbox::{Config, ControlUnit, Sandbox, SandboxHandle};
-use ushuru_store::Store;
+use ushuru_store::{DeviceRecord, FindingKind, SaleId, SequenceFinding, Store};
 use ushuru_tax::TaxRates;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -66,6 +66,7 @@ async fn postgres() -> Store {
 /// A running Ushuru: two taxpayers with a branch and a key each, on one sandbox.
 struct App {
     url: String,
+    store: Store,
     keys: Vec<String>,
     sandbox: SandboxHandle,
     pipeline: Arc<Pipeline>,
@@ -120,9 +121,22 @@ async fn start(store: Store, deadline: Duration) -> App {
             } => response.info,
             other => panic!("{other:?}"),
         };
-        let client = client.with_cmc_key(Secret::new(info.cmc_key));
         let tenant = store.create_tenant(tin, "Traders").await.unwrap();
         let scope = store.create_branch(tenant.id, "00").await.unwrap().scope();
+        store
+            .save_device(
+                scope,
+                &DeviceRecord {
+                    control_unit_url: sandbox.url(),
+                    profile: "oscu".into(),
+                    sdc_id: info.sdc_id.clone(),
+                    mrc_no: info.mrc_no.clone(),
+                    cmc_key: info.cmc_key.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        let client = client.with_cmc_key(Secret::new(info.cmc_key));
         let device = DeviceIdentity {
             sdc_id: info.sdc_id,
             mrc_no: Some(info.mrc_no),
@@ -157,7 +171,7 @@ async fn start(store: Store, deadline: Duration) -> App {
         Duration::from_millis(20),
     ));
     let state = AppState {
-        store,
+        store: store.clone(),
         pipeline: Arc::clone(&pipeline),
         branches: Arc::new(branches),
         rates: TaxRates::kenya(),
@@ -172,6 +186,7 @@ async fn start(store: Store, deadline: Duration) -> App {
     tokio::spawn(async move { axum::serve(listener, ushuru_api::router(state)).await });
     App {
         url,
+        store,
         keys,
         sandbox,
         pipeline,
@@ -410,6 +425,7 @@ async fn an_outage_answers_202_then_the_sale_signs(store: Store) {
     let addr = app.sandbox.addr.to_string();
     let App {
         url,
+        store,
         keys,
         sandbox,
         pipeline,
@@ -435,6 +451,7 @@ async fn an_outage_answers_202_then_the_sale_signs(store: Store) {
         .unwrap();
     let app = App {
         url,
+        store,
         keys,
         sandbox,
         pipeline,
@@ -523,6 +540,120 @@ async fn a_second_request_while_the_first_runs_gets_425(store: Store) {
     finish(app).await;
 }
 
+async fn the_journal_device_and_monitoring_views(store: Store) {
+    let app = start(store, Duration::from_secs(10)).await;
+    let (key, other) = (app.keys[0].as_str(), app.keys[1].as_str());
+    let (status, sale, _) = post(
+        &app,
+        Some(key),
+        Some("J-1"),
+        &flat("J-1", "116.00", "16.00"),
+    )
+    .await;
+    assert_eq!(
+        (status, sale["status"].as_str()),
+        (200, Some("SIGNED")),
+        "{sale}"
+    );
+    let id = sale["purchaseId"].as_i64().unwrap();
+
+    // The original: the sale, the exact KRA payload and every exchange with the unit.
+    let (status, original) = get(&app, key, &format!("/v2/etims/sales/{id}/original")).await;
+    assert_eq!(status, 200, "{original}");
+    assert_eq!(original["purchaseId"], id);
+    assert_eq!(original["receiptSignature"], sale["receiptSignature"]);
+    let request = &original["kraRequest"];
+    assert_eq!(
+        request["invcNo"].as_u64().map(|n| n.to_string()).as_deref(),
+        sale["invcNo"].as_str()
+    );
+    assert_eq!(request["tin"], TINS[0]);
+    assert_eq!(request["totAmt"], 116.0, "{request}");
+    let transport = original["transport"].as_array().unwrap();
+    let signing: Vec<&Value> = transport
+        .iter()
+        .filter(|e| e["endpoint"] == "saveTrnsSalesOsdc")
+        .collect();
+    assert_eq!(signing.len(), 1, "{transport:?}");
+    assert_eq!(signing[0]["outcome"], "ok");
+    assert_eq!(signing[0]["httpStatus"], 200);
+    assert_eq!(signing[0]["attempt"], 1);
+    assert_eq!(signing[0]["response"]["resultCd"], "000");
+    assert_eq!(
+        signing[0]["response"]["data"]["rcptSign"],
+        sale["receiptSignature"]
+    );
+    // Another taxpayer cannot read it; a malformed or unknown id is a 404.
+    let (status, refused) = get(&app, other, &format!("/v2/etims/sales/{id}/original")).await;
+    assert_eq!((status, refused["code"].as_str()), (404, Some("NOT_FOUND")));
+    assert_eq!(get(&app, key, "/v2/etims/sales/x/original").await.0, 404);
+    assert_eq!(
+        get(&app, key, "/v2/etims/sales/999999/original").await.0,
+        404
+    );
+
+    // The device checkpoint shows the identity and never the cmcKey.
+    let (status, device) = get(&app, key, "/v2/etims/device").await;
+    assert_eq!(status, 200, "{device}");
+    assert_eq!(device["status"], "READY");
+    assert_eq!(device["tin"], TINS[0]);
+    assert_eq!(device["bhfId"], "00");
+    assert_eq!(device["sdcId"], sale["sdcId"]);
+    assert_eq!(device["cmcKeyStored"], true);
+    let scope = app
+        .store
+        .authenticate(key, chrono::Utc::now())
+        .await
+        .unwrap()
+        .unwrap()
+        .scope;
+    let cmc_key = app.store.device(scope).await.unwrap().unwrap().cmc_key;
+    assert!(!cmc_key.is_empty());
+    assert!(!device.to_string().contains(&cmc_key));
+    assert!(!original.to_string().contains(&cmc_key));
+
+    // Monitoring: healthy after gap-free signing; a finding the auditor stored shows up,
+    // for its own branch only.
+    let (status, healthy) = get(&app, key, "/v2/etims/device/monitoring").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&healthy["sequenceHealthy"], &healthy["findingCount"]),
+        (&json!(true), &json!(0)),
+        "{healthy}"
+    );
+    let sdc_id = sale["sdcId"].as_str().unwrap().to_owned();
+    app.store
+        .record_finding(
+            scope,
+            &SequenceFinding {
+                sdc_id: sdc_id.clone(),
+                kind: FindingKind::Gap,
+                expected: Some(2),
+                found: 4,
+                sale: Some(SaleId(id)),
+            },
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let (_, flagged) = get(&app, key, "/v2/etims/device/monitoring").await;
+    assert_eq!(flagged["sequenceHealthy"], false);
+    assert_eq!(
+        flagged["findings"],
+        json!([{"sdcId": sdc_id, "kind": "GAP", "expectedRcptNo": 2, "foundRcptNo": 4, "purchaseId": id}])
+    );
+    let (_, elsewhere) = get(&app, other, "/v2/etims/device/monitoring").await;
+    assert_eq!(elsewhere["findingCount"], 0);
+    // Without a key: 401.
+    let response = reqwest::Client::new()
+        .get(format!("{}/v2/etims/device", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    finish(app).await;
+}
+
 async fn finish(app: App) {
     app.sandbox.stop().await;
     let _ = std::fs::remove_dir_all(&app.state_dir);
@@ -548,4 +679,5 @@ on_both!(
     bad_requests_are_refused_and_use_no_number,
     an_outage_answers_202_then_the_sale_signs,
     a_second_request_while_the_first_runs_gets_425,
+    the_journal_device_and_monitoring_views,
 );

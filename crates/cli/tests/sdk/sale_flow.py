@@ -68,4 +68,16 @@ mixed = client.submit_sale(invoice("SDK-2", items), idempotency_key=f"{tin}:SDK-
 check(mixed["status"] == "SIGNED", f"itemised sale: {mixed}")
 check(mixed["invcNo"] == "2", f"invcNo {mixed['invcNo']}")
 
-print("taxid-etims SDK: 6 checks passed against", os.environ["TAXID_API_URL"])
+# The original: the exact payload the control unit received, and its transport journal.
+original = client.get_sale_original(first["purchaseId"])
+check(original["kraRequest"]["invcNo"] == 1, f"original kraRequest {original.get('kraRequest')}")
+check(any(e["endpoint"] == "saveTrnsSalesOsdc" and e["outcome"] == "ok" for e in original["transport"]),
+      f"original transport {original.get('transport')}")
+
+# The device checkpoint and the sequence monitor.
+device = client.device_status()
+check(device["status"] == "READY" and device["sdcId"] == first["sdcId"], f"device {device}")
+monitoring = client.device_monitoring()
+check(monitoring["sequenceHealthy"] is True and monitoring["findings"] == [], f"monitoring {monitoring}")
+
+print("taxid-etims SDK: 9 checks passed against", os.environ["TAXID_API_URL"])

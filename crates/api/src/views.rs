@@ -1,0 +1,140 @@
+//! Read-only views for operators, KRA support and auditors: a sale's exact exchanges
+//! with the control unit, the branch's device, and the sequence auditor's findings.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use ushuru_store::{ExchangeRecord, SaleId};
+
+use crate::sale::{render, respond};
+use crate::{ApiError, AppState, Caller, request_id};
+
+/// A journal body as JSON when it is JSON (KRA's bodies are), else as the text it was.
+fn body_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+fn exchange_view(exchange: &ExchangeRecord) -> Value {
+    json!({
+        "endpoint": exchange.endpoint,
+        "attempt": exchange.attempt,
+        "outcome": exchange.outcome,
+        "httpStatus": exchange.http_status,
+        "elapsedMs": exchange.elapsed_ms,
+        "request": body_value(&exchange.request_body),
+        "response": exchange.response_body.as_deref().map(body_value),
+    })
+}
+
+/// `GET /v2/etims/sales/{id}/original`: the sale as the status endpoint shows it, the
+/// exact payload sent to the control unit and every exchange about it, in order
+/// (`transport`). The cmcKey travels in headers, which the journal never keeps.
+pub(crate) async fn original(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Response {
+    let request_id = request_id();
+    let scope = caller.key.scope;
+    let Ok(id) = id.parse::<i64>() else {
+        return ApiError::not_found("sale").into_response();
+    };
+    let Some(branch) = state.branches.get(&scope.branch).cloned() else {
+        return ApiError::internal(format!("branch {} has no device context", scope.branch.0))
+            .into_response();
+    };
+    let sale = match state.store.sale(scope, SaleId(id)).await {
+        Ok(Some(sale)) => sale,
+        Ok(None) => return ApiError::not_found("sale").into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let exchanges = match state.store.exchanges(scope, sale.id).await {
+        Ok(exchanges) => exchanges,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let (_, mut body) = render(&sale, &branch, &state, &request_id);
+    // The sale request as the control unit received it: the first signing attempt's body
+    // (every retry sends the identical bytes, checked against the stored SHA-256).
+    let kra_request = exchanges
+        .iter()
+        .find(|e| e.endpoint == ushuru_kra::EndpointName::SaveTrnsSalesOsdc.oscu_name())
+        .map(|e| body_value(&e.request_body));
+    if let Value::Object(fields) = &mut body {
+        fields.insert("kraRequest".into(), kra_request.unwrap_or(Value::Null));
+        fields.insert(
+            "transport".into(),
+            Value::Array(exchanges.iter().map(exchange_view).collect()),
+        );
+    }
+    respond(StatusCode::OK, body, &request_id)
+}
+
+/// `GET /v2/etims/device`: the branch's persisted onboarding checkpoint. Never the cmcKey.
+pub(crate) async fn device(State(state): State<AppState>, caller: Caller) -> Response {
+    let request_id = request_id();
+    let scope = caller.key.scope;
+    let Some(branch) = state.branches.get(&scope.branch).cloned() else {
+        return ApiError::internal(format!("branch {} has no device context", scope.branch.0))
+            .into_response();
+    };
+    match state.store.device(scope).await {
+        Ok(Some(device)) => respond(
+            StatusCode::OK,
+            json!({
+                "status": "READY",
+                "tin": branch.tin,
+                "bhfId": branch.bhf_id,
+                "sdcId": device.sdc_id,
+                "mrcNo": device.mrc_no,
+                "controlUnitProfile": device.profile,
+                "controlUnitUrl": device.control_unit_url,
+                "cmcKeyStored": !device.cmc_key.is_empty(),
+            }),
+            &request_id,
+        ),
+        Ok(None) => respond(
+            StatusCode::OK,
+            json!({
+                "status": "KEY_REQUIRED",
+                "tin": branch.tin,
+                "bhfId": branch.bhf_id,
+            }),
+            &request_id,
+        ),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// `GET /v2/etims/device/monitoring`: the sequence auditor's findings for this branch's
+/// control unit: every receipt-number gap or duplicate seen, oldest first.
+pub(crate) async fn monitoring(State(state): State<AppState>, caller: Caller) -> Response {
+    let request_id = request_id();
+    let scope = caller.key.scope;
+    match state.store.findings(scope).await {
+        Ok(findings) => {
+            let views: Vec<Value> = findings
+                .iter()
+                .map(|f| {
+                    json!({
+                        "sdcId": f.sdc_id,
+                        "kind": f.kind.as_str(),
+                        "expectedRcptNo": f.expected,
+                        "foundRcptNo": f.found,
+                        "purchaseId": f.sale.map(|s| s.0),
+                    })
+                })
+                .collect();
+            respond(
+                StatusCode::OK,
+                json!({
+                    "sequenceHealthy": views.is_empty(),
+                    "findingCount": views.len(),
+                    "findings": views,
+                }),
+                &request_id,
+            )
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
