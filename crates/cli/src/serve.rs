@@ -213,6 +213,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             device: identity,
         },
     )]);
+        let purger = tokio::spawn(purge_idempotency_records(store.clone()));
     let state = AppState {
         store,
         pipeline: Arc::clone(&pipeline),
@@ -249,6 +250,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     axum::serve(listener, ushuru_api::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+        purger.abort();
     // In-flight requests have been answered; let the relays finish the call each is in.
     if let Ok(pipeline) = Arc::try_unwrap(pipeline) {
         pipeline.shutdown().await;
@@ -265,6 +267,20 @@ fn describe<T>(outcome: &Outcome<T>) -> String {
         Outcome::Ok { .. } => "the control unit answered without device information".into(),
         Outcome::Rejected { code, message } => format!("{code}: {message}"),
         Outcome::NotSent { reason } | Outcome::Ambiguous { reason } => reason.clone(),
+    }
+}
+
+/// Deletes idempotency records past their keeping time (each carries its own expiry, set
+/// from `--idempotency-hours` when it was written): at start, then every 15 minutes.
+async fn purge_idempotency_records(store: Store) {
+    let mut every = tokio::time::interval(Duration::from_secs(15 * 60));
+    loop {
+        every.tick().await;
+        match store.purge_idempotency(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired idempotency records deleted"),
+            Err(e) => tracing::warn!(error = %e, "idempotency purge failed; retrying later"),
+        }
     }
 }
 
