@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v2/etims/sale", post(sale::submit))
         .route("/v2/etims/sales/{id}/status", get(sale::status))
+        .route("/v2/etims/sales/search", get(views::search))
         .route("/v2/etims/sales/{id}/original", get(views::original))
         .route("/v2/etims/device", get(views::device))
         .route("/v2/etims/device/monitoring", get(views::monitoring))

@@ -1,7 +1,7 @@
 //! Read-only views for operators, KRA support and auditors: a sale's exact exchanges
 //! with the control unit, the branch's device, and the sequence auditor's findings.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -135,6 +135,61 @@ pub(crate) async fn monitoring(State(state): State<AppState>, caller: Caller) ->
                 &request_id,
             )
         }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// The search keys of the contract; exactly one is given.
+const SEARCH_KEYS: [&str; 4] = [
+    "clientReference",
+    "operationKey",
+    "requestId",
+    "transactionId",
+];
+
+/// `GET /v2/etims/sales/search?clientReference=…`: the branch's latest sale with that
+/// reference, shaped like the status answer.
+pub(crate) async fn search(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let request_id = request_id();
+    let scope = caller.key.scope;
+    let given: Vec<&(String, String)> = query
+        .iter()
+        .filter(|(name, _)| SEARCH_KEYS.contains(&name.as_str()))
+        .collect();
+    let [(name, value)] = given.as_slice() else {
+        return ApiError::bad_request(
+            "SEARCH_KEY_REQUIRED",
+            "give exactly one of clientReference, operationKey, requestId, transactionId",
+        )
+        .into_response();
+    };
+    if value.trim().is_empty() {
+        return ApiError::bad_request("SEARCH_KEY_REQUIRED", format!("{name} is empty"))
+            .into_response();
+    }
+    if name != "clientReference" {
+        // Ushuru keeps the POS's reference with each sale; request ids and operation keys
+        // of other middlewares are not recorded, so an answer would be a guess.
+        return ApiError::bad_request(
+            "SEARCH_KEY_UNSUPPORTED",
+            format!("sales are searched by clientReference; {name} is not recorded with sales"),
+        )
+        .into_response();
+    }
+    let Some(branch) = state.branches.get(&scope.branch).cloned() else {
+        return ApiError::internal(format!("branch {} has no device context", scope.branch.0))
+            .into_response();
+    };
+    match state.store.sale_by_client_reference(scope, value).await {
+        Ok(Some(sale)) => {
+            let (_, body) = render(&sale, &branch, &state, &request_id);
+            respond(StatusCode::OK, body, &request_id)
+        }
+        Ok(None) => ApiError::not_found("sale").into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -654,6 +654,86 @@ async fn the_journal_device_and_monitoring_views(store: Store) {
     finish(app).await;
 }
 
+async fn sales_are_found_by_client_reference(store: Store) {
+    let app = start(store, Duration::from_secs(10)).await;
+    let (key, other) = (app.keys[0].as_str(), app.keys[1].as_str());
+    let mut ids = Vec::new();
+    // The same reference twice (a POS may reuse one): the search answers the latest.
+    for (idempotency, reference) in [("S-1", "REF/7 A&B"), ("S-2", "REF-8"), ("S-3", "REF/7 A&B")] {
+        let (status, body, _) = post(
+            &app,
+            Some(key),
+            Some(idempotency),
+            &flat(reference, "116.00", "16.00"),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        ids.push(body["purchaseId"].as_i64().unwrap());
+    }
+    let (status, found) = get(
+        &app,
+        key,
+        &format!(
+            "/v2/etims/sales/search{}",
+            "?clientReference=REF%2F7%20A%26B"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(
+        (
+            &found["purchaseId"],
+            &found["status"],
+            &found["clientReference"]
+        ),
+        (&json!(ids[2]), &json!("SIGNED"), &json!("REF/7 A&B"))
+    );
+    let (_, found) = get(
+        &app,
+        key,
+        &format!("/v2/etims/sales/search{}", "?clientReference=REF-8"),
+    )
+    .await;
+    assert_eq!(found["purchaseId"], ids[1]);
+    // Another taxpayer's key does not see them; an unknown reference is a 404.
+    assert_eq!(
+        get(
+            &app,
+            other,
+            &format!("/v2/etims/sales/search{}", "?clientReference=REF-8")
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        get(
+            &app,
+            key,
+            &format!("/v2/etims/sales/search{}", "?clientReference=NOPE")
+        )
+        .await
+        .0,
+        404
+    );
+    // Exactly one key, non-empty, and one Ushuru records.
+    for (query, code) in [
+        ("", "SEARCH_KEY_REQUIRED"),
+        ("?clientReference=REF-8&requestId=x", "SEARCH_KEY_REQUIRED"),
+        ("?clientReference=", "SEARCH_KEY_REQUIRED"),
+        ("?requestId=abc", "SEARCH_KEY_UNSUPPORTED"),
+        ("?transactionId=12", "SEARCH_KEY_UNSUPPORTED"),
+    ] {
+        let (status, body) = get(&app, key, &format!("/v2/etims/sales/search{}", query)).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some(code)),
+            "{query}"
+        );
+    }
+    finish(app).await;
+}
+
 async fn finish(app: App) {
     app.sandbox.stop().await;
     let _ = std::fs::remove_dir_all(&app.state_dir);
@@ -680,4 +760,5 @@ on_both!(
     an_outage_answers_202_then_the_sale_signs,
     a_second_request_while_the_first_runs_gets_425,
     the_journal_device_and_monitoring_views,
+    sales_are_found_by_client_reference,
 );

@@ -213,7 +213,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             device: identity,
         },
     )]);
-        let purger = tokio::spawn(purge_idempotency_records(store.clone()));
+    let purger = tokio::spawn(purge_idempotency_records(store.clone()));
     let state = AppState {
         store,
         pipeline: Arc::clone(&pipeline),
@@ -250,7 +250,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     axum::serve(listener, ushuru_api::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
-        purger.abort();
+    purger.abort();
     // In-flight requests have been answered; let the relays finish the call each is in.
     if let Ok(pipeline) = Arc::try_unwrap(pipeline) {
         pipeline.shutdown().await;

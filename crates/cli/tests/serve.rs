@@ -133,7 +133,7 @@ async fn serves_the_sdk_and_carries_on_after_a_restart(database_url: Option<Stri
         sdk.status.success(),
         "the SDK run failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("9 checks passed"), "{stdout}");
+    assert!(stdout.contains("10 checks passed"), "{stdout}");
 
     let third = sell(&url, "R-3").await;
     assert_eq!(

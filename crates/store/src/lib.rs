@@ -177,6 +177,18 @@ impl Store {
         dispatch!(self, s => s.record_receipt(claim, receipt, now))
     }
 
+    /// The branch's latest sale carrying the POS's own reference.
+    pub async fn sale_by_client_reference(
+        &self,
+        scope: Scope,
+        reference: &str,
+    ) -> Result<Option<SaleRecord>> {
+        match dispatch!(self, s => s.latest_sale_id_by_reference(scope, reference))? {
+            Some(id) => self.sale(scope, id).await,
+            None => Ok(None),
+        }
+    }
+
     pub async fn sale(&self, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
         dispatch!(self, s => s.sale(scope, id))
     }
@@ -347,12 +359,20 @@ pub(crate) struct Migration {
     pub postgres: &'static str,
 }
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_foundation",
-    sqlite: include_str!("../migrations/sqlite/0001_foundation.sql"),
-    postgres: include_str!("../migrations/postgres/0001_foundation.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_foundation",
+        sqlite: include_str!("../migrations/sqlite/0001_foundation.sql"),
+        postgres: include_str!("../migrations/postgres/0001_foundation.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_sale_search",
+        sqlite: include_str!("../migrations/sqlite/0002_sale_search.sql"),
+        postgres: include_str!("../migrations/postgres/0002_sale_search.sql"),
+    },
+];
 
 /// A lease expiry, `now + lease`, within [`clamp_time`]'s range.
 pub(crate) fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {

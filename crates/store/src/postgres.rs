@@ -395,6 +395,27 @@ impl PostgresStore {
         tx.commit().await.map_err(query_error)
     }
 
+    pub async fn latest_sale_id_by_reference(
+        &self,
+        scope: Scope,
+        reference: &str,
+    ) -> Result<Option<SaleId>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        let row = tx
+            .query_opt(
+                "SELECT id FROM sales
+                 WHERE tenant_id = $1 AND branch_id = $2 AND client_reference = $3
+                 ORDER BY id DESC LIMIT 1",
+                &[&scope.tenant.0, &scope.branch.0, &reference],
+            )
+            .await
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        Ok(row.map(|r| SaleId(r.get(0))))
+    }
+
     pub async fn sale(&self, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;

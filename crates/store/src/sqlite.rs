@@ -388,6 +388,28 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn latest_sale_id_by_reference(
+        &self,
+        scope: Scope,
+        reference: &str,
+    ) -> Result<Option<SaleId>> {
+        let reference = reference.to_owned();
+        self.run(move |connection| {
+            connection
+                .query_row(
+                    "SELECT id FROM sales
+                     WHERE tenant_id = ?1 AND branch_id = ?2 AND client_reference = ?3
+                     ORDER BY id DESC LIMIT 1",
+                    params![scope.tenant.0, scope.branch.0, reference],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map(|id| id.map(SaleId))
+                .map_err(database)
+        })
+        .await
+    }
+
     pub async fn sale(&self, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
         self.run(move |connection| {
             let row = connection

@@ -28,7 +28,10 @@ fn unique_name() -> String {
 async fn sqlite() -> Store {
     let path = std::env::temp_dir().join(format!("{}.sqlite", unique_name()));
     let store = Store::connect(path.to_str().unwrap()).await.unwrap();
-    assert_eq!(store.migrate().await.unwrap(), ["0001_foundation"]);
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        ["0001_foundation", "0002_sale_search"]
+    );
     store
 }
 
@@ -49,7 +52,10 @@ async fn postgres() -> Store {
         None => panic!("USHURU_TEST_POSTGRES_URL has no database part: {admin_url}"),
     };
     let store = Store::connect(&url).await.unwrap();
-    assert_eq!(store.migrate().await.unwrap(), ["0001_foundation"]);
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        ["0001_foundation", "0002_sale_search"]
+    );
     store
 }
 

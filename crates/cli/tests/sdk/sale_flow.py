@@ -74,10 +74,14 @@ check(original["kraRequest"]["invcNo"] == 1, f"original kraRequest {original.get
 check(any(e["endpoint"] == "saveTrnsSalesOsdc" and e["outcome"] == "ok" for e in original["transport"]),
       f"original transport {original.get('transport')}")
 
+# Search by the POS's own reference.
+found = client.find_sale(client_reference="SDK-2")
+check(found["purchaseId"] == mixed["purchaseId"] and found["status"] == "SIGNED", f"find_sale {found}")
+
 # The device checkpoint and the sequence monitor.
 device = client.device_status()
 check(device["status"] == "READY" and device["sdcId"] == first["sdcId"], f"device {device}")
 monitoring = client.device_monitoring()
 check(monitoring["sequenceHealthy"] is True and monitoring["findings"] == [], f"monitoring {monitoring}")
 
-print("taxid-etims SDK: 9 checks passed against", os.environ["TAXID_API_URL"])
+print("taxid-etims SDK: 10 checks passed against", os.environ["TAXID_API_URL"])
