@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use ushuru_kra::{DraftLine, SaleDraft};
 use ushuru_store::{
-    IdempotencyStart, NewSale, OutboxPayload, SaleId, SaleRecord, SaleStatus, Scope,
+    IdempotencyStart, NewSale, OutboxPayload, SaleId, SaleLine, SaleRecord, SaleStatus, Scope,
 };
 use ushuru_tax::{
     InvoiceTotals, LineInput, LineText, Money, PricedLine, Pricing, Rounding, TaxBand,
@@ -467,6 +467,22 @@ async fn accept(
         buyer,
     } = priced;
     let reference = client_reference.clone();
+    let stored_lines: Vec<SaleLine> = lines
+        .iter()
+        .zip(1u32..)
+        .map(|(line, item_seq)| SaleLine {
+            item_seq,
+            item_cd: line.item_cd.clone(),
+            item_nm: line.item_nm.clone(),
+            tax_ty_cd: line.priced.tax_ty_cd.to_string(),
+            qty: line.priced.qty,
+            uprc: line.priced.uprc,
+            dc_amt: line.priced.dc_amt,
+            taxbl_amt: line.priced.taxbl_amt,
+            tax_amt: line.priced.tax_amt,
+            tot_amt: line.priced.tot_amt,
+        })
+        .collect();
     let build = Box::new(move |invc_no: u64| {
         let (cust_tin, cust_nm) = buyer.map_or((None, None), |(pin, name)| (Some(pin), name));
         let request = SaleDraft {
@@ -494,6 +510,7 @@ async fn accept(
     let sale = NewSale {
         client_reference: Some(client_reference),
         tot_amt: totals.tot_amt,
+        lines: stored_lines,
     };
     let accepted = state.store.accept_sale(scope, sale, build).await?;
     state.pipeline.wake(scope.branch);

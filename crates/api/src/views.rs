@@ -53,6 +53,10 @@ pub(crate) async fn original(
         Ok(exchanges) => exchanges,
         Err(e) => return ApiError::from(e).into_response(),
     };
+    let lines = match state.store.sale_lines(scope, sale.id).await {
+        Ok(lines) => lines,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     let (_, mut body) = render(&sale, &branch, &state, &request_id);
     // The sale request as the control unit received it: the first signing attempt's body
     // (every retry sends the identical bytes, checked against the stored SHA-256).
@@ -61,6 +65,28 @@ pub(crate) async fn original(
         .find(|e| e.endpoint == ushuru_kra::EndpointName::SaveTrnsSalesOsdc.oscu_name())
         .map(|e| body_value(&e.request_body));
     if let Value::Object(fields) = &mut body {
+        fields.insert(
+            "lines".into(),
+            Value::Array(
+                lines
+                    .iter()
+                    .map(|line| {
+                        json!({
+                            "itemSeq": line.item_seq,
+                            "itemCd": line.item_cd,
+                            "itemNm": line.item_nm,
+                            "taxTyCd": line.tax_ty_cd,
+                            "qty": line.qty.to_string(),
+                            "uprc": line.uprc.to_string(),
+                            "dcAmt": line.dc_amt.to_string(),
+                            "taxblAmt": line.taxbl_amt.to_string(),
+                            "taxAmt": line.tax_amt.to_string(),
+                            "totAmt": line.tot_amt.to_string(),
+                        })
+                    })
+                    .collect(),
+            ),
+        );
         fields.insert("kraRequest".into(), kra_request.unwrap_or(Value::Null));
         fields.insert(
             "transport".into(),

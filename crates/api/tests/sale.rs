@@ -569,6 +569,14 @@ async fn the_journal_device_and_monitoring_views(store: Store) {
     );
     assert_eq!(request["tin"], TINS[0]);
     assert_eq!(request["totAmt"], 116.0, "{request}");
+    // The stored lines agree with what the control unit was sent.
+    let lines = original["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{original}");
+    assert_eq!(lines[0]["itemSeq"], 1);
+    assert_eq!(lines[0]["taxTyCd"], "B");
+    assert_eq!(lines[0]["totAmt"], "116.00");
+    assert_eq!(lines[0]["taxAmt"], "16.00");
+    assert_eq!(lines[0]["itemCd"], request["itemList"][0]["itemCd"]);
     let transport = original["transport"].as_array().unwrap();
     let signing: Vec<&Value> = transport
         .iter()

@@ -229,6 +229,7 @@ impl Branch {
                 NewSale {
                     client_reference: None,
                     tot_amt: priced.tot_amt,
+                    lines: Vec::new(),
                 },
                 build,
             )

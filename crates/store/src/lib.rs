@@ -189,6 +189,11 @@ impl Store {
         }
     }
 
+    /// A sale's lines in `itemSeq` order; empty for an unknown sale or another scope's.
+    pub async fn sale_lines(&self, scope: Scope, sale: SaleId) -> Result<Vec<SaleLine>> {
+        dispatch!(self, s => s.sale_lines(scope, sale))
+    }
+
     pub async fn sale(&self, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
         dispatch!(self, s => s.sale(scope, id))
     }
@@ -372,6 +377,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_sale_search.sql"),
         postgres: include_str!("../migrations/postgres/0002_sale_search.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_sale_lines",
+        sqlite: include_str!("../migrations/sqlite/0003_sale_lines.sql"),
+        postgres: include_str!("../migrations/postgres/0003_sale_lines.sql"),
+    },
 ];
 
 /// A lease expiry, `now + lease`, within [`clamp_time`]'s range.
@@ -432,6 +443,11 @@ pub(crate) fn attempt_number(attempt: u32) -> i32 {
 /// Money in the store's text form, and back.
 pub(crate) fn money_text(money: ushuru_tax::Money) -> String {
     money.to_string()
+}
+
+pub(crate) fn quantity_from_text(text: &str) -> Result<ushuru_tax::Quantity> {
+    ushuru_tax::Quantity::parse(text, ushuru_tax::Rounding::Exact)
+        .map_err(|e| StoreError::Corrupt(format!("quantity {text:?} {e}")))
 }
 
 pub(crate) fn money_from_text(text: &str) -> Result<ushuru_tax::Money> {

@@ -50,6 +50,26 @@ impl Branch {
 pub struct NewSale {
     pub client_reference: Option<String>,
     pub tot_amt: Money,
+    /// Its priced lines, stored with it in phase 1.
+    pub lines: Vec<SaleLine>,
+}
+
+/// One priced line of a sale, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SaleLine {
+    /// 1-based, the `itemSeq` of the KRA payload.
+    pub item_seq: u32,
+    pub item_cd: String,
+    pub item_nm: String,
+    /// The tax band, `A`–`E`.
+    pub tax_ty_cd: String,
+    pub qty: ushuru_tax::Quantity,
+    /// Unit price, VAT-inclusive.
+    pub uprc: Money,
+    pub dc_amt: Money,
+    pub taxbl_amt: Money,
+    pub tax_amt: Money,
+    pub tot_amt: Money,
 }
 
 /// A sale stored with its invoice number and its outbox row.

@@ -12,9 +12,9 @@ use tokio_postgres::error::SqlState;
 use crate::{
     AcceptedSale, ApiKey, Branch, BranchId, Claim, DeviceRecord, ExchangeRecord, FindingKind,
     IdempotencyStart, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
-    SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId,
-    attempt_number, build_payload, clamp_time, idempotency_decision, lease_token, lease_until,
-    money_from_text, money_text, sale_status_of, to_i64, to_u64,
+    SaleLine, SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant,
+    TenantId, attempt_number, build_payload, clamp_time, idempotency_decision, lease_token,
+    lease_until, money_from_text, money_text, quantity_from_text, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -234,8 +234,44 @@ impl PostgresStore {
                 &[&scope.tenant.0, &scope.branch.0, &number, &sale.client_reference, &money_text(sale.tot_amt)],
             )
             .await
-            .map_err(query_error)?
+                        .map_err(query_error)?
             .get(0);
+        if !sale.lines.is_empty() {
+            let insert_line = tx
+                .prepare(
+                    "INSERT INTO sale_lines (tenant_id, branch_id, sale_id, item_seq, item_cd, item_nm, tax_ty_cd,
+                                             qty, uprc, dc_amt, taxbl_amt, tax_amt, tot_amt)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::numeric, $9::text::numeric, $10::text::numeric,
+                             $11::text::numeric, $12::text::numeric, $13::text::numeric)",
+                )
+                .await
+                .map_err(query_error)?;
+            for line in &sale.lines {
+                let item_seq = i32::try_from(line.item_seq).map_err(|_| {
+                    StoreError::Corrupt(format!("item_seq {} out of range", line.item_seq))
+                })?;
+                tx.execute(
+                    &insert_line,
+                    &[
+                        &scope.tenant.0,
+                        &scope.branch.0,
+                        &sale_id,
+                        &item_seq,
+                        &line.item_cd,
+                        &line.item_nm,
+                        &line.tax_ty_cd,
+                        &line.qty.to_string(),
+                        &money_text(line.uprc),
+                        &money_text(line.dc_amt),
+                        &money_text(line.taxbl_amt),
+                        &money_text(line.tax_amt),
+                        &money_text(line.tot_amt),
+                    ],
+                )
+                .await
+                .map_err(query_error)?;
+            }
+        }
         tx.execute(
             "INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256) VALUES ($1, $2, $3, $4, $5, $6)",
             &[&scope.tenant.0, &scope.branch.0, &sale_id, &number, &payload.body, &payload.sha256],
@@ -414,6 +450,40 @@ impl PostgresStore {
             .map_err(query_error)?;
         tx.commit().await.map_err(query_error)?;
         Ok(row.map(|r| SaleId(r.get(0))))
+    }
+
+    pub async fn sale_lines(&self, scope: Scope, sale: SaleId) -> Result<Vec<SaleLine>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        let rows = tx
+            .query(
+                "SELECT item_seq, item_cd, item_nm, tax_ty_cd, qty::text, uprc::text, dc_amt::text, taxbl_amt::text,
+                        tax_amt::text, tot_amt::text
+                 FROM sale_lines WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3 ORDER BY item_seq",
+                &[&sale.0, &scope.tenant.0, &scope.branch.0],
+            )
+            .await
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        rows.iter()
+            .map(|row| {
+                let item_seq: i32 = row.get(0);
+                Ok(SaleLine {
+                    item_seq: u32::try_from(item_seq)
+                        .map_err(|_| StoreError::Corrupt(format!("item_seq {item_seq}")))?,
+                    item_cd: row.get(1),
+                    item_nm: row.get(2),
+                    tax_ty_cd: row.get(3),
+                    qty: quantity_from_text(row.get(4))?,
+                    uprc: money_from_text(row.get(5))?,
+                    dc_amt: money_from_text(row.get(6))?,
+                    taxbl_amt: money_from_text(row.get(7))?,
+                    tax_amt: money_from_text(row.get(8))?,
+                    tot_amt: money_from_text(row.get(9))?,
+                })
+            })
+            .collect()
     }
 
     pub async fn sale(&self, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {

@@ -12,9 +12,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use crate::{
     AcceptedSale, ApiKey, Branch, BranchId, Claim, DeviceRecord, ExchangeRecord, FindingKind,
     IdempotencyStart, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
-    SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId,
-    attempt_number, build_payload, clamp_time, idempotency_decision, lease_token, lease_until,
-    money_from_text, money_text, sale_status_of, to_i64, to_u64,
+    SaleLine, SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant,
+    TenantId, attempt_number, build_payload, clamp_time, idempotency_decision, lease_token,
+    lease_until, money_from_text, money_text, quantity_from_text, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -229,7 +229,25 @@ impl SqliteStore {
                     params![scope.tenant.0, scope.branch.0, to_i64(invc_no, "invc_no")?, sale.client_reference, money_text(sale.tot_amt)],
                     |r| r.get(0),
                 )
-                .map_err(database)?;
+                                .map_err(database)?;
+            {
+                let mut insert_line = tx
+                    .prepare_cached(
+                        "INSERT INTO sale_lines (tenant_id, branch_id, sale_id, item_seq, item_cd, item_nm, tax_ty_cd,
+                                                 qty, uprc, dc_amt, taxbl_amt, tax_amt, tot_amt)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    )
+                    .map_err(database)?;
+                for line in &sale.lines {
+                    insert_line
+                        .execute(params![
+                            scope.tenant.0, scope.branch.0, sale_id, line.item_seq, line.item_cd, line.item_nm,
+                            line.tax_ty_cd, line.qty.to_string(), money_text(line.uprc), money_text(line.dc_amt),
+                            money_text(line.taxbl_amt), money_text(line.tax_amt), money_text(line.tot_amt)
+                        ])
+                        .map_err(database)?;
+                }
+            }
             tx.execute(
                 "INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![scope.tenant.0, scope.branch.0, sale_id, to_i64(invc_no, "invc_no")?, payload.body, payload.sha256],
@@ -406,6 +424,53 @@ impl SqliteStore {
                 .optional()
                 .map(|id| id.map(SaleId))
                 .map_err(database)
+        })
+        .await
+    }
+
+    pub async fn sale_lines(&self, scope: Scope, sale: SaleId) -> Result<Vec<SaleLine>> {
+        self.run(move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT item_seq, item_cd, item_nm, tax_ty_cd, qty, uprc, dc_amt, taxbl_amt, tax_amt, tot_amt
+                     FROM sale_lines WHERE sale_id = ?1 AND tenant_id = ?2 AND branch_id = ?3 ORDER BY item_seq",
+                )
+                .map_err(database)?;
+            let rows = statement
+                .query_map(params![sale.0, scope.tenant.0, scope.branch.0], |r| {
+                    Ok((
+                        r.get::<_, u32>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        [
+                            r.get::<_, String>(4)?,
+                            r.get::<_, String>(5)?,
+                            r.get::<_, String>(6)?,
+                            r.get::<_, String>(7)?,
+                            r.get::<_, String>(8)?,
+                            r.get::<_, String>(9)?,
+                        ],
+                    ))
+                })
+                .map_err(database)?;
+            let mut lines = Vec::new();
+            for row in rows {
+                let (item_seq, item_cd, item_nm, tax_ty_cd, [qty, uprc, dc, taxbl, tax, tot]) = row.map_err(database)?;
+                lines.push(SaleLine {
+                    item_seq,
+                    item_cd,
+                    item_nm,
+                    tax_ty_cd,
+                    qty: quantity_from_text(&qty)?,
+                    uprc: money_from_text(&uprc)?,
+                    dc_amt: money_from_text(&dc)?,
+                    taxbl_amt: money_from_text(&taxbl)?,
+                    tax_amt: money_from_text(&tax)?,
+                    tot_amt: money_from_text(&tot)?,
+                });
+            }
+            Ok(lines)
         })
         .await
     }

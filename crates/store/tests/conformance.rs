@@ -11,9 +11,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use ushuru_store::{
     ExchangeRecord, FindingKind, IdempotencyStart, NewSale, OutboxPayload, PayloadBuilder, Receipt,
-    SaleStatus, Scope, SequenceFinding, Settlement, Store, StoreError,
+    SaleLine, SaleStatus, Scope, SequenceFinding, Settlement, Store, StoreError,
 };
-use ushuru_tax::{Money, Rounding};
+use ushuru_tax::{Money, Quantity, Rounding};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -30,7 +30,7 @@ async fn sqlite() -> Store {
     let store = Store::connect(path.to_str().unwrap()).await.unwrap();
     assert_eq!(
         store.migrate().await.unwrap(),
-        ["0001_foundation", "0002_sale_search"]
+        ["0001_foundation", "0002_sale_search", "0003_sale_lines"]
     );
     store
 }
@@ -54,7 +54,7 @@ async fn postgres() -> Store {
     let store = Store::connect(&url).await.unwrap();
     assert_eq!(
         store.migrate().await.unwrap(),
-        ["0001_foundation", "0002_sale_search"]
+        ["0001_foundation", "0002_sale_search", "0003_sale_lines"]
     );
     store
 }
@@ -67,6 +67,80 @@ fn now() -> DateTime<Utc> {
 
 fn money(text: &str) -> Money {
     Money::parse(text, Rounding::Exact).unwrap()
+}
+
+fn sample_lines() -> Vec<SaleLine> {
+    vec![
+        SaleLine {
+            item_seq: 1,
+            item_cd: "KE2NTXU0000001".into(),
+            item_nm: "Consulting".into(),
+            tax_ty_cd: "B".into(),
+            qty: Quantity::parse("2.5", Rounding::Exact).unwrap(),
+            uprc: money("2000.00"),
+            dc_amt: money("0.00"),
+            taxbl_amt: money("4310.34"),
+            tax_amt: money("689.66"),
+            tot_amt: money("5000.00"),
+        },
+        SaleLine {
+            item_seq: 2,
+            item_cd: "KE2NTXU0000002".into(),
+            item_nm: "Maize flour 2 kg, \"Jogoo\"".into(),
+            tax_ty_cd: "A".into(),
+            qty: Quantity::parse("12.3456", Rounding::Exact).unwrap(),
+            uprc: money("64.80"),
+            dc_amt: money("0.01"),
+            taxbl_amt: money("800.00"),
+            tax_amt: money("0.00"),
+            tot_amt: money("800.00"),
+        },
+    ]
+}
+
+async fn a_sale_keeps_its_lines(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let accepted = accept(&store, scope, "LINES").await;
+    assert_eq!(
+        store.sale_lines(scope, accepted.sale).await.unwrap(),
+        sample_lines()
+    );
+    // A sale accepted without lines has none; another tenant sees none of these.
+    let other = branch(&store, "P000000001Z").await;
+    assert!(
+        store
+            .sale_lines(other, accepted.sale)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let forged = Scope {
+        tenant: other.tenant,
+        branch: scope.branch,
+    };
+    assert!(
+        store
+            .sale_lines(forged, accepted.sale)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A refused payload stores neither the sale nor its lines.
+    let refused = store
+        .accept_sale(
+            scope,
+            NewSale {
+                client_reference: None,
+                tot_amt: money("5800.00"),
+                lines: sample_lines(),
+            },
+            Box::new(|_| Err("totals out of range".into())),
+        )
+        .await;
+    assert!(refused.is_err());
+    let next = accept(&store, scope, "AFTER").await;
+    assert_eq!(next.invc_no, accepted.invc_no + 1);
+    assert_eq!(store.sale_lines(scope, next.sale).await.unwrap().len(), 2);
 }
 
 fn payload() -> PayloadBuilder {
@@ -100,6 +174,7 @@ async fn accept(store: &Store, scope: Scope, reference: &str) -> ushuru_store::A
     let sale = NewSale {
         client_reference: Some(reference.into()),
         tot_amt: money("5800.00"),
+        lines: sample_lines(),
     };
     store.accept_sale(scope, sale, payload()).await.unwrap()
 }
@@ -150,6 +225,7 @@ async fn numbering_is_gap_free(store: Store) {
             NewSale {
                 client_reference: None,
                 tot_amt: money("1.00"),
+                lines: Vec::new(),
             },
             failing,
         )
@@ -331,7 +407,8 @@ async fn a_scope_sees_only_its_own_rows(store: Store) {
                 forged,
                 NewSale {
                     client_reference: None,
-                    tot_amt: money("1.00")
+                    tot_amt: money("1.00"),
+                    lines: Vec::new(),
                 },
                 payload()
             )
@@ -658,6 +735,7 @@ async fn a_panicking_payload_builder_uses_no_number(store: Store) {
             NewSale {
                 client_reference: None,
                 tot_amt: money("1.00"),
+                lines: Vec::new(),
             },
             panicking,
         )
@@ -913,4 +991,5 @@ conformance!(
     idempotency_keys_replay_refuse_and_expire,
     concurrent_first_uses_of_a_key_start_once,
     bootstrap_lookups_devices_and_chosen_keys,
+    a_sale_keeps_its_lines,
 );
