@@ -481,6 +481,7 @@ async fn accept(
             taxbl_amt: line.priced.taxbl_amt,
             tax_amt: line.priced.tax_amt,
             tot_amt: line.priced.tot_amt,
+            original_item_seq: None,
         })
         .collect();
     let build = Box::new(move |invc_no: u64| {

@@ -189,6 +189,20 @@ impl Store {
         }
     }
 
+    /// Accepts a credit note against `original` (phase 1 for a credit note): in one
+    /// transaction, which also holds the branch's numbering lock so that two notes against
+    /// one sale cannot both see the same remainder, the planner is shown the original, its
+    /// lines and what earlier notes (not FAILED) reversed, and either refuses (nothing is
+    /// written, no number is used) or returns the note to store with its exact payload.
+    pub async fn accept_credit_note<R: Send + 'static>(
+        &self,
+        scope: Scope,
+        original: SaleId,
+        plan: CreditPlanner<R>,
+    ) -> Result<CreditOutcome<R>> {
+        dispatch!(self, s => s.accept_credit_note(scope, original, plan))
+    }
+
     /// A sale's lines in `itemSeq` order; empty for an unknown sale or another scope's.
     pub async fn sale_lines(&self, scope: Scope, sale: SaleId) -> Result<Vec<SaleLine>> {
         dispatch!(self, s => s.sale_lines(scope, sale))
@@ -383,6 +397,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0003_sale_lines.sql"),
         postgres: include_str!("../migrations/postgres/0003_sale_lines.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_credit_notes",
+        sqlite: include_str!("../migrations/sqlite/0004_credit_notes.sql"),
+        postgres: include_str!("../migrations/postgres/0004_credit_notes.sql"),
+    },
 ];
 
 /// A lease expiry, `now + lease`, within [`clamp_time`]'s range.
@@ -429,6 +449,16 @@ pub(crate) fn lease_token(owner: &str) -> String {
 }
 
 /// Runs a payload builder; a panic in it is an error like any other (nothing is written).
+/// Runs a credit-note planner, turning a panic into an error rather than a dead connection.
+pub(crate) fn plan_credit_note<R>(
+    plan: CreditPlanner<R>,
+    context: &CreditContext,
+    invc_no: u64,
+) -> Result<std::result::Result<NewCreditNote, R>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan(context, invc_no)))
+        .map_err(|_| StoreError::Payload("the credit-note planner panicked".into()))
+}
+
 pub(crate) fn build_payload(build: PayloadBuilder, invc_no: u64) -> Result<OutboxPayload> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build(invc_no)))
         .map_err(|_| StoreError::Payload("the payload builder panicked".into()))?

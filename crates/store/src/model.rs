@@ -70,6 +70,42 @@ pub struct SaleLine {
     pub taxbl_amt: Money,
     pub tax_amt: Money,
     pub tot_amt: Money,
+    /// On a credit note: the original's line it reverses.
+    pub original_item_seq: Option<u32>,
+}
+
+/// What a credit-note planner sees, read inside the accepting transaction.
+#[derive(Clone, Debug)]
+pub struct CreditContext {
+    pub original: SaleRecord,
+    /// The original's exact KRA payload (its buyer, item classes and units).
+    pub original_payload: String,
+    pub original_lines: Vec<SaleLine>,
+    /// The credit notes already issued against it and not FAILED, oldest first.
+    pub credit_notes: Vec<SaleRecord>,
+    /// Their lines; each names the original line in `original_item_seq`.
+    pub reversed_lines: Vec<SaleLine>,
+}
+
+/// A credit note ready to store: the sale row, its lines and its payload.
+#[derive(Clone, Debug)]
+pub struct NewCreditNote {
+    pub sale: NewSale,
+    pub rfd_rsn_cd: String,
+    pub reason: Option<String>,
+    pub payload: OutboxPayload,
+}
+
+/// Decides a credit note from its context and the number it would take, or refuses.
+pub type CreditPlanner<R> =
+    Box<dyn FnOnce(&CreditContext, u64) -> std::result::Result<NewCreditNote, R> + Send>;
+
+#[derive(Debug)]
+pub enum CreditOutcome<R> {
+    Accepted(AcceptedSale),
+    /// No such sale in this scope, or it is itself a credit note.
+    NoSuchSale,
+    Refused(R),
 }
 
 /// A sale stored with its invoice number and its outbox row.
@@ -161,6 +197,8 @@ pub struct SaleRecord {
     pub status: SaleStatus,
     pub tot_amt: Money,
     pub receipt: Option<Receipt>,
+    /// `S` a sale, `R` a credit note.
+    pub rcpt_ty_cd: String,
 }
 
 /// How a claimed row ends when it does not end signed.

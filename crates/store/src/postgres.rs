@@ -10,11 +10,12 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::{
-    AcceptedSale, ApiKey, Branch, BranchId, Claim, DeviceRecord, ExchangeRecord, FindingKind,
-    IdempotencyStart, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
-    SaleLine, SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant,
-    TenantId, attempt_number, build_payload, clamp_time, idempotency_decision, lease_token,
-    lease_until, money_from_text, money_text, quantity_from_text, sale_status_of, to_i64, to_u64,
+    AcceptedSale, ApiKey, Branch, BranchId, Claim, CreditContext, CreditOutcome, CreditPlanner,
+    DeviceRecord, ExchangeRecord, FindingKind, IdempotencyStart, MIGRATIONS, NewSale,
+    OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleLine, SaleRecord, SaleStatus,
+    Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number,
+    build_payload, clamp_time, idempotency_decision, lease_token, lease_until, money_from_text,
+    money_text, plan_credit_note, quantity_from_text, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -215,74 +216,88 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        // The branch row's lock serialises numbering across replicas until this commits.
-        let row = tx
-            .query_opt(
-                "UPDATE branches SET last_invc_no = last_invc_no + 1 WHERE id = $1 AND tenant_id = $2 RETURNING last_invc_no",
-                &[&scope.branch.0, &scope.tenant.0],
-            )
-            .await
-            .map_err(query_error)?
-            .ok_or(StoreError::NotFound("branch"))?;
-        let invc_no = to_u64(row.get(0), "invc_no")?;
+        let invc_no = next_invc_no(&tx, scope).await?;
         let payload = build_payload(build, invc_no)?;
-        let number = to_i64(invc_no, "invc_no")?;
-        let sale_id: i64 = tx
-            .query_one(
-                "INSERT INTO sales (tenant_id, branch_id, invc_no, client_reference, status, tot_amt)
-                 VALUES ($1, $2, $3, $4, 'PENDING_SYNC', $5::text::numeric) RETURNING id",
-                &[&scope.tenant.0, &scope.branch.0, &number, &sale.client_reference, &money_text(sale.tot_amt)],
-            )
-            .await
-                        .map_err(query_error)?
-            .get(0);
-        if !sale.lines.is_empty() {
-            let insert_line = tx
-                .prepare(
-                    "INSERT INTO sale_lines (tenant_id, branch_id, sale_id, item_seq, item_cd, item_nm, tax_ty_cd,
-                                             qty, uprc, dc_amt, taxbl_amt, tax_amt, tot_amt)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::numeric, $9::text::numeric, $10::text::numeric,
-                             $11::text::numeric, $12::text::numeric, $13::text::numeric)",
-                )
-                .await
-                .map_err(query_error)?;
-            for line in &sale.lines {
-                let item_seq = i32::try_from(line.item_seq).map_err(|_| {
-                    StoreError::Corrupt(format!("item_seq {} out of range", line.item_seq))
-                })?;
-                tx.execute(
-                    &insert_line,
-                    &[
-                        &scope.tenant.0,
-                        &scope.branch.0,
-                        &sale_id,
-                        &item_seq,
-                        &line.item_cd,
-                        &line.item_nm,
-                        &line.tax_ty_cd,
-                        &line.qty.to_string(),
-                        &money_text(line.uprc),
-                        &money_text(line.dc_amt),
-                        &money_text(line.taxbl_amt),
-                        &money_text(line.tax_amt),
-                        &money_text(line.tot_amt),
-                    ],
-                )
-                .await
-                .map_err(query_error)?;
-            }
-        }
-        tx.execute(
-            "INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&scope.tenant.0, &scope.branch.0, &sale_id, &number, &payload.body, &payload.sha256],
-        )
-        .await
-        .map_err(query_error)?;
+        let sale_id = insert_sale(&tx, scope, invc_no, &sale, &payload, "S").await?;
         tx.commit().await.map_err(query_error)?;
         Ok(AcceptedSale {
             sale: SaleId(sale_id),
             invc_no,
         })
+    }
+
+    pub async fn accept_credit_note<R: Send + 'static>(
+        &self,
+        scope: Scope,
+        original: SaleId,
+        plan: CreditPlanner<R>,
+    ) -> Result<CreditOutcome<R>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        // The branch row's lock first: notes against one sale, from any replica, are
+        // decided one after the other, each seeing what the previous one reversed.
+        let invc_no = next_invc_no(&tx, scope).await?;
+        let Some(original_sale) = read_sale(&tx, scope, original)
+            .await?
+            .filter(|s| s.rcpt_ty_cd == "S")
+        else {
+            return Ok(CreditOutcome::NoSuchSale);
+        };
+        let original_payload: String = tx
+            .query_one(
+                "SELECT payload FROM outbox WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3",
+                &[&original.0, &scope.tenant.0, &scope.branch.0],
+            )
+            .await
+            .map_err(query_error)?
+            .get(0);
+        let note_ids: Vec<i64> = tx
+            .query(
+                "SELECT c.sale_id FROM credit_notes c JOIN sales s ON s.id = c.sale_id
+                 WHERE c.original_sale_id = $1 AND c.tenant_id = $2 AND c.branch_id = $3
+                   AND s.status <> 'FAILED'
+                 ORDER BY c.sale_id",
+                &[&original.0, &scope.tenant.0, &scope.branch.0],
+            )
+            .await
+            .map_err(query_error)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut credit_notes = Vec::new();
+        let mut reversed_lines = Vec::new();
+        for id in note_ids {
+            if let Some(note) = read_sale(&tx, scope, SaleId(id)).await? {
+                credit_notes.push(note);
+            }
+            reversed_lines.extend(read_lines(&tx, scope, SaleId(id)).await?);
+        }
+        let context = CreditContext {
+            original_lines: read_lines(&tx, scope, original).await?,
+            original: original_sale,
+            original_payload,
+            credit_notes,
+            reversed_lines,
+        };
+        let note = match plan_credit_note(plan, &context, invc_no)? {
+            Ok(note) => note,
+            // Dropping the transaction rolls the number back: a refusal uses none.
+            Err(refusal) => return Ok(CreditOutcome::Refused(refusal)),
+        };
+        let sale_id = insert_sale(&tx, scope, invc_no, &note.sale, &note.payload, "R").await?;
+        tx.execute(
+            "INSERT INTO credit_notes (sale_id, tenant_id, branch_id, original_sale_id, rfd_rsn_cd, reason)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&sale_id, &scope.tenant.0, &scope.branch.0, &original.0, &note.rfd_rsn_cd, &note.reason],
+        )
+        .await
+        .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        Ok(CreditOutcome::Accepted(AcceptedSale {
+            sale: SaleId(sale_id),
+            invc_no,
+        }))
     }
 
     pub async fn claim_next(
@@ -456,88 +471,18 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let rows = tx
-            .query(
-                "SELECT item_seq, item_cd, item_nm, tax_ty_cd, qty::text, uprc::text, dc_amt::text, taxbl_amt::text,
-                        tax_amt::text, tot_amt::text
-                 FROM sale_lines WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3 ORDER BY item_seq",
-                &[&sale.0, &scope.tenant.0, &scope.branch.0],
-            )
-            .await
-            .map_err(query_error)?;
+        let lines = read_lines(&tx, scope, sale).await?;
         tx.commit().await.map_err(query_error)?;
-        rows.iter()
-            .map(|row| {
-                let item_seq: i32 = row.get(0);
-                Ok(SaleLine {
-                    item_seq: u32::try_from(item_seq)
-                        .map_err(|_| StoreError::Corrupt(format!("item_seq {item_seq}")))?,
-                    item_cd: row.get(1),
-                    item_nm: row.get(2),
-                    tax_ty_cd: row.get(3),
-                    qty: quantity_from_text(row.get(4))?,
-                    uprc: money_from_text(row.get(5))?,
-                    dc_amt: money_from_text(row.get(6))?,
-                    taxbl_amt: money_from_text(row.get(7))?,
-                    tax_amt: money_from_text(row.get(8))?,
-                    tot_amt: money_from_text(row.get(9))?,
-                })
-            })
-            .collect()
+        Ok(lines)
     }
 
     pub async fn sale(&self, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let row = tx
-            .query_opt(
-                "SELECT invc_no, client_reference, status, tot_amt::text, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
-                        intrl_data, rcpt_sign, sdc_date_time
-                 FROM sales WHERE id = $1 AND tenant_id = $2 AND branch_id = $3",
-                &[&id.0, &scope.tenant.0, &scope.branch.0],
-            )
-            .await
-            .map_err(query_error)?;
+        let sale = read_sale(&tx, scope, id).await?;
         tx.commit().await.map_err(query_error)?;
-        let Some(row) = row else { return Ok(None) };
-        let status: String = row.get(2);
-        let receipt = match (
-            row.get::<_, Option<String>>(4),
-            row.get::<_, Option<i64>>(6),
-            row.get::<_, Option<i64>>(7),
-            row.get::<_, Option<String>>(8),
-            row.get::<_, Option<String>>(9),
-            row.get::<_, Option<String>>(10),
-        ) {
-            (
-                Some(sdc_id),
-                Some(cur),
-                Some(tot),
-                Some(intrl_data),
-                Some(rcpt_sign),
-                Some(sdc_date_time),
-            ) => Some(Receipt {
-                sdc_id,
-                mrc_no: row.get(5),
-                cur_rcpt_no: to_u64(cur, "cur_rcpt_no")?,
-                tot_rcpt_no: to_u64(tot, "tot_rcpt_no")?,
-                intrl_data,
-                rcpt_sign,
-                sdc_date_time,
-            }),
-            _ => None,
-        };
-        Ok(Some(SaleRecord {
-            id,
-            scope,
-            invc_no: to_u64(row.get(0), "invc_no")?,
-            client_reference: row.get(1),
-            status: SaleStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt(format!("sale status {status:?}")))?,
-            tot_amt: money_from_text(row.get::<_, &str>(3))?,
-            receipt,
-        }))
+        Ok(sale)
     }
 
     pub async fn release(
@@ -1039,4 +984,175 @@ impl PostgresStore {
             })
         }))
     }
+}
+
+/// One sale of a scope, read inside the caller's transaction.
+async fn read_sale(tx: &Transaction<'_>, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
+    let row = tx
+        .query_opt(
+            "SELECT invc_no, client_reference, status, tot_amt::text, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
+                    intrl_data, rcpt_sign, sdc_date_time, rcpt_ty_cd
+             FROM sales WHERE id = $1 AND tenant_id = $2 AND branch_id = $3",
+            &[&id.0, &scope.tenant.0, &scope.branch.0],
+        )
+        .await
+        .map_err(query_error)?;
+    let Some(row) = row else { return Ok(None) };
+    let status: String = row.get(2);
+    let receipt = match (
+        row.get::<_, Option<String>>(4),
+        row.get::<_, Option<i64>>(6),
+        row.get::<_, Option<i64>>(7),
+        row.get::<_, Option<String>>(8),
+        row.get::<_, Option<String>>(9),
+        row.get::<_, Option<String>>(10),
+    ) {
+        (
+            Some(sdc_id),
+            Some(cur),
+            Some(tot),
+            Some(intrl_data),
+            Some(rcpt_sign),
+            Some(sdc_date_time),
+        ) => Some(Receipt {
+            sdc_id,
+            mrc_no: row.get(5),
+            cur_rcpt_no: to_u64(cur, "cur_rcpt_no")?,
+            tot_rcpt_no: to_u64(tot, "tot_rcpt_no")?,
+            intrl_data,
+            rcpt_sign,
+            sdc_date_time,
+        }),
+        _ => None,
+    };
+    Ok(Some(SaleRecord {
+        id,
+        scope,
+        invc_no: to_u64(row.get(0), "invc_no")?,
+        client_reference: row.get(1),
+        status: SaleStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("sale status {status:?}")))?,
+        tot_amt: money_from_text(row.get::<_, &str>(3))?,
+        receipt,
+        rcpt_ty_cd: row.get(11),
+    }))
+}
+
+/// A sale's lines in `itemSeq` order, inside the caller's transaction.
+async fn read_lines(tx: &Transaction<'_>, scope: Scope, sale: SaleId) -> Result<Vec<SaleLine>> {
+    let rows = tx
+        .query(
+            "SELECT item_seq, item_cd, item_nm, tax_ty_cd, qty::text, uprc::text, dc_amt::text, taxbl_amt::text,
+                    tax_amt::text, tot_amt::text, original_item_seq
+             FROM sale_lines WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3 ORDER BY item_seq",
+            &[&sale.0, &scope.tenant.0, &scope.branch.0],
+        )
+        .await
+        .map_err(query_error)?;
+    rows.iter()
+        .map(|row| {
+            let item_seq: i32 = row.get(0);
+            Ok(SaleLine {
+                item_seq: u32::try_from(item_seq)
+                    .map_err(|_| StoreError::Corrupt(format!("item_seq {item_seq}")))?,
+                item_cd: row.get(1),
+                item_nm: row.get(2),
+                tax_ty_cd: row.get(3),
+                qty: quantity_from_text(row.get(4))?,
+                uprc: money_from_text(row.get(5))?,
+                dc_amt: money_from_text(row.get(6))?,
+                taxbl_amt: money_from_text(row.get(7))?,
+                tax_amt: money_from_text(row.get(8))?,
+                tot_amt: money_from_text(row.get(9))?,
+                original_item_seq: row
+                    .get::<_, Option<i32>>(10)
+                    .map(|seq| {
+                        u32::try_from(seq)
+                            .map_err(|_| StoreError::Corrupt(format!("original_item_seq {seq}")))
+                    })
+                    .transpose()?,
+            })
+        })
+        .collect()
+}
+
+/// Takes the branch's next `invcNo`; the branch row stays locked until the caller commits,
+/// which serialises numbering across replicas.
+async fn next_invc_no(tx: &Transaction<'_>, scope: Scope) -> Result<u64> {
+    let row = tx
+        .query_opt(
+            "UPDATE branches SET last_invc_no = last_invc_no + 1 WHERE id = $1 AND tenant_id = $2 RETURNING last_invc_no",
+            &[&scope.branch.0, &scope.tenant.0],
+        )
+        .await
+        .map_err(query_error)?
+        .ok_or(StoreError::NotFound("branch"))?;
+    to_u64(row.get(0), "invc_no")
+}
+
+/// Writes a sale or credit note, its lines and its outbox row (phase 1's rows).
+async fn insert_sale(
+    tx: &Transaction<'_>,
+    scope: Scope,
+    invc_no: u64,
+    sale: &NewSale,
+    payload: &OutboxPayload,
+    rcpt_ty_cd: &str,
+) -> Result<i64> {
+    let number = to_i64(invc_no, "invc_no")?;
+    let sale_id: i64 = tx
+        .query_one(
+            "INSERT INTO sales (tenant_id, branch_id, invc_no, client_reference, status, tot_amt, rcpt_ty_cd)
+             VALUES ($1, $2, $3, $4, 'PENDING_SYNC', $5::text::numeric, $6) RETURNING id",
+            &[&scope.tenant.0, &scope.branch.0, &number, &sale.client_reference, &money_text(sale.tot_amt), &rcpt_ty_cd],
+        )
+        .await
+        .map_err(query_error)?
+        .get(0);
+    if !sale.lines.is_empty() {
+        let insert_line = tx
+            .prepare(
+                "INSERT INTO sale_lines (tenant_id, branch_id, sale_id, item_seq, item_cd, item_nm, tax_ty_cd,
+                                         qty, uprc, dc_amt, taxbl_amt, tax_amt, tot_amt, original_item_seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::numeric, $9::text::numeric, $10::text::numeric,
+                         $11::text::numeric, $12::text::numeric, $13::text::numeric, $14)",
+            )
+            .await
+            .map_err(query_error)?;
+        let seq = |n: u32| {
+            i32::try_from(n).map_err(|_| StoreError::Corrupt(format!("item_seq {n} out of range")))
+        };
+        for line in &sale.lines {
+            let item_seq = seq(line.item_seq)?;
+            let original_item_seq = line.original_item_seq.map(seq).transpose()?;
+            tx.execute(
+                &insert_line,
+                &[
+                    &scope.tenant.0,
+                    &scope.branch.0,
+                    &sale_id,
+                    &item_seq,
+                    &line.item_cd,
+                    &line.item_nm,
+                    &line.tax_ty_cd,
+                    &line.qty.to_string(),
+                    &money_text(line.uprc),
+                    &money_text(line.dc_amt),
+                    &money_text(line.taxbl_amt),
+                    &money_text(line.tax_amt),
+                    &money_text(line.tot_amt),
+                    &original_item_seq,
+                ],
+            )
+            .await
+            .map_err(query_error)?;
+        }
+    }
+    tx.execute(
+        "INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&scope.tenant.0, &scope.branch.0, &sale_id, &number, &payload.body, &payload.sha256],
+    )
+    .await
+    .map_err(query_error)?;
+    Ok(sale_id)
 }

@@ -10,11 +10,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    AcceptedSale, ApiKey, Branch, BranchId, Claim, DeviceRecord, ExchangeRecord, FindingKind,
-    IdempotencyStart, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
-    SaleLine, SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant,
-    TenantId, attempt_number, build_payload, clamp_time, idempotency_decision, lease_token,
-    lease_until, money_from_text, money_text, quantity_from_text, sale_status_of, to_i64, to_u64,
+    AcceptedSale, ApiKey, Branch, BranchId, Claim, CreditContext, CreditOutcome, CreditPlanner,
+    DeviceRecord, ExchangeRecord, FindingKind, IdempotencyStart, MIGRATIONS, NewSale,
+    OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleLine, SaleRecord, SaleStatus,
+    Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number,
+    build_payload, clamp_time, idempotency_decision, lease_token, lease_until, money_from_text,
+    money_text, plan_credit_note, quantity_from_text, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -210,51 +211,86 @@ impl SqliteStore {
         build: PayloadBuilder,
     ) -> Result<AcceptedSale> {
         self.run(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
-            let invc_no: i64 = tx
-                .query_row(
-                    "UPDATE branches SET last_invc_no = last_invc_no + 1 WHERE id = ?1 AND tenant_id = ?2 RETURNING last_invc_no",
-                    params![scope.branch.0, scope.tenant.0],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(database)?
-                .ok_or(StoreError::NotFound("branch"))?;
-            let invc_no = to_u64(invc_no, "invc_no")?;
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(database)?;
+            let invc_no = next_invc_no(&tx, scope)?;
             let payload = build_payload(build, invc_no)?;
-            let sale_id: i64 = tx
+            let sale_id = insert_sale(&tx, scope, invc_no, &sale, &payload, "S")?;
+            tx.commit().map_err(database)?;
+            Ok(AcceptedSale {
+                sale: SaleId(sale_id),
+                invc_no,
+            })
+        })
+        .await
+    }
+
+    pub async fn accept_credit_note<R: Send + 'static>(
+        &self,
+        scope: Scope,
+        original: SaleId,
+        plan: CreditPlanner<R>,
+    ) -> Result<CreditOutcome<R>> {
+        self.run(move |connection| {
+            // IMMEDIATE: the write lock is taken now, so the remainder read below cannot
+            // change before this note commits.
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let Some(original_sale) = read_sale(&tx, scope, original)?.filter(|s| s.rcpt_ty_cd == "S") else {
+                return Ok(CreditOutcome::NoSuchSale);
+            };
+            let original_payload: String = tx
                 .query_row(
-                    "INSERT INTO sales (tenant_id, branch_id, invc_no, client_reference, status, tot_amt)
-                     VALUES (?1, ?2, ?3, ?4, 'PENDING_SYNC', ?5) RETURNING id",
-                    params![scope.tenant.0, scope.branch.0, to_i64(invc_no, "invc_no")?, sale.client_reference, money_text(sale.tot_amt)],
+                    "SELECT payload FROM outbox WHERE sale_id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
+                    params![original.0, scope.tenant.0, scope.branch.0],
                     |r| r.get(0),
                 )
-                                .map_err(database)?;
-            {
-                let mut insert_line = tx
+                .map_err(database)?;
+            let note_ids: Vec<i64> = {
+                let mut statement = tx
                     .prepare_cached(
-                        "INSERT INTO sale_lines (tenant_id, branch_id, sale_id, item_seq, item_cd, item_nm, tax_ty_cd,
-                                                 qty, uprc, dc_amt, taxbl_amt, tax_amt, tot_amt)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                        "SELECT c.sale_id FROM credit_notes c JOIN sales s ON s.id = c.sale_id
+                         WHERE c.original_sale_id = ?1 AND c.tenant_id = ?2 AND c.branch_id = ?3
+                           AND s.status <> 'FAILED'
+                         ORDER BY c.sale_id",
                     )
                     .map_err(database)?;
-                for line in &sale.lines {
-                    insert_line
-                        .execute(params![
-                            scope.tenant.0, scope.branch.0, sale_id, line.item_seq, line.item_cd, line.item_nm,
-                            line.tax_ty_cd, line.qty.to_string(), money_text(line.uprc), money_text(line.dc_amt),
-                            money_text(line.taxbl_amt), money_text(line.tax_amt), money_text(line.tot_amt)
-                        ])
-                        .map_err(database)?;
+                                statement
+                    .query_map(params![original.0, scope.tenant.0, scope.branch.0], |r| r.get(0))
+                    .map_err(database)?
+                    .collect::<rusqlite::Result<Vec<i64>>>()
+                    .map_err(database)?
+            };
+            let mut credit_notes = Vec::new();
+            let mut reversed_lines = Vec::new();
+            for id in note_ids {
+                if let Some(note) = read_sale(&tx, scope, SaleId(id))? {
+                    credit_notes.push(note);
                 }
+                reversed_lines.extend(read_lines(&tx, scope, SaleId(id))?);
             }
+            let context = CreditContext {
+                original_lines: read_lines(&tx, scope, original)?,
+                original: original_sale,
+                original_payload,
+                credit_notes,
+                reversed_lines,
+            };
+            let invc_no = next_invc_no(&tx, scope)?;
+            let note = match plan_credit_note(plan, &context, invc_no)? {
+                Ok(note) => note,
+                // Dropping the transaction rolls the number back: a refusal uses none.
+                Err(refusal) => return Ok(CreditOutcome::Refused(refusal)),
+            };
+            let sale_id = insert_sale(&tx, scope, invc_no, &note.sale, &note.payload, "R")?;
             tx.execute(
-                "INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![scope.tenant.0, scope.branch.0, sale_id, to_i64(invc_no, "invc_no")?, payload.body, payload.sha256],
+                "INSERT INTO credit_notes (sale_id, tenant_id, branch_id, original_sale_id, rfd_rsn_cd, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![sale_id, scope.tenant.0, scope.branch.0, original.0, note.rfd_rsn_cd, note.reason],
             )
             .map_err(database)?;
             tx.commit().map_err(database)?;
-            Ok(AcceptedSale { sale: SaleId(sale_id), invc_no })
+            Ok(CreditOutcome::Accepted(AcceptedSale { sale: SaleId(sale_id), invc_no }))
         })
         .await
     }
@@ -429,104 +465,13 @@ impl SqliteStore {
     }
 
     pub async fn sale_lines(&self, scope: Scope, sale: SaleId) -> Result<Vec<SaleLine>> {
-        self.run(move |connection| {
-            let mut statement = connection
-                .prepare_cached(
-                    "SELECT item_seq, item_cd, item_nm, tax_ty_cd, qty, uprc, dc_amt, taxbl_amt, tax_amt, tot_amt
-                     FROM sale_lines WHERE sale_id = ?1 AND tenant_id = ?2 AND branch_id = ?3 ORDER BY item_seq",
-                )
-                .map_err(database)?;
-            let rows = statement
-                .query_map(params![sale.0, scope.tenant.0, scope.branch.0], |r| {
-                    Ok((
-                        r.get::<_, u32>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        [
-                            r.get::<_, String>(4)?,
-                            r.get::<_, String>(5)?,
-                            r.get::<_, String>(6)?,
-                            r.get::<_, String>(7)?,
-                            r.get::<_, String>(8)?,
-                            r.get::<_, String>(9)?,
-                        ],
-                    ))
-                })
-                .map_err(database)?;
-            let mut lines = Vec::new();
-            for row in rows {
-                let (item_seq, item_cd, item_nm, tax_ty_cd, [qty, uprc, dc, taxbl, tax, tot]) = row.map_err(database)?;
-                lines.push(SaleLine {
-                    item_seq,
-                    item_cd,
-                    item_nm,
-                    tax_ty_cd,
-                    qty: quantity_from_text(&qty)?,
-                    uprc: money_from_text(&uprc)?,
-                    dc_amt: money_from_text(&dc)?,
-                    taxbl_amt: money_from_text(&taxbl)?,
-                    tax_amt: money_from_text(&tax)?,
-                    tot_amt: money_from_text(&tot)?,
-                });
-            }
-            Ok(lines)
-        })
-        .await
+        self.run(move |connection| read_lines(connection, scope, sale))
+            .await
     }
 
     pub async fn sale(&self, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
-        self.run(move |connection| {
-            let row = connection
-                .query_row(
-                    "SELECT invc_no, client_reference, status, tot_amt, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
-                            intrl_data, rcpt_sign, sdc_date_time
-                     FROM sales WHERE id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
-                    params![id.0, scope.tenant.0, scope.branch.0],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, Option<String>>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, Option<String>>(4)?,
-                            r.get::<_, Option<String>>(5)?,
-                            r.get::<_, Option<i64>>(6)?,
-                            r.get::<_, Option<i64>>(7)?,
-                            r.get::<_, Option<String>>(8)?,
-                            r.get::<_, Option<String>>(9)?,
-                            r.get::<_, Option<String>>(10)?,
-                        ))
-                    },
-                )
-                .optional()
-                .map_err(database)?;
-            let Some((invc_no, client_reference, status, tot_amt, sdc_id, mrc_no, cur, tot, intrl, sign, at)) = row else {
-                return Ok(None);
-            };
-            let receipt = match (sdc_id, cur, tot, intrl, sign, at) {
-                (Some(sdc_id), Some(cur), Some(tot), Some(intrl_data), Some(rcpt_sign), Some(sdc_date_time)) => Some(Receipt {
-                    sdc_id,
-                    mrc_no,
-                    cur_rcpt_no: to_u64(cur, "cur_rcpt_no")?,
-                    tot_rcpt_no: to_u64(tot, "tot_rcpt_no")?,
-                    intrl_data,
-                    rcpt_sign,
-                    sdc_date_time,
-                }),
-                _ => None,
-            };
-            Ok(Some(SaleRecord {
-                id,
-                scope,
-                invc_no: to_u64(invc_no, "invc_no")?,
-                client_reference,
-                status: SaleStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("sale status {status:?}")))?,
-                tot_amt: money_from_text(&tot_amt)?,
-                receipt,
-            }))
-        })
-        .await
+        self.run(move |connection| read_sale(connection, scope, id))
+            .await
     }
 
     pub async fn release(
@@ -998,4 +943,202 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// One sale of a scope, read on a connection or inside a transaction.
+fn read_sale(connection: &Connection, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
+    let row = connection
+        .query_row(
+            "SELECT invc_no, client_reference, status, tot_amt, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
+                    intrl_data, rcpt_sign, sdc_date_time, rcpt_ty_cd
+             FROM sales WHERE id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
+            params![id.0, scope.tenant.0, scope.branch.0],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                    r.get::<_, Option<String>>(9)?,
+                    r.get::<_, Option<String>>(10)?,
+                    r.get::<_, String>(11)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(database)?;
+    let Some((
+        invc_no,
+        client_reference,
+        status,
+        tot_amt,
+        sdc_id,
+        mrc_no,
+        cur,
+        tot,
+        intrl,
+        sign,
+        at,
+        rcpt_ty_cd,
+    )) = row
+    else {
+        return Ok(None);
+    };
+    let receipt = match (sdc_id, cur, tot, intrl, sign, at) {
+        (
+            Some(sdc_id),
+            Some(cur),
+            Some(tot),
+            Some(intrl_data),
+            Some(rcpt_sign),
+            Some(sdc_date_time),
+        ) => Some(Receipt {
+            sdc_id,
+            mrc_no,
+            cur_rcpt_no: to_u64(cur, "cur_rcpt_no")?,
+            tot_rcpt_no: to_u64(tot, "tot_rcpt_no")?,
+            intrl_data,
+            rcpt_sign,
+            sdc_date_time,
+        }),
+        _ => None,
+    };
+    Ok(Some(SaleRecord {
+        id,
+        scope,
+        invc_no: to_u64(invc_no, "invc_no")?,
+        client_reference,
+        status: SaleStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("sale status {status:?}")))?,
+        tot_amt: money_from_text(&tot_amt)?,
+        receipt,
+        rcpt_ty_cd,
+    }))
+}
+
+/// A sale's lines in `itemSeq` order.
+fn read_lines(connection: &Connection, scope: Scope, sale: SaleId) -> Result<Vec<SaleLine>> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT item_seq, item_cd, item_nm, tax_ty_cd, qty, uprc, dc_amt, taxbl_amt, tax_amt, tot_amt,
+                    original_item_seq
+             FROM sale_lines WHERE sale_id = ?1 AND tenant_id = ?2 AND branch_id = ?3 ORDER BY item_seq",
+        )
+        .map_err(database)?;
+    let rows = statement
+        .query_map(params![sale.0, scope.tenant.0, scope.branch.0], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                [
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, String>(9)?,
+                ],
+                r.get::<_, Option<u32>>(10)?,
+            ))
+        })
+        .map_err(database)?;
+    let mut lines = Vec::new();
+    for row in rows {
+        let (
+            item_seq,
+            item_cd,
+            item_nm,
+            tax_ty_cd,
+            [qty, uprc, dc, taxbl, tax, tot],
+            original_item_seq,
+        ) = row.map_err(database)?;
+        lines.push(SaleLine {
+            item_seq,
+            item_cd,
+            item_nm,
+            tax_ty_cd,
+            qty: quantity_from_text(&qty)?,
+            uprc: money_from_text(&uprc)?,
+            dc_amt: money_from_text(&dc)?,
+            taxbl_amt: money_from_text(&taxbl)?,
+            tax_amt: money_from_text(&tax)?,
+            tot_amt: money_from_text(&tot)?,
+            original_item_seq,
+        });
+    }
+    Ok(lines)
+}
+
+/// Takes the branch's next `invcNo` inside the caller's transaction.
+fn next_invc_no(tx: &Connection, scope: Scope) -> Result<u64> {
+    let invc_no: i64 = tx
+        .query_row(
+            "UPDATE branches SET last_invc_no = last_invc_no + 1 WHERE id = ?1 AND tenant_id = ?2 RETURNING last_invc_no",
+            params![scope.branch.0, scope.tenant.0],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(database)?
+        .ok_or(StoreError::NotFound("branch"))?;
+    to_u64(invc_no, "invc_no")
+}
+
+/// Writes a sale or credit note, its lines and its outbox row (phase 1's rows).
+fn insert_sale(
+    tx: &Connection,
+    scope: Scope,
+    invc_no: u64,
+    sale: &NewSale,
+    payload: &OutboxPayload,
+    rcpt_ty_cd: &str,
+) -> Result<i64> {
+    let number = to_i64(invc_no, "invc_no")?;
+    let sale_id: i64 = tx
+        .query_row(
+            "INSERT INTO sales (tenant_id, branch_id, invc_no, client_reference, status, tot_amt, rcpt_ty_cd)
+             VALUES (?1, ?2, ?3, ?4, 'PENDING_SYNC', ?5, ?6) RETURNING id",
+            params![scope.tenant.0, scope.branch.0, number, sale.client_reference, money_text(sale.tot_amt), rcpt_ty_cd],
+            |r| r.get(0),
+        )
+        .map_err(database)?;
+    let mut insert_line = tx
+        .prepare_cached(
+            "INSERT INTO sale_lines (tenant_id, branch_id, sale_id, item_seq, item_cd, item_nm, tax_ty_cd,
+                                     qty, uprc, dc_amt, taxbl_amt, tax_amt, tot_amt, original_item_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )
+        .map_err(database)?;
+    for line in &sale.lines {
+        insert_line
+            .execute(params![
+                scope.tenant.0,
+                scope.branch.0,
+                sale_id,
+                line.item_seq,
+                line.item_cd,
+                line.item_nm,
+                line.tax_ty_cd,
+                line.qty.to_string(),
+                money_text(line.uprc),
+                money_text(line.dc_amt),
+                money_text(line.taxbl_amt),
+                money_text(line.tax_amt),
+                money_text(line.tot_amt),
+                line.original_item_seq
+            ])
+            .map_err(database)?;
+    }
+    tx.execute(
+        "INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![scope.tenant.0, scope.branch.0, sale_id, number, payload.body, payload.sha256],
+    )
+    .map_err(database)?;
+    Ok(sale_id)
 }

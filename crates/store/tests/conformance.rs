@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ushuru_store::{
-    ExchangeRecord, FindingKind, IdempotencyStart, NewSale, OutboxPayload, PayloadBuilder, Receipt,
-    SaleLine, SaleStatus, Scope, SequenceFinding, Settlement, Store, StoreError,
+    CreditContext, CreditOutcome, CreditPlanner, ExchangeRecord, FindingKind, IdempotencyStart,
+    NewCreditNote, NewSale, OutboxPayload, PayloadBuilder, Receipt, SaleLine, SaleStatus, Scope,
+    SequenceFinding, Settlement, Store, StoreError,
 };
 use ushuru_tax::{Money, Quantity, Rounding};
 
@@ -30,7 +31,12 @@ async fn sqlite() -> Store {
     let store = Store::connect(path.to_str().unwrap()).await.unwrap();
     assert_eq!(
         store.migrate().await.unwrap(),
-        ["0001_foundation", "0002_sale_search", "0003_sale_lines"]
+        [
+            "0001_foundation",
+            "0002_sale_search",
+            "0003_sale_lines",
+            "0004_credit_notes"
+        ]
     );
     store
 }
@@ -54,7 +60,12 @@ async fn postgres() -> Store {
     let store = Store::connect(&url).await.unwrap();
     assert_eq!(
         store.migrate().await.unwrap(),
-        ["0001_foundation", "0002_sale_search", "0003_sale_lines"]
+        [
+            "0001_foundation",
+            "0002_sale_search",
+            "0003_sale_lines",
+            "0004_credit_notes"
+        ]
     );
     store
 }
@@ -82,6 +93,7 @@ fn sample_lines() -> Vec<SaleLine> {
             taxbl_amt: money("4310.34"),
             tax_amt: money("689.66"),
             tot_amt: money("5000.00"),
+            original_item_seq: None,
         },
         SaleLine {
             item_seq: 2,
@@ -94,6 +106,7 @@ fn sample_lines() -> Vec<SaleLine> {
             taxbl_amt: money("800.00"),
             tax_amt: money("0.00"),
             tot_amt: money("800.00"),
+            original_item_seq: None,
         },
     ]
 }
@@ -141,6 +154,148 @@ async fn a_sale_keeps_its_lines(store: Store) {
     let next = accept(&store, scope, "AFTER").await;
     assert_eq!(next.invc_no, accepted.invc_no + 1);
     assert_eq!(store.sale_lines(scope, next.sale).await.unwrap().len(), 2);
+}
+
+/// A planner that reverses `qty` of the original's first line, or refuses with what
+/// remains of it.
+fn reverse_first_line(qty: &'static str) -> CreditPlanner<String> {
+    Box::new(move |context: &CreditContext, invc_no| {
+        let line = &context.original_lines[0];
+        let reversed: i128 = context
+            .reversed_lines
+            .iter()
+            .filter(|l| l.original_item_seq == Some(line.item_seq))
+            .map(|l| l.qty.minor())
+            .sum();
+        let wanted = Quantity::parse(qty, Rounding::Exact).unwrap();
+        if wanted.minor() > line.qty.minor() - reversed {
+            return Err(format!("remaining {}", line.qty.minor() - reversed));
+        }
+        Ok(NewCreditNote {
+            sale: NewSale {
+                client_reference: Some(format!("CN-{invc_no}")),
+                tot_amt: money("100.00"),
+                lines: vec![SaleLine {
+                    item_seq: 1,
+                    qty: wanted,
+                    original_item_seq: Some(line.item_seq),
+                    ..line.clone()
+                }],
+            },
+            rfd_rsn_cd: "06".into(),
+            reason: Some("returned".into()),
+            payload: OutboxPayload {
+                body: format!(
+                    "{{\"invcNo\":{invc_no},\"orgInvcNo\":{}}}",
+                    context.original.invc_no
+                ),
+                sha256: "0".repeat(64),
+            },
+        })
+    })
+}
+
+async fn credit_notes_see_what_earlier_notes_reversed(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let original = accept(&store, scope, "ORIGINAL").await;
+    let first = match store
+        .accept_credit_note(scope, original.sale, reverse_first_line("1.5"))
+        .await
+        .unwrap()
+    {
+        CreditOutcome::Accepted(accepted) => accepted,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(first.invc_no, original.invc_no + 1);
+    let note = store.sale(scope, first.sale).await.unwrap().unwrap();
+    assert_eq!(
+        (note.rcpt_ty_cd.as_str(), note.status),
+        ("R", SaleStatus::PendingSync)
+    );
+    assert_eq!(
+        store
+            .sale(scope, original.sale)
+            .await
+            .unwrap()
+            .unwrap()
+            .rcpt_ty_cd,
+        "S"
+    );
+    let lines = store.sale_lines(scope, first.sale).await.unwrap();
+    assert_eq!(lines[0].original_item_seq, Some(1));
+    // 2.5 were sold and 1.5 returned: 1.5 more is refused with the remainder (1.0000 in
+    // minor units), and the refusal uses no number.
+    match store
+        .accept_credit_note(scope, original.sale, reverse_first_line("1.5"))
+        .await
+        .unwrap()
+    {
+        CreditOutcome::Refused(why) => assert_eq!(why, "remaining 10000"),
+        other => panic!("{other:?}"),
+    }
+    let second = match store
+        .accept_credit_note(scope, original.sale, reverse_first_line("1"))
+        .await
+        .unwrap()
+    {
+        CreditOutcome::Accepted(accepted) => accepted,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(second.invc_no, first.invc_no + 1);
+    // A credit note cannot itself be reversed; another tenant cannot reach the sale.
+    assert!(matches!(
+        store
+            .accept_credit_note(scope, first.sale, reverse_first_line("1"))
+            .await
+            .unwrap(),
+        CreditOutcome::NoSuchSale
+    ));
+    let other = branch(&store, "P000000001Z").await;
+    assert!(matches!(
+        store
+            .accept_credit_note(other, original.sale, reverse_first_line("1"))
+            .await
+            .unwrap(),
+        CreditOutcome::NoSuchSale
+    ));
+    // A FAILED note no longer holds its quantities.
+    let claim = loop {
+        let claim = store
+            .claim_next(scope, "relay", Duration::from_secs(30), now())
+            .await
+            .unwrap()
+            .unwrap();
+        if claim.sale == second.sale {
+            break claim;
+        }
+        store
+            .settle(
+                &claim,
+                &Settlement::Failed {
+                    code: "10".into(),
+                    message: "x".into(),
+                },
+            )
+            .await
+            .unwrap();
+    };
+    store
+        .settle(
+            &claim,
+            &Settlement::Failed {
+                code: "10".into(),
+                message: "x".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .accept_credit_note(scope, original.sale, reverse_first_line("1"))
+            .await
+            .unwrap(),
+        CreditOutcome::Accepted(_)
+    ));
 }
 
 fn payload() -> PayloadBuilder {
@@ -992,4 +1147,5 @@ conformance!(
     concurrent_first_uses_of_a_key_start_once,
     bootstrap_lookups_devices_and_chosen_keys,
     a_sale_keeps_its_lines,
+    credit_notes_see_what_earlier_notes_reversed,
 );
