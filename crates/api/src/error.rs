@@ -12,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Further fields the contract defines for this error (e.g. `remaining`).
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -20,7 +22,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: serde_json::Map::new(),
         }
+    }
+
+    /// Adds a field to the error body beside `code` and `message`.
+    pub fn with(mut self, field: &str, value: serde_json::Value) -> Self {
+        self.details.insert(field.to_owned(), value);
+        self
     }
 
     pub fn unauthenticated() -> Self {
@@ -58,7 +67,10 @@ impl ApiError {
     }
 
     pub fn body(&self) -> serde_json::Value {
-        json!({"code": self.code, "message": self.message})
+        let mut body = self.details.clone();
+        body.insert("code".into(), json!(self.code));
+        body.insert("message".into(), json!(self.message));
+        serde_json::Value::Object(body)
     }
 }
 

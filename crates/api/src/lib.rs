@@ -3,6 +3,7 @@
 //! receipt up to a deadline), `GET /v2/etims/sales/{id}/status` and `/original` (the
 //! exchange journal), `GET /v2/etims/device` and `/device/monitoring`, behind API keys.
 
+mod credit;
 mod error;
 mod sale;
 mod views;
@@ -58,6 +59,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v2/etims/sale", post(sale::submit))
         .route("/v2/etims/sales/{id}/status", get(sale::status))
+        .route("/v2/etims/sale/{id}/credit-note", post(credit::issue))
         .route("/v2/etims/sales/search", get(views::search))
         .route("/v2/etims/sales/{id}/original", get(views::original))
         .route("/v2/etims/device", get(views::device))

@@ -78,7 +78,7 @@ fn money(field: &str, value: &Value) -> Result<Money, ApiError> {
 
 /// A KRA item code for a caller's SKU: the SKU itself when it fits KRA's 20 characters,
 /// else one derived from it (origin KE, type 2, packaging NT, unit U, 7 digits: §3).
-fn item_code(sku: &str) -> String {
+pub(crate) fn item_code(sku: &str) -> String {
     if !sku.is_empty() && sku.len() <= 20 {
         return sku.to_owned();
     }
@@ -293,7 +293,9 @@ pub(crate) fn render(
     request_id: &str,
 ) -> (StatusCode, Value) {
     let receipt = sale.receipt.as_ref();
-    let cu_invoice = receipt.map(|r| format!("{}/{} NS", r.sdc_id, r.cur_rcpt_no));
+    // The receipt label: transaction type N(ormal) + receipt type S(ale) or R (credit note).
+    let label = if sale.rcpt_ty_cd == "R" { "NR" } else { "NS" };
+    let cu_invoice = receipt.map(|r| format!("{}/{} {label}", r.sdc_id, r.cur_rcpt_no));
     let qr_payload = receipt.and_then(|r| {
         let at = chrono::NaiveDateTime::parse_from_str(&r.sdc_date_time, "%Y%m%d%H%M%S").ok()?;
         let cu = cu_invoice.clone()?;
@@ -321,7 +323,7 @@ pub(crate) fn render(
     let body = json!({
         "purchaseId": sale.id.0,
         "status": sale.status.as_str(),
-        "type": "SALE",
+        "type": if sale.rcpt_ty_cd == "R" { "CREDIT_NOTE" } else { "SALE" },
         "cuInvoiceNumber": cu_invoice,
         "sdcId": receipt.map(|r| r.sdc_id.clone()),
         "receiptSignature": receipt.map(|r| r.rcpt_sign.clone()),
@@ -356,17 +358,46 @@ pub(crate) async fn submit(
         return ApiError::internal(format!("branch {} has no device context", scope.branch.0))
             .into_response();
     };
+    let request_sha256 = data_encoding::HEXLOWER.encode(&Sha256::digest(&body));
+    with_idempotency(
+        &state,
+        scope,
+        &branch,
+        &headers,
+        request_sha256,
+        &request_id,
+        || accept(&state, scope, &branch, &body, &request_id),
+    )
+    .await
+}
+
+/// Runs a mutating request under its `Idempotency-Key`, if it has one: the first request
+/// runs and its answer is kept (server errors are not, so they may be retried); the same
+/// key with the same request answers again; with another request, 422; while the first
+/// still runs, 425.
+pub(crate) async fn with_idempotency<F, Fut>(
+    state: &AppState,
+    scope: Scope,
+    branch: &BranchContext,
+    headers: &HeaderMap,
+    request_sha256: String,
+    request_id: &str,
+    run: F,
+) -> Response
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(StatusCode, Value), ApiError>>,
+{
     let key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let Some(key) = key else {
-        return match accept(&state, scope, &branch, &body, &request_id).await {
-            Ok((status, body)) => respond(status, body, &request_id),
+        return match run().await {
+            Ok((status, body)) => respond(status, body, request_id),
             Err(error) => error.into_response(),
         };
     };
-    let request_sha256 = data_encoding::HEXLOWER.encode(&Sha256::digest(&body));
     let now = state.clock.now();
     let started = state
         .store
@@ -393,10 +424,10 @@ pub(crate) async fn submit(
         )
         .into_response(),
         Ok(IdempotencyStart::Replay { status, body }) => {
-            replay(&state, scope, &branch, status, &body, &request_id).await
+            replay(state, scope, branch, status, &body, request_id).await
         }
         Ok(IdempotencyStart::Started) => {
-            let outcome = accept(&state, scope, &branch, &body, &request_id).await;
+            let outcome = run().await;
             let (status, answer) = match &outcome {
                 Ok((status, body)) => (*status, body.clone()),
                 Err(error) => (error.status, error.body()),
@@ -412,7 +443,7 @@ pub(crate) async fn submit(
             if let Err(e) = kept {
                 tracing::error!(error = %e, "idempotency record not kept");
             }
-            respond(status, answer, &request_id)
+            respond(status, answer, request_id)
         }
     }
 }
@@ -428,6 +459,9 @@ async fn replay(
     request_id: &str,
 ) -> Response {
     let stored: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    if let Some(id) = stored.get("creditNoteId").and_then(Value::as_i64) {
+        return crate::credit::answer_again(state, scope, branch, SaleId(id), request_id).await;
+    }
     if let Some(id) = stored.get("purchaseId").and_then(Value::as_i64) {
         return match state.store.sale(scope, SaleId(id)).await {
             Ok(Some(sale)) => {

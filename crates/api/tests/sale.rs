@@ -742,6 +742,213 @@ async fn sales_are_found_by_client_reference(store: Store) {
     finish(app).await;
 }
 
+fn itemised(reference: &str) -> Value {
+    json!({"supplierPin": TINS[0], "clientReference": reference, "amount": "2753.46", "invoiceDate": "2026-09-25",
+        "itemDescription": "Flour, Soda, Fuel", "taxAmount": "183.27", "pmtTyCd": "01",
+        "items": [
+            {"sku": "FLOUR-2KG", "itemNm": "Flour", "itemClsCd": "50221201", "taxTyCd": "A", "qty": "2.0000", "unitPrice": "200.00", "pkgUnitCd": "NT", "qtyUnitCd": "U"},
+            {"sku": "SODA-500", "itemNm": "Soda", "itemClsCd": "50202306", "taxTyCd": "B", "qty": "2.0000", "unitPrice": "70.00", "pkgUnitCd": "NT", "qtyUnitCd": "U"},
+            {"sku": "FUEL", "itemNm": "Fuel", "itemClsCd": "15101505", "taxTyCd": "E", "qty": "12.3450", "unitPrice": "179.30", "pkgUnitCd": "NT", "qtyUnitCd": "U"}],
+        "buyerPin": "P051234567X", "buyerName": "Buyer Ltd"})
+}
+
+async fn credit(
+    app: &App,
+    key: &str,
+    sale: i64,
+    idempotency: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/v2/etims/sale/{sale}/credit-note", app.url))
+        .bearer_auth(key);
+    if let Some(idempotency) = idempotency {
+        request = request.header("Idempotency-Key", idempotency);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// The request the sandbox signed for an invoice number of the first taxpayer's branch.
+fn signed_request(app: &App, invc_no: u64) -> Value {
+    app.sandbox.sandbox().unit().dump()["sales"][format!("{}/00/{:020}", TINS[0], invc_no)]
+        ["request"]
+        .clone()
+}
+
+async fn credit_notes_full_partial_and_refused(store: Store) {
+    let app = start(store, Duration::from_secs(10)).await;
+    let (key, other) = (app.keys[0].as_str(), app.keys[1].as_str());
+    let (status, sale, _) = post(&app, Some(key), Some("CN-SALE"), &itemised("INV-CN")).await;
+    assert_eq!(
+        (status, sale["status"].as_str()),
+        (200, Some("SIGNED")),
+        "{sale}"
+    );
+    let id = sale["purchaseId"].as_i64().unwrap();
+
+    // Partial: one of the two sodas.
+    let one_soda = json!({"returnLines": [{"originalItemSeq": 2, "qty": "1"}], "reasonCode": "06",
+                          "clientReference": "RET-1", "reason": "customer returned a soda"});
+    let (status, partial) = credit(&app, key, id, Some("CN-1"), Some(&one_soda)).await;
+    assert_eq!(status, 200, "{partial}");
+    assert_eq!(partial["status"], "SIGNED");
+    assert_eq!(partial["type"], "CREDIT_NOTE");
+    assert_eq!(partial["originalPurchaseId"], id);
+    assert_eq!(partial["creditNoteId"], partial["purchaseId"]);
+    assert!(
+        partial["cuInvoiceNumber"]
+            .as_str()
+            .unwrap()
+            .ends_with(" NR")
+    );
+    assert_eq!(partial["originalRcptNo"], sale["cuInvoiceNumber"]);
+    let signed = signed_request(&app, 2);
+    assert_eq!(
+        (
+            &signed["rcptTyCd"],
+            &signed["orgInvcNo"],
+            &signed["custTin"],
+            &signed["rfdRsnCd"]
+        ),
+        (&json!("R"), &json!(1), &json!("P051234567X"), &json!("06"))
+    );
+    assert_eq!(
+        (signed["totAmt"].to_string(), signed["taxAmtB"].to_string()),
+        ("70.00".into(), "9.66".into())
+    );
+    // The same key and body: the same note again; the same key, another body: 422.
+    let (status, again) = credit(&app, key, id, Some("CN-1"), Some(&one_soda)).await;
+    assert_eq!(
+        (status, &again["creditNoteId"], &again["receiptSignature"]),
+        (200, &partial["creditNoteId"], &partial["receiptSignature"])
+    );
+    let (status, reused) = credit(&app, key, id, Some("CN-1"), None).await;
+    assert_eq!(
+        (status, reused["code"].as_str()),
+        (422, Some("IDEMPOTENCY_KEY_REUSED"))
+    );
+
+    // More than remains: 422 with what remains and what was reversed; no number is used.
+    let too_many =
+        json!({"returnLines": [{"originalItemSeq": 2, "qty": "1.5"}], "clientReference": "RET-X"});
+    let (status, refused) = credit(&app, key, id, None, Some(&too_many)).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (422, Some("CREDIT_NOTE_EXCEEDS_ORIGINAL")),
+        "{refused}"
+    );
+    assert_eq!(
+        (
+            refused["remaining"].as_str(),
+            refused["alreadyReversed"].as_str()
+        ),
+        (Some("1.0000"), Some("1.0000"))
+    );
+    for (body, status, code) in [
+        (
+            json!({"returnLines": [{"originalItemSeq": 9, "qty": "1"}]}),
+            422,
+            "UNKNOWN_ORIGINAL_LINE",
+        ),
+        (
+            json!({"returnLines": [{"originalItemSeq": 1, "qty": "0.001"}]}),
+            422,
+            "INVALID_RETURN_LINE",
+        ),
+        (
+            json!({"returnLines": [{"originalItemSeq": 1, "qty": "-1"}]}),
+            422,
+            "INVALID_RETURN_LINE",
+        ),
+        (json!({"returnLines": []}), 422, "INVALID_RETURN_LINE"),
+        (
+            json!({"returnLines": [{"originalItemSeq": 1, "qty": "1"}], "items": [{"sku": "FUEL"}]}),
+            400,
+            "INVALID_BODY",
+        ),
+        (
+            json!({"items": [{"sku": "NOT-SOLD"}]}),
+            422,
+            "UNKNOWN_ORIGINAL_LINE",
+        ),
+        (json!({"reasonCode": "13"}), 422, "INVALID_REASON_CODE"),
+        (json!({"surprise": true}), 400, "INVALID_BODY"),
+    ] {
+        let (got, refused) = credit(&app, key, id, None, Some(&body)).await;
+        assert_eq!(
+            (got, refused["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
+
+    // Full, with no body at all (as the SDK sends it): the rest, to the cent.
+    let (status, full) = credit(&app, key, id, Some("CN-2"), None).await;
+    assert_eq!(
+        (status, full["status"].as_str()),
+        (200, Some("SIGNED")),
+        "{full}"
+    );
+    assert_eq!(full["invcNo"], "3", "refusals used no invoice number");
+    let signed = signed_request(&app, 3);
+    assert_eq!(signed["totAmt"].to_string(), "2683.46");
+    assert_eq!(signed["itemList"].as_array().unwrap().len(), 3);
+    assert_eq!(signed["itemList"][1]["qty"].to_string(), "1.0000");
+    // A second full one: 409 naming the note that exists.
+    let (status, conflict) = credit(&app, key, id, Some("CN-3"), None).await;
+    assert_eq!(
+        (status, conflict["code"].as_str()),
+        (409, Some("CREDIT_NOTE_EXISTS")),
+        "{conflict}"
+    );
+    assert_eq!(conflict["existingCreditNoteId"], full["creditNoteId"]);
+    assert_eq!(conflict["existingCuInvoiceNo"], full["cuInvoiceNumber"]);
+
+    // The status of a note reads as one; notes cannot be credited; others cannot reach it.
+    let note = full["creditNoteId"].as_i64().unwrap();
+    let (_, status_body) = get(&app, key, &format!("/v2/etims/sales/{note}/status")).await;
+    assert_eq!(status_body["type"], "CREDIT_NOTE");
+    assert_eq!(credit(&app, key, note, None, None).await.0, 404);
+    assert_eq!(credit(&app, other, id, None, None).await.0, 404);
+    assert_eq!(credit(&app, key, 999_999, None, None).await.0, 404);
+
+    // The SDK's legacy `items` selection, by SKU: both sodas of a second sale.
+    let (_, second, _) = post(&app, Some(key), Some("CN-SALE-2"), &itemised("INV-CN-2")).await;
+    let second_id = second["purchaseId"].as_i64().unwrap();
+    let by_sku = json!({"items": [{"sku": "SODA-500"}], "clientReference": "RET-2"});
+    let (status, sodas) = credit(&app, key, second_id, None, Some(&by_sku)).await;
+    assert_eq!(
+        (status, sodas["status"].as_str()),
+        (200, Some("SIGNED")),
+        "{sodas}"
+    );
+    let invc_no: u64 = sodas["invcNo"].as_str().unwrap().parse().unwrap();
+    let signed = signed_request(&app, invc_no);
+    assert_eq!(signed["totAmt"].to_string(), "140.00");
+    assert_eq!(signed["itemList"][0]["itemCd"], "SODA-500");
+
+    // Four tills return one soda each at once; two were sold: two notes, two refusals.
+    let (_, third, _) = post(&app, Some(key), Some("CN-SALE-3"), &itemised("INV-CN-3")).await;
+    let third_id = third["purchaseId"].as_i64().unwrap();
+    let one =
+        json!({"returnLines": [{"originalItemSeq": 2, "qty": "1"}], "clientReference": "RET-3"});
+    let (a, b, c, d) = tokio::join!(
+        credit(&app, key, third_id, None, Some(&one)),
+        credit(&app, key, third_id, None, Some(&one)),
+        credit(&app, key, third_id, None, Some(&one)),
+        credit(&app, key, third_id, None, Some(&one)),
+    );
+    let mut statuses = [a.0, b.0, c.0, d.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 422, 422]);
+    finish(app).await;
+}
+
 async fn finish(app: App) {
     app.sandbox.stop().await;
     let _ = std::fs::remove_dir_all(&app.state_dir);
@@ -769,4 +976,5 @@ on_both!(
     a_second_request_while_the_first_runs_gets_425,
     the_journal_device_and_monitoring_views,
     sales_are_found_by_client_reference,
+    credit_notes_full_partial_and_refused,
 );

@@ -203,6 +203,11 @@ impl Store {
         dispatch!(self, s => s.accept_credit_note(scope, original, plan))
     }
 
+    /// The sale a credit note reverses; `None` for a sale or an unknown id.
+    pub async fn credit_note_original(&self, scope: Scope, note: SaleId) -> Result<Option<SaleId>> {
+        dispatch!(self, s => s.credit_note_original(scope, note))
+    }
+
     /// A sale's lines in `itemSeq` order; empty for an unknown sale or another scope's.
     pub async fn sale_lines(&self, scope: Scope, sale: SaleId) -> Result<Vec<SaleLine>> {
         dispatch!(self, s => s.sale_lines(scope, sale))

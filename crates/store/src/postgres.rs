@@ -467,6 +467,21 @@ impl PostgresStore {
         Ok(row.map(|r| SaleId(r.get(0))))
     }
 
+    pub async fn credit_note_original(&self, scope: Scope, note: SaleId) -> Result<Option<SaleId>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        let row = tx
+            .query_opt(
+                "SELECT original_sale_id FROM credit_notes WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3",
+                &[&note.0, &scope.tenant.0, &scope.branch.0],
+            )
+            .await
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        Ok(row.map(|r| SaleId(r.get(0))))
+    }
+
     pub async fn sale_lines(&self, scope: Scope, sale: SaleId) -> Result<Vec<SaleLine>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;

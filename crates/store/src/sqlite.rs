@@ -464,6 +464,21 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn credit_note_original(&self, scope: Scope, note: SaleId) -> Result<Option<SaleId>> {
+        self.run(move |connection| {
+            connection
+                .query_row(
+                    "SELECT original_sale_id FROM credit_notes WHERE sale_id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
+                    params![note.0, scope.tenant.0, scope.branch.0],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map(|id| id.map(SaleId))
+                .map_err(database)
+        })
+        .await
+    }
+
     pub async fn sale_lines(&self, scope: Scope, sale: SaleId) -> Result<Vec<SaleLine>> {
         self.run(move |connection| read_lines(connection, scope, sale))
             .await

@@ -9,8 +9,10 @@ import sys
 import warnings
 
 from kra_etims.client import KRAeTIMSClient
-from kra_etims.exceptions import KRAConflictError
-from kra_etims.models import SaleInvoice
+from decimal import Decimal
+
+from kra_etims.exceptions import CreditNoteConflictError, CreditNoteExceedsOriginalError, KRAConflictError
+from kra_etims.models import CreditNoteReason, ReturnLine, SaleInvoice
 from kra_etims.tax import build_invoice_totals, calculate_item
 
 warnings.simplefilter("error")  # no UserWarning: every call below passes its key
@@ -74,6 +76,28 @@ check(original["kraRequest"]["invcNo"] == 1, f"original kraRequest {original.get
 check(any(e["endpoint"] == "saveTrnsSalesOsdc" and e["outcome"] == "ok" for e in original["transport"]),
       f"original transport {original.get('transport')}")
 
+# Credit notes against the itemised sale: partial by line, too much, the rest, a second full.
+partial = client.issue_credit_note(mixed["purchaseId"], idempotency_key="cn-1",
+                                   return_lines=[ReturnLine(originalItemSeq=2, qty=Decimal("1"))],
+                                   reason_code=CreditNoteReason.REFUND)
+check(partial["status"] == "SIGNED" and partial["cuInvoiceNumber"].endswith(" NR")
+      and partial["originalPurchaseId"] == mixed["purchaseId"], f"partial credit note {partial}")
+try:
+    client.issue_credit_note(mixed["purchaseId"], idempotency_key="cn-2",
+                             return_lines=[ReturnLine(originalItemSeq=2, qty=Decimal("5"))])
+    sys.exit("SDK check failed: a credit note beyond the original was accepted")
+except CreditNoteExceedsOriginalError as error:
+    check(Decimal(str(error.remaining)) == 1 and Decimal(str(error.already_reversed)) == 1,
+          f"exceeds: remaining {error.remaining}, already {error.already_reversed}")
+full = client.issue_credit_note(mixed["purchaseId"], idempotency_key="cn-3")
+check(full["status"] == "SIGNED" and full["creditNoteId"] != partial["creditNoteId"], f"full credit note {full}")
+try:
+    client.issue_credit_note(mixed["purchaseId"], idempotency_key="cn-4")
+    sys.exit("SDK check failed: a second full credit note was accepted")
+except CreditNoteConflictError as error:
+    check(error.existing_credit_note_id == full["creditNoteId"]
+          and error.existing_cu_invoice_no == full["cuInvoiceNumber"], f"409: {error}")
+
 # Search by the POS's own reference.
 found = client.find_sale(client_reference="SDK-2")
 check(found["purchaseId"] == mixed["purchaseId"] and found["status"] == "SIGNED", f"find_sale {found}")
@@ -84,4 +108,4 @@ check(device["status"] == "READY" and device["sdcId"] == first["sdcId"], f"devic
 monitoring = client.device_monitoring()
 check(monitoring["sequenceHealthy"] is True and monitoring["findings"] == [], f"monitoring {monitoring}")
 
-print("taxid-etims SDK: 10 checks passed against", os.environ["TAXID_API_URL"])
+print("taxid-etims SDK: 14 checks passed against", os.environ["TAXID_API_URL"])
