@@ -127,7 +127,17 @@ pub(crate) async fn issue(
         &headers,
         request_sha256,
         &request_id,
-        || accept(&state, scope, &branch, SaleId(original), &body, &request_id),
+        |key| {
+            accept(
+                &state,
+                scope,
+                &branch,
+                SaleId(original),
+                &body,
+                key,
+                &request_id,
+            )
+        },
     )
     .await
 }
@@ -532,6 +542,7 @@ fn plan(
             client_reference: Some(client_reference),
             tot_amt,
             lines: stored,
+            idempotency_key: None,
         },
         rfd_rsn_cd,
         reason: body.reason.clone(),
@@ -548,6 +559,7 @@ async fn accept(
     branch: &BranchContext,
     original: SaleId,
     body: &[u8],
+    idempotency_key: Option<String>,
     request_id: &str,
 ) -> Result<(StatusCode, Value), ApiError> {
     let (parsed, selection) = parse_body(body)?;
@@ -568,6 +580,10 @@ async fn accept(
                     confirmed,
                     &rates,
                 )
+                .map(|mut note| {
+                    note.sale.idempotency_key = idempotency_key;
+                    note
+                })
             }),
         )
         .await?;

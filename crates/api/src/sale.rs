@@ -366,7 +366,7 @@ pub(crate) async fn submit(
         &headers,
         request_sha256,
         &request_id,
-        || accept(&state, scope, &branch, &body, &request_id),
+        |key| accept(&state, scope, &branch, &body, key, &request_id),
     )
     .await
 }
@@ -385,7 +385,7 @@ pub(crate) async fn with_idempotency<F, Fut>(
     run: F,
 ) -> Response
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(Option<String>) -> Fut,
     Fut: std::future::Future<Output = Result<(StatusCode, Value), ApiError>>,
 {
     let key = headers
@@ -393,7 +393,7 @@ where
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let Some(key) = key else {
-        return match run().await {
+        return match run(None).await {
             Ok((status, body)) => respond(status, body, request_id),
             Err(error) => error.into_response(),
         };
@@ -427,7 +427,7 @@ where
             replay(state, scope, branch, status, &body, request_id).await
         }
         Ok(IdempotencyStart::Started) => {
-            let outcome = run().await;
+            let outcome = run(Some(key.clone())).await;
             let (status, answer) = match &outcome {
                 Ok((status, body)) => (*status, body.clone()),
                 Err(error) => (error.status, error.body()),
@@ -485,6 +485,7 @@ async fn accept(
     scope: Scope,
     branch: &BranchContext,
     body: &[u8],
+    idempotency_key: Option<String>,
     request_id: &str,
 ) -> Result<(StatusCode, Value), ApiError> {
     let parsed: SaleBody = serde_json::from_slice(body).map_err(|e| {
@@ -546,6 +547,7 @@ async fn accept(
         client_reference: Some(client_reference),
         tot_amt: totals.tot_amt,
         lines: stored_lines,
+        idempotency_key,
     };
     let accepted = state.store.accept_sale(scope, sale, build).await?;
     state.pipeline.wake(scope.branch);

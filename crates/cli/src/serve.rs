@@ -222,7 +222,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         clock: Arc::new(SystemClock),
         sale_deadline: Duration::from_millis(args.sale_deadline_ms),
         idempotency_keep: Duration::from_secs(args.idempotency_hours * 3600),
-        in_flight_for: Duration::from_secs(120),
+        // A request cannot outlive its deadline by much (phase 1, then the wait); past
+        // this, a repeat of its key finds its sale instead of waiting for a dead process.
+        in_flight_for: Duration::from_millis(args.sale_deadline_ms) + Duration::from_secs(5),
         receipt_host: receipt_host.into(),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -230,6 +230,7 @@ impl Branch {
                     client_reference: None,
                     tot_amt: priced.tot_amt,
                     lines: Vec::new(),
+                    idempotency_key: None,
                 },
                 build,
             )

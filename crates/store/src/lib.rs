@@ -360,6 +360,7 @@ pub(crate) fn idempotency_decision(
     started: DateTime<Utc>,
     now: DateTime<Utc>,
     in_flight_for: Duration,
+    accepted: Option<(i64, String)>,
 ) -> Option<IdempotencyStart> {
     if stored_sha256 != request_sha256 {
         return Some(IdempotencyStart::Mismatch);
@@ -370,8 +371,20 @@ pub(crate) fn idempotency_decision(
     match answer {
         Some((status, body)) => Some(IdempotencyStart::Replay { status, body }),
         None if running_until.is_none_or(|until| until > now) => Some(IdempotencyStart::InFlight),
-        // The first request died without answering: it may run again.
-        None => None,
+        // The first request died after its sale was accepted: that sale is the answer
+        // (202 until its status says more), never a second sale. If it died before
+        // accepting anything (None), the request may run again.
+        None => accepted.map(|(sale, rcpt_ty_cd)| {
+            let id = if rcpt_ty_cd == "R" {
+                "creditNoteId"
+            } else {
+                "purchaseId"
+            };
+            IdempotencyStart::Replay {
+                status: 202,
+                body: format!("{{\"{id}\":{sale}}}"),
+            }
+        }),
     }
 }
 
@@ -407,6 +420,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0004_credit_notes",
         sqlite: include_str!("../migrations/sqlite/0004_credit_notes.sql"),
         postgres: include_str!("../migrations/postgres/0004_credit_notes.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "0005_idempotent_sales",
+        sqlite: include_str!("../migrations/sqlite/0005_idempotent_sales.sql"),
+        postgres: include_str!("../migrations/postgres/0005_idempotent_sales.sql"),
     },
 ];
 

@@ -52,6 +52,9 @@ pub struct NewSale {
     pub tot_amt: Money,
     /// Its priced lines, stored with it in phase 1.
     pub lines: Vec<SaleLine>,
+    /// The Idempotency-Key of the request (begun with `begin_idempotent`): the key's
+    /// record is pointed at this sale in the same transaction.
+    pub idempotency_key: Option<String>,
 }
 
 /// One priced line of a sale, as stored.

@@ -798,8 +798,10 @@ impl PostgresStore {
         }
         let row = tx
             .query_one(
-                "SELECT request_sha256, response_status, response_body, created_at, expires_at
-                 FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 FOR UPDATE",
+                "SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
+                        k.sale_id, s.rcpt_ty_cd
+                 FROM idempotency_keys k LEFT JOIN sales s ON s.id = k.sale_id AND s.tenant_id = k.tenant_id
+                 WHERE k.tenant_id = $1 AND k.key = $2 FOR UPDATE OF k",
                 &[&tenant.0, &key],
             )
             .await
@@ -817,6 +819,8 @@ impl PostgresStore {
                 row.get(3),
                 now,
                 in_flight_for,
+                row.get::<_, Option<i64>>(5)
+                    .zip(row.get::<_, Option<String>>(6)),
             ) {
                 tx.commit().await.map_err(query_error)?;
                 return Ok(decision);
@@ -824,7 +828,7 @@ impl PostgresStore {
         }
         tx.execute(
             "UPDATE idempotency_keys SET request_sha256 = $3, response_status = NULL, response_body = NULL,
-                 created_at = $4, expires_at = $5
+                 created_at = $4, expires_at = $5, sale_id = NULL
              WHERE tenant_id = $1 AND key = $2",
             &[&tenant.0, &key, &request_sha256, &now, &expires],
         )
@@ -1169,5 +1173,13 @@ async fn insert_sale(
     )
     .await
     .map_err(query_error)?;
+    if let Some(key) = &sale.idempotency_key {
+        tx.execute(
+            "UPDATE idempotency_keys SET sale_id = $1 WHERE tenant_id = $2 AND key = $3",
+            &[&sale_id, &scope.tenant.0, key],
+        )
+        .await
+        .map_err(query_error)?;
+    }
     Ok(sale_id)
 }

@@ -747,8 +747,10 @@ impl SqliteStore {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
             let stored = tx
                 .query_row(
-                    "SELECT request_sha256, response_status, response_body, created_at, expires_at
-                     FROM idempotency_keys WHERE tenant_id = ?1 AND key = ?2",
+                    "SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
+                            k.sale_id, s.rcpt_ty_cd
+                     FROM idempotency_keys k LEFT JOIN sales s ON s.id = k.sale_id AND s.tenant_id = k.tenant_id
+                     WHERE k.tenant_id = ?1 AND k.key = ?2",
                     params![tenant.0, key],
                     |r| {
                         Ok((
@@ -757,18 +759,25 @@ impl SqliteStore {
                             r.get::<_, Option<String>>(2)?,
                             r.get::<_, String>(3)?,
                             r.get::<_, String>(4)?,
+                            r.get::<_, Option<i64>>(5)?.zip(r.get::<_, Option<String>>(6)?),
                         ))
                     },
                 )
                 .optional()
                 .map_err(database)?;
-            if let Some((stored_sha256, status, body, created, expires)) = stored
+            if let Some((stored_sha256, status, body, created, expires, accepted)) = stored
                 && parse_timestamp(&expires)? > now
             {
                 let answer = status.zip(body).map(|(s, b)| (u16::try_from(s).unwrap_or(500), b));
-                if let Some(decision) =
-                    idempotency_decision(&stored_sha256, &request_sha256, answer, parse_timestamp(&created)?, now, in_flight_for)
-                {
+                if let Some(decision) = idempotency_decision(
+                    &stored_sha256,
+                    &request_sha256,
+                    answer,
+                    parse_timestamp(&created)?,
+                    now,
+                    in_flight_for,
+                    accepted,
+                ) {
                     return Ok(decision);
                 }
             }
@@ -776,7 +785,7 @@ impl SqliteStore {
                 "INSERT INTO idempotency_keys (tenant_id, key, request_sha256, response_status, response_body, created_at, expires_at)
                  VALUES (?1, ?2, ?3, NULL, NULL, ?4, ?5)
                  ON CONFLICT (tenant_id, key) DO UPDATE SET request_sha256 = excluded.request_sha256, response_status = NULL,
-                     response_body = NULL, created_at = excluded.created_at, expires_at = excluded.expires_at",
+                     response_body = NULL, created_at = excluded.created_at, expires_at = excluded.expires_at, sale_id = NULL",
                 params![tenant.0, key, request_sha256, timestamp(now), timestamp(lease_until(now, keep))],
             )
             .map_err(database)?;
@@ -1155,5 +1164,12 @@ fn insert_sale(
         params![scope.tenant.0, scope.branch.0, sale_id, number, payload.body, payload.sha256],
     )
     .map_err(database)?;
+    if let Some(key) = &sale.idempotency_key {
+        tx.execute(
+            "UPDATE idempotency_keys SET sale_id = ?1 WHERE tenant_id = ?2 AND key = ?3",
+            params![sale_id, scope.tenant.0, key],
+        )
+        .map_err(database)?;
+    }
     Ok(sale_id)
 }

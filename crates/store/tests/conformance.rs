@@ -29,15 +29,7 @@ fn unique_name() -> String {
 async fn sqlite() -> Store {
     let path = std::env::temp_dir().join(format!("{}.sqlite", unique_name()));
     let store = Store::connect(path.to_str().unwrap()).await.unwrap();
-    assert_eq!(
-        store.migrate().await.unwrap(),
-        [
-            "0001_foundation",
-            "0002_sale_search",
-            "0003_sale_lines",
-            "0004_credit_notes"
-        ]
-    );
+    assert_eq!(store.migrate().await.unwrap(), ALL_MIGRATIONS);
     store
 }
 
@@ -58,17 +50,18 @@ async fn postgres() -> Store {
         None => panic!("USHURU_TEST_POSTGRES_URL has no database part: {admin_url}"),
     };
     let store = Store::connect(&url).await.unwrap();
-    assert_eq!(
-        store.migrate().await.unwrap(),
-        [
-            "0001_foundation",
-            "0002_sale_search",
-            "0003_sale_lines",
-            "0004_credit_notes"
-        ]
-    );
+    assert_eq!(store.migrate().await.unwrap(), ALL_MIGRATIONS);
     store
 }
+
+/// Every migration, in order: what a fresh database runs.
+const ALL_MIGRATIONS: [&str; 5] = [
+    "0001_foundation",
+    "0002_sale_search",
+    "0003_sale_lines",
+    "0004_credit_notes",
+    "0005_idempotent_sales",
+];
 
 fn now() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-07-07T08:41:22Z")
@@ -146,6 +139,7 @@ async fn a_sale_keeps_its_lines(store: Store) {
                 client_reference: None,
                 tot_amt: money("5800.00"),
                 lines: sample_lines(),
+                idempotency_key: None,
             },
             Box::new(|_| Err("totals out of range".into())),
         )
@@ -181,6 +175,7 @@ fn reverse_first_line(qty: &'static str) -> CreditPlanner<String> {
                     original_item_seq: Some(line.item_seq),
                     ..line.clone()
                 }],
+                idempotency_key: None,
             },
             rfd_rsn_cd: "06".into(),
             reason: Some("returned".into()),
@@ -298,6 +293,87 @@ async fn credit_notes_see_what_earlier_notes_reversed(store: Store) {
     ));
 }
 
+async fn a_request_that_died_after_accepting_finds_its_sale(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let in_flight = Duration::from_secs(15);
+    let keep = Duration::from_secs(24 * 3600);
+    let start = |at| store.begin_idempotent(scope.tenant, "till-1:42", "sha", at, in_flight, keep);
+    assert_eq!(start(now()).await.unwrap(), IdempotencyStart::Started);
+    let accepted = store
+        .accept_sale(
+            scope,
+            NewSale {
+                client_reference: Some("42".into()),
+                tot_amt: money("1.00"),
+                lines: Vec::new(),
+                idempotency_key: Some("till-1:42".into()),
+            },
+            payload(),
+        )
+        .await
+        .unwrap();
+    // The process dies here, before finish_idempotent. While it could still be running,
+    // a repeat is told so; after, the repeat is answered with the accepted sale.
+    assert_eq!(
+        start(now() + chrono::Duration::seconds(5)).await.unwrap(),
+        IdempotencyStart::InFlight
+    );
+    assert_eq!(
+        start(now() + chrono::Duration::seconds(16)).await.unwrap(),
+        IdempotencyStart::Replay {
+            status: 202,
+            body: format!("{{\"purchaseId\":{}}}", accepted.sale.0)
+        }
+    );
+    // No second sale was accepted: the next number is the one after.
+    assert_eq!(
+        accept(&store, scope, "NEXT").await.invc_no,
+        accepted.invc_no + 1
+    );
+    // A credit note's key answers with creditNoteId.
+    let key = "till-1:43";
+    assert_eq!(
+        store
+            .begin_idempotent(scope.tenant, key, "sha", now(), in_flight, keep)
+            .await
+            .unwrap(),
+        IdempotencyStart::Started
+    );
+    let original = accept(&store, scope, "ORIG").await;
+    let planner: CreditPlanner<String> = Box::new(move |context: &CreditContext, invc_no| {
+        let mut note = match reverse_first_line("1")(context, invc_no) {
+            Ok(note) => note,
+            Err(e) => return Err(e),
+        };
+        note.sale.idempotency_key = Some("till-1:43".into());
+        Ok(note)
+    });
+    let CreditOutcome::Accepted(note) = store
+        .accept_credit_note(scope, original.sale, planner)
+        .await
+        .unwrap()
+    else {
+        panic!("the note was not accepted")
+    };
+    assert_eq!(
+        store
+            .begin_idempotent(
+                scope.tenant,
+                key,
+                "sha",
+                now() + chrono::Duration::seconds(16),
+                in_flight,
+                keep
+            )
+            .await
+            .unwrap(),
+        IdempotencyStart::Replay {
+            status: 202,
+            body: format!("{{\"creditNoteId\":{}}}", note.sale.0)
+        }
+    );
+}
+
 fn payload() -> PayloadBuilder {
     Box::new(|invc_no| {
         let body = format!("{{\"invcNo\":{invc_no}}}");
@@ -330,6 +406,7 @@ async fn accept(store: &Store, scope: Scope, reference: &str) -> ushuru_store::A
         client_reference: Some(reference.into()),
         tot_amt: money("5800.00"),
         lines: sample_lines(),
+        idempotency_key: None,
     };
     store.accept_sale(scope, sale, payload()).await.unwrap()
 }
@@ -381,6 +458,7 @@ async fn numbering_is_gap_free(store: Store) {
                 client_reference: None,
                 tot_amt: money("1.00"),
                 lines: Vec::new(),
+                idempotency_key: None,
             },
             failing,
         )
@@ -564,6 +642,7 @@ async fn a_scope_sees_only_its_own_rows(store: Store) {
                     client_reference: None,
                     tot_amt: money("1.00"),
                     lines: Vec::new(),
+                    idempotency_key: None,
                 },
                 payload()
             )
@@ -891,6 +970,7 @@ async fn a_panicking_payload_builder_uses_no_number(store: Store) {
                 client_reference: None,
                 tot_amt: money("1.00"),
                 lines: Vec::new(),
+                idempotency_key: None,
             },
             panicking,
         )
@@ -1148,4 +1228,5 @@ conformance!(
     bootstrap_lookups_devices_and_chosen_keys,
     a_sale_keeps_its_lines,
     credit_notes_see_what_earlier_notes_reversed,
+    a_request_that_died_after_accepting_finds_its_sale,
 );
