@@ -28,7 +28,7 @@ use ushuru_tax::{
 };
 
 use crate::sale::{item_code, render, respond, with_idempotency};
-use crate::{ApiError, AppState, BranchContext, Caller, request_id};
+use crate::{ApiError, AppState, BranchContext, Caller, branch_context, request_id};
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -107,9 +107,9 @@ pub(crate) async fn issue(
 ) -> Response {
     let request_id = request_id();
     let scope = caller.key.scope;
-    let Some(branch) = state.branches.get(&scope.branch).cloned() else {
-        return ApiError::internal(format!("branch {} has no device context", scope.branch.0))
-            .into_response();
+    let branch = match branch_context(&state, scope) {
+        Ok(branch) => branch,
+        Err(error) => return error.into_response(),
     };
     let Ok(original) = id.parse::<i64>() else {
         return ApiError::not_found("sale").into_response();

@@ -110,6 +110,17 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The device context of the caller's branch. Every branch with a key has one; a missing
+/// one is our fault (a branch provisioned without its relay), not the caller's.
+pub(crate) fn branch_context(
+    state: &AppState,
+    scope: ushuru_store::Scope,
+) -> Result<BranchContext, ApiError> {
+    state.branches.get(&scope.branch).cloned().ok_or_else(|| {
+        ApiError::internal(format!("branch {} has no device context", scope.branch.0))
+    })
+}
+
 /// A request id: 16 random bytes in hex (sent back as `X-Request-Id` and `requestId`).
 pub(crate) fn request_id() -> String {
     let mut random = [0u8; 16];

@@ -20,7 +20,7 @@ use ushuru_tax::{
 };
 
 use crate::error::ApiError;
-use crate::{AppState, BranchContext, Caller, request_id};
+use crate::{AppState, BranchContext, Caller, branch_context, request_id};
 
 /// KRA's item class for an item the caller did not classify (the flat body never does).
 const UNCLASSIFIED: &str = "99999999";
@@ -354,9 +354,9 @@ pub(crate) async fn submit(
 ) -> Response {
     let request_id = request_id();
     let scope = caller.key.scope;
-    let Some(branch) = state.branches.get(&scope.branch).cloned() else {
-        return ApiError::internal(format!("branch {} has no device context", scope.branch.0))
-            .into_response();
+    let branch = match branch_context(&state, scope) {
+        Ok(branch) => branch,
+        Err(error) => return error.into_response(),
     };
     let request_sha256 = data_encoding::HEXLOWER.encode(&Sha256::digest(&body));
     with_idempotency(
@@ -568,9 +568,9 @@ pub(crate) async fn status(
     let Ok(id) = id.parse::<i64>() else {
         return ApiError::not_found("sale").into_response();
     };
-    let Some(branch) = state.branches.get(&scope.branch).cloned() else {
-        return ApiError::internal(format!("branch {} has no device context", scope.branch.0))
-            .into_response();
+    let branch = match branch_context(&state, scope) {
+        Ok(branch) => branch,
+        Err(error) => return error.into_response(),
     };
     match state.store.sale(scope, SaleId(id)).await {
         Ok(Some(sale)) => {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use ushuru_store::{ExchangeRecord, SaleId};
 
 use crate::sale::{render, respond};
-use crate::{ApiError, AppState, Caller, request_id};
+use crate::{ApiError, AppState, Caller, branch_context, request_id};
 
 /// A journal body as JSON when it is JSON (KRA's bodies are), else as the text it was.
 fn body_value(text: &str) -> Value {
@@ -40,9 +40,9 @@ pub(crate) async fn original(
     let Ok(id) = id.parse::<i64>() else {
         return ApiError::not_found("sale").into_response();
     };
-    let Some(branch) = state.branches.get(&scope.branch).cloned() else {
-        return ApiError::internal(format!("branch {} has no device context", scope.branch.0))
-            .into_response();
+    let branch = match branch_context(&state, scope) {
+        Ok(branch) => branch,
+        Err(error) => return error.into_response(),
     };
     let sale = match state.store.sale(scope, SaleId(id)).await {
         Ok(Some(sale)) => sale,
@@ -100,9 +100,9 @@ pub(crate) async fn original(
 pub(crate) async fn device(State(state): State<AppState>, caller: Caller) -> Response {
     let request_id = request_id();
     let scope = caller.key.scope;
-    let Some(branch) = state.branches.get(&scope.branch).cloned() else {
-        return ApiError::internal(format!("branch {} has no device context", scope.branch.0))
-            .into_response();
+    let branch = match branch_context(&state, scope) {
+        Ok(branch) => branch,
+        Err(error) => return error.into_response(),
     };
     match state.store.device(scope).await {
         Ok(Some(device)) => respond(
@@ -206,9 +206,9 @@ pub(crate) async fn search(
         )
         .into_response();
     }
-    let Some(branch) = state.branches.get(&scope.branch).cloned() else {
-        return ApiError::internal(format!("branch {} has no device context", scope.branch.0))
-            .into_response();
+    let branch = match branch_context(&state, scope) {
+        Ok(branch) => branch,
+        Err(error) => return error.into_response(),
     };
     match state.store.sale_by_client_reference(scope, value).await {
         Ok(Some(sale)) => {
