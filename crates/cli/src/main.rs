@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use ushuru_tax::{TaxBand, TaxRate, TaxRates};
 
 #[derive(Parser)]
@@ -102,7 +102,19 @@ fn parse_rate_override(text: &str) -> Result<(TaxBand, TaxRate), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    // `serve --config FILE` fills what the command line and the environment left unset.
+    if let (Command::Serve(args), Some(("serve", serve_matches))) =
+        (&mut cli.command, matches.subcommand())
+        && let Err(error) = args.apply_config_file(serve_matches)
+    {
+        eprintln!("error: {error:#}");
+        return ExitCode::from(2);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(error) => {

@@ -57,6 +57,71 @@ pub struct ServeArgs {
     /// How long Idempotency-Key answers are kept
     #[arg(long, env = "USHURU_IDEMPOTENCY_HOURS", default_value_t = 24)]
     idempotency_hours: u64,
+    /// An optional TOML file with any of the options above (as `snake_case` keys, e.g.
+    /// `listen = "127.0.0.1:9000"`); options given on the command line or as USHURU_*
+    /// variables take precedence over it
+    #[arg(long, env = "USHURU_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// The TOML configuration file: the options of `serve`, every one optional. Unknown keys
+/// are refused, so that a misspelt option is never silently ignored.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    tin: Option<String>,
+    branch: Option<String>,
+    device_serial: Option<String>,
+    control_unit: Option<String>,
+    control_unit_profile: Option<String>,
+    sale_deadline_ms: Option<u64>,
+    idempotency_hours: Option<u64>,
+}
+
+impl ServeArgs {
+    /// Fills every option that neither the command line nor a USHURU_* variable set from
+    /// `--config`, if given.
+    pub fn apply_config_file(&mut self, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+        let Some(path) = &self.config else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+        let file: ConfigFile = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid Ushuru configuration", path.display()))?;
+        let unset = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                None | Some(clap::parser::ValueSource::DefaultValue)
+            )
+        };
+        macro_rules! from_file {
+            ($($field:ident => $convert:expr),* $(,)?) => {
+                $(if let Some(value) = file.$field
+                    && unset(stringify!($field))
+                {
+                    self.$field = $convert(value)?;
+                })*
+            };
+        }
+        from_file!(
+            listen => anyhow::Ok,
+            data_dir => anyhow::Ok,
+            database_url => |v| anyhow::Ok(Some(v)),
+            tin => anyhow::Ok,
+            branch => anyhow::Ok,
+            device_serial => anyhow::Ok,
+            control_unit => |v| anyhow::Ok(Some(v)),
+            control_unit_profile => |v: String| parse_profile(&v)
+                .map_err(|e| anyhow::anyhow!("{}: control_unit_profile: {e}", path.display())),
+                        sale_deadline_ms => anyhow::Ok,
+            idempotency_hours => anyhow::Ok,
+        );
+        Ok(())
+    }
 }
 
 fn parse_profile(text: &str) -> Result<Profile, String> {

@@ -196,3 +196,77 @@ async fn on_postgres() {
     let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
     serves_the_sdk_and_carries_on_after_a_restart(Some(url)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_toml_file_configures_what_flags_and_variables_leave_unset() {
+    let dir = std::env::temp_dir().join(format!("ushuru-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let config = dir.join("ushuru.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ntin = \"P111111111B\"\nbranch = \"00\"\nsale_deadline_ms = 5000\n"
+        ),
+    )
+    .unwrap();
+    // The file gives the address and the PIN; the command line's --branch wins over it.
+    let running = Running(
+        Command::new(env!("CARGO_BIN_EXE_ushuru"))
+            .args([
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--branch",
+                "01",
+            ])
+            .args(["--data-dir", dir.join("data").to_str().unwrap()])
+            .env("USHURU_BOOTSTRAP_API_KEY", KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let mut device = Value::Null;
+    for _ in 0..300 {
+        if let Ok(response) = reqwest::Client::new()
+            .get(format!("{url}/v2/etims/device"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+        {
+            device = response.json().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (device["tin"].as_str(), device["bhfId"].as_str()),
+        (Some("P111111111B"), Some("01")),
+        "{device}"
+    );
+    drop(running);
+
+    // A misspelt key or a missing file stops the start with a clear message and status 2.
+    std::fs::write(&config, "listen = \"127.0.0.1:1\"\nsale_deadline = 5\n").unwrap();
+    for path in [config.clone(), dir.join("missing.toml")] {
+        let output = Command::new(env!("CARGO_BIN_EXE_ushuru"))
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .args(["--data-dir", dir.join("data").to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_ushuru"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("sale_deadline"),
+        "the unknown key is named"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
