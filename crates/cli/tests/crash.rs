@@ -305,6 +305,19 @@ async fn sales_survive_sigkill(database_url: Option<String>) {
     }
     let monitoring = get_json(&format!("{url}/v2/etims/device/monitoring")).await;
     assert_eq!(monitoring["sequenceHealthy"], true, "{monitoring}");
+    // For the record (not asserted): the longest pause in signing, by the control unit's
+    // clock, which shows how long a restart held a branch up.
+    let signed_at: Vec<chrono::NaiveDateTime> = by_control_unit
+        .values()
+        .filter_map(|sale| sale["receipt"]["sdcDateTime"].as_str())
+        .filter_map(|at| chrono::NaiveDateTime::parse_from_str(at, "%Y%m%d%H%M%S").ok())
+        .collect();
+    let longest = signed_at
+        .windows(2)
+        .map(|pair| (pair[1] - pair[0]).num_seconds())
+        .max()
+        .unwrap_or(0);
+    println!("longest pause between two receipts: {longest} s");
     drop(serve);
     let _ = std::fs::remove_dir_all(&dir);
 }
