@@ -27,7 +27,7 @@ use ushuru_tax::{
     TaxRates, calculate_line,
 };
 
-use crate::sale::{item_code, render, respond, with_idempotency};
+use crate::sale::{cu_invoice_number, item_code, render, respond, with_idempotency};
 use crate::{ApiError, AppState, BranchContext, Caller, branch_context, request_id};
 
 #[derive(Deserialize, Default)]
@@ -600,13 +600,6 @@ async fn accept(
         .wait_for(scope, accepted.sale, state.sale_deadline)
         .await?;
     render_note(state, scope, branch, &note, request_id).await
-}
-
-fn cu_invoice_number(sale: &SaleRecord) -> Option<String> {
-    let label = if sale.rcpt_ty_cd == "R" { "NR" } else { "NS" };
-    sale.receipt
-        .as_ref()
-        .map(|r| format!("{}/{} {label}", r.sdc_id, r.cur_rcpt_no))
 }
 
 /// A credit note's answer: the sale-shaped body plus `creditNoteId`, `originalPurchaseId`

@@ -286,6 +286,15 @@ fn draft_line(
 
 /// The body of a sale as the SDK reads it (`SaleResult`): every optional field a string or
 /// null, `purchaseId` an integer.
+/// `<sdcId>/<curRcptNo> <label>`, the label being transaction type N(ormal) + receipt
+/// type S(ale) or R (credit note); `None` until the sale is signed.
+pub(crate) fn cu_invoice_number(sale: &SaleRecord) -> Option<String> {
+    let label = if sale.rcpt_ty_cd == "R" { "NR" } else { "NS" };
+    sale.receipt
+        .as_ref()
+        .map(|r| format!("{}/{} {label}", r.sdc_id, r.cur_rcpt_no))
+}
+
 pub(crate) fn render(
     sale: &SaleRecord,
     branch: &BranchContext,
@@ -293,9 +302,7 @@ pub(crate) fn render(
     request_id: &str,
 ) -> (StatusCode, Value) {
     let receipt = sale.receipt.as_ref();
-    // The receipt label: transaction type N(ormal) + receipt type S(ale) or R (credit note).
-    let label = if sale.rcpt_ty_cd == "R" { "NR" } else { "NS" };
-    let cu_invoice = receipt.map(|r| format!("{}/{} {label}", r.sdc_id, r.cur_rcpt_no));
+    let cu_invoice = cu_invoice_number(sale);
     let qr_payload = receipt.and_then(|r| {
         let at = chrono::NaiveDateTime::parse_from_str(&r.sdc_date_time, "%Y%m%d%H%M%S").ok()?;
         let cu = cu_invoice.clone()?;
