@@ -38,10 +38,11 @@ pub struct ServeArgs {
     /// The bootstrap taxpayer's PIN
     #[arg(long, env = "USHURU_TIN", default_value = "P000000000A")]
     tin: String,
-    /// The bootstrap branch
-    #[arg(long, env = "USHURU_BRANCH", default_value = "00")]
-    branch: String,
-    /// The serial of the bootstrap branch's device
+    /// The bootstrap branches, comma-separated (e.g. `00,01,02`): each is created with its
+    /// device initialised on first start. Branches created earlier keep being served.
+    #[arg(long, env = "USHURU_BRANCH", default_value = "00", value_delimiter = ',', value_parser = parse_bhf_id)]
+    branch: Vec<String>,
+    /// The serial of the first bootstrap branch's device; the others get `<serial>-<branch>`
     #[arg(long, env = "USHURU_DEVICE_SERIAL", default_value = "USHURU-DEMO-001")]
     device_serial: String,
     /// A control unit to sign with instead of the built-in sandbox (an OSCU server, a VSCU
@@ -112,7 +113,11 @@ impl ServeArgs {
             data_dir => anyhow::Ok,
             database_url => |v| anyhow::Ok(Some(v)),
             tin => anyhow::Ok,
-            branch => anyhow::Ok,
+                        branch => |v: String| v
+                .split(',')
+                .map(parse_bhf_id)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("{}: branch: {e}", path.display())),
             device_serial => anyhow::Ok,
             control_unit => |v| anyhow::Ok(Some(v)),
             control_unit_profile => |v: String| parse_profile(&v)
@@ -126,6 +131,16 @@ impl ServeArgs {
 
 fn parse_profile(text: &str) -> Result<Profile, String> {
     text.parse()
+}
+
+/// A KRA branch id: two digits (`00` is the head office).
+fn parse_bhf_id(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.len() == 2 && text.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not a branch id (two digits, e.g. 00)"))
+    }
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -158,92 +173,73 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(?applied, "database migrated");
     }
 
-    // The control unit: the built-in sandbox unless one was named.
-    let (sandbox, control_unit, profile, receipt_host) = match &args.control_unit {
-        Some(url) => (
-            None,
-            url.clone(),
-            args.control_unit_profile,
-            "etims.kra.go.ke",
-        ),
-        None => {
-            let file = StateFile::open(&args.data_dir.join("sandbox.sqlite"))
-                .context("cannot open the sandbox's state")?;
-            let unit = ControlUnit::new(ushuru_sandbox::Config::default(), Some(file))
-                .context("cannot load the sandbox")?;
-            let handle = Sandbox::new(unit, GatewayAccess::default())
+    // The built-in sandbox runs when no control unit is named, and whenever a branch
+    // provisioned on it earlier is still served.
+    let provisioned = store.initialised_branches().await?;
+    let sandbox = if args.control_unit.is_none()
+        || provisioned
+            .iter()
+            .any(|b| b.device.control_unit_url == BUILT_IN_SANDBOX)
+    {
+        let file = StateFile::open(&args.data_dir.join("sandbox.sqlite"))
+            .context("cannot open the sandbox's state")?;
+        let unit = ControlUnit::new(ushuru_sandbox::Config::default(), Some(file))
+            .context("cannot load the sandbox")?;
+        Some(
+            Sandbox::new(unit, GatewayAccess::default())
                 .start("127.0.0.1:0".parse().context("loopback address")?)
                 .await
-                .context("cannot start the built-in sandbox")?;
-            let url = handle.url();
-            (Some(handle), url, Profile::Oscu, "etims-sbx.kra.go.ke")
-        }
+                .context("cannot start the built-in sandbox")?,
+        )
+    } else {
+        None
+    };
+    let (bootstrap_unit, bootstrap_profile, receipt_host) = match (&args.control_unit, &sandbox) {
+        (Some(url), _) => (url.clone(), args.control_unit_profile, "etims.kra.go.ke"),
+        (None, Some(sandbox)) => (sandbox.url(), Profile::Oscu, "etims-sbx.kra.go.ke"),
+        (None, None) => bail!("no control unit: the built-in sandbox did not start"),
     };
 
-    // The bootstrap taxpayer, branch and device.
+    // The bootstrap taxpayer and its branches, each with its device initialised.
     let tenant = match store.tenant_by_tin(&args.tin).await? {
         Some(tenant) => tenant,
         None => store.create_tenant(&args.tin, "Demo taxpayer").await?,
     };
-    let branch = match store.branch_by_id(tenant.id, &args.branch).await? {
-        Some(branch) => branch,
-        None => store.create_branch(tenant.id, &args.branch).await?,
-    };
-    let scope = branch.scope();
-    let client = KraClient::new(ClientConfig {
-        base_url: control_unit.clone(),
-        profile,
-        tin: args.tin.clone(),
-        bhf_id: args.branch.clone(),
-        cmc_key: None,
-        timeouts: Timeouts::default(),
-        gateway: None,
-    })?;
-    let device = match store.device(scope).await? {
-        Some(device) => device,
-        None => {
-            let request = InitRequest {
-                tin: args.tin.clone(),
-                bhf_id: args.branch.clone(),
-                dvc_srl_no: args.device_serial.clone(),
-            };
-            let info = match client.call::<InitDevice>(&request).await.outcome {
-                Outcome::Ok {
-                    data: Some(response),
-                    ..
-                } => response.info,
-                Outcome::Rejected {
-                    code: ResultCode::DeviceInstalled,
-                    ..
-                } => bail!(
-                    "the control unit says branch {} of {} is initialised already, but its cmcKey is not in this database: \
-                     use the database it was initialised with",
-                    args.branch,
-                    args.tin
-                ),
-                other => bail!("initialising the device failed: {}", describe(&other)),
-            };
-            let device = DeviceRecord {
-                control_unit_url: if sandbox.is_some() {
-                    BUILT_IN_SANDBOX.into()
-                } else {
-                    control_unit.clone()
-                },
-                profile: format!("{profile:?}").to_lowercase(),
-                sdc_id: info.sdc_id.clone(),
-                mrc_no: info.mrc_no.clone(),
-                cmc_key: info.cmc_key.clone(),
-            };
-            store.save_device(scope, &device).await?;
-            tracing::info!(sdc_id = %device.sdc_id, "device initialised");
-            device
+    let mut first_scope = None;
+    let mut new_branch_keys = Vec::new();
+    for (position, bhf_id) in args.branch.iter().enumerate() {
+        let branch = match store.branch_by_id(tenant.id, bhf_id).await? {
+            Some(branch) => branch,
+            None => store.create_branch(tenant.id, bhf_id).await?,
+        };
+        let scope = branch.scope();
+        first_scope.get_or_insert(scope);
+        if store.device(scope).await?.is_some() {
+            continue;
         }
-    };
-    let client = client.with_cmc_key(Secret::new(device.cmc_key.clone()));
-    let identity = DeviceIdentity {
-        sdc_id: device.sdc_id.clone(),
-        mrc_no: Some(device.mrc_no.clone()),
-    };
+        let serial = if position == 0 {
+            args.device_serial.clone()
+        } else {
+            format!("{}-{bhf_id}", args.device_serial)
+        };
+        let device = initialise_device(
+            &bootstrap_unit,
+            bootstrap_profile,
+            &args.tin,
+            bhf_id,
+            &serial,
+            args.control_unit.is_none(),
+        )
+        .await?;
+        store.save_device(scope, &device).await?;
+        tracing::info!(sdc_id = %device.sdc_id, branch = %bhf_id, "device initialised");
+        // The first branch's key is handled below; the others get theirs once, now.
+        if position > 0 {
+            let (key, _) = store.create_api_key(scope, "bootstrap").await?;
+            new_branch_keys.push((bhf_id.clone(), key));
+        }
+    }
+    let first_scope = first_scope.context("no bootstrap branch given")?;
 
     // The key: the operator's, or a new one shown once.
     let key = match std::env::var("USHURU_BOOTSTRAP_API_KEY")
@@ -251,33 +247,73 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .filter(|k| !k.trim().is_empty())
     {
         Some(key) => {
-            store.ensure_api_key(scope, key.trim(), "bootstrap").await?;
+            store
+                .ensure_api_key(first_scope, key.trim(), "bootstrap")
+                .await?;
             key.trim().to_owned()
         }
-        None => store.create_api_key(scope, "bootstrap").await?.0,
+        None => store.create_api_key(first_scope, "bootstrap").await?.0,
     };
 
-    let relay = Relay::new(
-        store.clone(),
-        client,
-        scope,
-        identity.clone(),
-        relay_owner(),
-        Arc::new(SystemClock),
-    );
+    // A relay for every initialised branch in the database, bootstrap or not.
+    let owner = relay_owner();
+    let mut relays = Vec::new();
+    let mut branches = HashMap::new();
+    for served in store.initialised_branches().await? {
+        let base_url = if served.device.control_unit_url == BUILT_IN_SANDBOX {
+            match &sandbox {
+                Some(sandbox) => sandbox.url(),
+                None => bail!(
+                    "branch {} signs through the built-in sandbox, which is not running",
+                    served.bhf_id
+                ),
+            }
+        } else {
+            served.device.control_unit_url.clone()
+        };
+        let profile = parse_profile(&served.device.profile).map_err(|e| {
+            anyhow::anyhow!(
+                "branch {} of {}: stored profile: {e}",
+                served.bhf_id,
+                served.tin
+            )
+        })?;
+        let client = KraClient::new(ClientConfig {
+            base_url,
+            profile,
+            tin: served.tin.clone(),
+            bhf_id: served.bhf_id.clone(),
+            cmc_key: Some(Secret::new(served.device.cmc_key.clone())),
+            timeouts: Timeouts::default(),
+            gateway: None,
+        })?;
+        let identity = DeviceIdentity {
+            sdc_id: served.device.sdc_id.clone(),
+            mrc_no: Some(served.device.mrc_no.clone()),
+        };
+        relays.push(Relay::new(
+            store.clone(),
+            client,
+            served.scope,
+            identity.clone(),
+            owner.clone(),
+            Arc::new(SystemClock),
+        ));
+        branches.insert(
+            served.scope.branch,
+            BranchContext {
+                tin: served.tin,
+                bhf_id: served.bhf_id,
+                device: identity,
+            },
+        );
+    }
+    let branch_count = relays.len();
     let pipeline = Arc::new(Pipeline::start(
         store.clone(),
-        vec![relay],
+        relays,
         Duration::from_secs(1),
     ));
-    let branches = HashMap::from([(
-        scope.branch,
-        BranchContext {
-            tin: args.tin.clone(),
-            bhf_id: args.branch.clone(),
-            device: identity,
-        },
-    )]);
     let purger = tokio::spawn(purge_idempotency_records(store.clone()));
     let state = AppState {
         store,
@@ -296,16 +332,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let signer = if sandbox.is_some() {
-        "the built-in sandbox".to_owned()
-    } else {
-        control_unit
+    let signer = match &args.control_unit {
+        Some(url) => url.clone(),
+        None => "the built-in sandbox".to_owned(),
     };
     eprintln!(
-        "Ushuru listening on http://{addr} for {} branch {}, signing through {signer}",
-        args.tin, args.branch
+        "Ushuru listening on http://{addr}, signing for {branch_count} branch(es); bootstrap: {} branch(es) {} through {signer}",
+        args.tin,
+        args.branch.join(", ")
     );
     eprintln!("API key: {key}");
+    // Shown once: the key of each branch provisioned by this start (not the first).
+    for (bhf_id, branch_key) in &new_branch_keys {
+        eprintln!("API key for branch {bhf_id}: {branch_key}");
+    }
     eprintln!("Sign a sale:");
     eprintln!(
         "  curl -s http://{addr}/v2/etims/sale -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
@@ -327,6 +367,60 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Initialises a bootstrap branch's device with `selectInitOsdcInfo` and returns what to
+/// keep of it. `built_in` records the sandbox by name, since its port changes every start.
+async fn initialise_device(
+    control_unit: &str,
+    profile: Profile,
+    tin: &str,
+    bhf_id: &str,
+    serial: &str,
+    built_in: bool,
+) -> anyhow::Result<DeviceRecord> {
+    let client = KraClient::new(ClientConfig {
+        base_url: control_unit.to_owned(),
+        profile,
+        tin: tin.to_owned(),
+        bhf_id: bhf_id.to_owned(),
+        cmc_key: None,
+        timeouts: Timeouts::default(),
+        gateway: None,
+    })?;
+    let request = InitRequest {
+        tin: tin.to_owned(),
+        bhf_id: bhf_id.to_owned(),
+        dvc_srl_no: serial.to_owned(),
+    };
+    let info = match client.call::<InitDevice>(&request).await.outcome {
+        Outcome::Ok {
+            data: Some(response),
+            ..
+        } => response.info,
+        Outcome::Rejected {
+            code: ResultCode::DeviceInstalled,
+            ..
+        } => bail!(
+            "the control unit says branch {bhf_id} of {tin} is initialised already, but its cmcKey is not in this database: \
+             use the database it was initialised with"
+        ),
+        other => bail!(
+            "initialising the device of branch {bhf_id} failed: {}",
+            describe(&other)
+        ),
+    };
+    Ok(DeviceRecord {
+        control_unit_url: if built_in {
+            BUILT_IN_SANDBOX.into()
+        } else {
+            control_unit.to_owned()
+        },
+        profile: format!("{profile:?}").to_lowercase(),
+        sdc_id: info.sdc_id,
+        mrc_no: info.mrc_no,
+        cmc_key: info.cmc_key,
+    })
 }
 
 fn describe<T>(outcome: &Outcome<T>) -> String {

@@ -64,11 +64,15 @@ async fn start(data_dir: &Path, port: u16, database_url: Option<&str>) -> (Runni
 }
 
 async fn sell(url: &str, reference: &str) -> Value {
+    sell_as(url, KEY, reference).await
+}
+
+async fn sell_as(url: &str, key: &str, reference: &str) -> Value {
     let body = json!({"supplierPin": TIN, "clientReference": reference, "amount": "116.00", "invoiceDate": "2026-11-21",
                       "itemDescription": "Soda", "taxAmount": "16.00", "pmtTyCd": "01", "taxBand": "B"});
     let response = reqwest::Client::new()
         .post(format!("{url}/v2/etims/sale"))
-        .bearer_auth(KEY)
+        .bearer_auth(key)
         .header("Idempotency-Key", reference)
         .json(&body)
         .send()
@@ -268,5 +272,133 @@ async fn a_toml_file_configures_what_flags_and_variables_leave_unset() {
         String::from_utf8_lossy(&output.stderr).contains("sale_deadline"),
         "the unknown key is named"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts `serve` with several bootstrap branches and reads the keys it prints for them.
+fn start_branches(data_dir: &Path, port: u16, branches: &str) -> (Running, Vec<(String, String)>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ushuru"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--branch",
+            branches,
+        ])
+        .env("USHURU_BOOTSTRAP_API_KEY", KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let running = Running(child);
+    // Read on a thread that keeps draining after start: a closed pipe would fail the
+    // server's next write to stderr.
+    let (lines, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut keys = Vec::new();
+    while let Ok(line) = printed.recv_timeout(Duration::from_secs(30)) {
+        if let Some(rest) = line.strip_prefix("API key for branch ") {
+            let (bhf_id, key) = rest.split_once(": ").unwrap();
+            keys.push((bhf_id.to_owned(), key.to_owned()));
+        }
+        if line.starts_with("Sign a sale:") {
+            return (running, keys);
+        }
+    }
+    panic!("ushuru serve stopped (or stalled) before it was ready");
+}
+
+async fn get_as(url: &str, key: &str, path: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{url}{path}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_branches_are_served_each_with_its_own_device_numbers_and_key() {
+    let dir = std::env::temp_dir().join(format!("ushuru-branches-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (running, keys) = start_branches(&dir, port, "00,01,02");
+    // The first branch takes the operator's key; each other one gets its own, shown once.
+    let branch_keys: Vec<&str> = keys.iter().map(|(_, key)| key.as_str()).collect();
+    assert_eq!(
+        keys.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>(),
+        ["01", "02"]
+    );
+    let all = [KEY, branch_keys[0], branch_keys[1]];
+    let mut devices = std::collections::BTreeSet::new();
+    let mut first_sales = Vec::new();
+    for (key, bhf_id) in all.iter().zip(["00", "01", "02"]) {
+        let sale = sell_as(&url, key, &format!("B{bhf_id}-1")).await;
+        // Numbering is per branch: each branch's first sale is its invoice 1.
+        assert_eq!(
+            (sale["status"].as_str(), sale["invcNo"].as_str()),
+            (Some("SIGNED"), Some("1")),
+            "{sale}"
+        );
+        let (status, device) = get_as(&url, key, "/v2/etims/device").await;
+        assert_eq!(
+            (status, device["bhfId"].as_str()),
+            (200, Some(bhf_id)),
+            "{device}"
+        );
+        devices.insert(sale["sdcId"].as_str().unwrap().to_owned());
+        first_sales.push(sale["purchaseId"].as_i64().unwrap());
+    }
+    assert_eq!(devices.len(), 3, "one device per branch: {devices:?}");
+    // A branch's key does not reach another branch's sale.
+    let (status, body) = get_as(
+        &url,
+        branch_keys[1],
+        &format!("/v2/etims/sales/{}/status", first_sales[0]),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("NOT_FOUND")),
+        "{body}"
+    );
+    terminate(running);
+
+    // Restarted with only the default branch named, every provisioned branch is served,
+    // with the same keys and numbering that carries on; no new keys are printed.
+    let (running, keys) = start_branches(&dir, port, "00");
+    assert!(keys.is_empty(), "{keys:?}");
+    let second = sell_as(&url, branch_keys[1], "B02-2").await;
+    assert_eq!(
+        (second["status"].as_str(), second["invcNo"].as_str()),
+        (Some("SIGNED"), Some("2")),
+        "{second}"
+    );
+    terminate(running);
+
+    // A branch id that is not two digits is refused before anything starts.
+    let output = Command::new(env!("CARGO_BIN_EXE_ushuru"))
+        .args([
+            "serve",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--branch",
+            "00,1",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("\"1\" is not a branch id"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

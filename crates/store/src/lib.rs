@@ -123,6 +123,13 @@ impl Store {
         dispatch!(self, s => s.device(scope))
     }
 
+    /// Every branch, of every tenant, whose device is initialised, in branch order: the
+    /// branches this service signs for. A service-level read (not tenant-scoped): it runs
+    /// once at start, before any request.
+    pub async fn initialised_branches(&self) -> Result<Vec<InitialisedBranch>> {
+        dispatch!(self, s => s.initialised_branches())
+    }
+
     /// Stores a key chosen by the operator (`USHURU_BOOTSTRAP_API_KEY`) for a branch, as
     /// a hash like any other; nothing if it is stored already.
     pub async fn ensure_api_key(&self, scope: Scope, key: &str, name: &str) -> Result<ApiKey> {

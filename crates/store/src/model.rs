@@ -309,3 +309,12 @@ impl std::fmt::Debug for DeviceRecord {
             .finish()
     }
 }
+
+/// A branch whose device is initialised: what `serve` needs to start its relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitialisedBranch {
+    pub scope: Scope,
+    pub tin: String,
+    pub bhf_id: String,
+    pub device: DeviceRecord,
+}

@@ -11,9 +11,9 @@ use tokio_postgres::error::SqlState;
 
 use crate::{
     AcceptedSale, ApiKey, Branch, BranchId, Claim, CreditContext, CreditOutcome, CreditPlanner,
-    DeviceRecord, ExchangeRecord, FindingKind, IdempotencyStart, MIGRATIONS, NewSale,
-    OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleLine, SaleRecord, SaleStatus,
-    Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number,
+    DeviceRecord, ExchangeRecord, FindingKind, IdempotencyStart, InitialisedBranch, MIGRATIONS,
+    NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleLine, SaleRecord,
+    SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number,
     build_payload, clamp_time, idempotency_decision, lease_token, lease_until, money_from_text,
     money_text, plan_credit_note, quantity_from_text, sale_status_of, to_i64, to_u64,
 };
@@ -992,17 +992,49 @@ impl PostgresStore {
             .map_err(query_error)?;
         tx.commit().await.map_err(query_error)?;
         // Every column may still be NULL (a branch whose device is not initialised yet).
-        Ok(row.and_then(|r| {
-            let text = |i: usize| r.get::<_, Option<String>>(i);
-            Some(DeviceRecord {
-                control_unit_url: text(0)?,
-                profile: text(1)?,
-                sdc_id: text(2)?,
-                mrc_no: text(3)?,
-                cmc_key: text(4)?,
-            })
-        }))
+        Ok(row.and_then(|r| device_from_row(&r, 0)))
     }
+
+    pub async fn initialised_branches(&self) -> Result<Vec<InitialisedBranch>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT b.control_unit_url, b.control_unit_profile, b.sdc_id, b.mrc_no, b.cmc_key,
+                        b.id, b.tenant_id, t.tin, b.bhf_id
+                 FROM branches b JOIN tenants t ON t.id = b.tenant_id
+                 WHERE b.cmc_key IS NOT NULL
+                 ORDER BY b.id",
+                &[],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(InitialisedBranch {
+                    device: device_from_row(r, 0)?,
+                    scope: Scope {
+                        tenant: TenantId(r.get(6)),
+                        branch: BranchId(r.get(5)),
+                    },
+                    tin: r.get(7),
+                    bhf_id: r.get(8),
+                })
+            })
+            .collect())
+    }
+}
+
+/// The five device columns from `first` on; None while any is NULL (not initialised).
+fn device_from_row(r: &tokio_postgres::Row, first: usize) -> Option<DeviceRecord> {
+    let text = |i: usize| r.get::<_, Option<String>>(first + i);
+    Some(DeviceRecord {
+        control_unit_url: text(0)?,
+        profile: text(1)?,
+        sdc_id: text(2)?,
+        mrc_no: text(3)?,
+        cmc_key: text(4)?,
+    })
 }
 
 /// One sale of a scope, read inside the caller's transaction.

@@ -11,9 +11,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 
 use crate::{
     AcceptedSale, ApiKey, Branch, BranchId, Claim, CreditContext, CreditOutcome, CreditPlanner,
-    DeviceRecord, ExchangeRecord, FindingKind, IdempotencyStart, MIGRATIONS, NewSale,
-    OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleLine, SaleRecord, SaleStatus,
-    Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number,
+    DeviceRecord, ExchangeRecord, FindingKind, IdempotencyStart, InitialisedBranch, MIGRATIONS,
+    NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleLine, SaleRecord,
+    SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number,
     build_payload, clamp_time, idempotency_decision, lease_token, lease_until, money_from_text,
     money_text, plan_credit_note, quantity_from_text, sale_status_of, to_i64, to_u64,
 };
@@ -958,12 +958,48 @@ impl SqliteStore {
                 )
                 .optional()
                 .map_err(database)?;
-            Ok(match row {
+                        Ok(match row {
                 Some((Some(control_unit_url), Some(profile), Some(sdc_id), Some(mrc_no), Some(cmc_key))) => {
                     Some(DeviceRecord { control_unit_url, profile, sdc_id, mrc_no, cmc_key })
                 }
                 _ => None,
             })
+        })
+        .await
+    }
+
+    pub async fn initialised_branches(&self) -> Result<Vec<InitialisedBranch>> {
+        self.run(move |connection| {
+            let mut statement = connection
+                .prepare(
+                    "SELECT b.control_unit_url, b.control_unit_profile, b.sdc_id, b.mrc_no, b.cmc_key,
+                            b.id, b.tenant_id, t.tin, b.bhf_id
+                     FROM branches b JOIN tenants t ON t.id = b.tenant_id
+                     WHERE b.control_unit_url IS NOT NULL AND b.control_unit_profile IS NOT NULL
+                       AND b.sdc_id IS NOT NULL AND b.mrc_no IS NOT NULL AND b.cmc_key IS NOT NULL
+                     ORDER BY b.id",
+                )
+                .map_err(database)?;
+            let rows = statement
+                .query_map([], |r| {
+                    Ok(InitialisedBranch {
+                        device: DeviceRecord {
+                            control_unit_url: r.get(0)?,
+                            profile: r.get(1)?,
+                            sdc_id: r.get(2)?,
+                            mrc_no: r.get(3)?,
+                            cmc_key: r.get(4)?,
+                        },
+                        scope: Scope {
+                            tenant: TenantId(r.get(6)?),
+                            branch: BranchId(r.get(5)?),
+                        },
+                        tin: r.get(7)?,
+                        bhf_id: r.get(8)?,
+                    })
+                })
+                .map_err(database)?;
+            rows.collect::<std::result::Result<Vec<_>, _>>().map_err(database)
         })
         .await
     }

@@ -1157,6 +1157,19 @@ async fn bootstrap_lookups_devices_and_chosen_keys(store: Store) {
     store.save_device(scope, &device).await.unwrap();
     assert_eq!(store.device(scope).await.unwrap(), Some(device.clone()));
     assert!(!format!("{device:?}").contains("SECRET-KEY"));
+    // The service starts a relay for every initialised branch, and only for those.
+    let uninitialised = store.create_branch(tenant.id, "01").await.unwrap().scope();
+    let serving = store.initialised_branches().await.unwrap();
+    let ours = serving
+        .iter()
+        .find(|b| b.scope == scope)
+        .expect("the initialised branch is served");
+    assert_eq!(
+        (ours.tin.as_str(), ours.bhf_id.as_str()),
+        ("P051234567A", "00")
+    );
+    assert_eq!(ours.device, device);
+    assert!(serving.iter().all(|b| b.scope != uninitialised));
     // An operator's chosen key: stored once, found by itself, never for another branch.
     let chosen = "ush_chosen_by_the_operator_for_scripts";
     let key = store
