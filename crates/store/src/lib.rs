@@ -123,6 +123,85 @@ impl Store {
         dispatch!(self, s => s.device(scope))
     }
 
+    /// Queues a control-unit operation (phase 1): in one transaction, its `sarNo` if it is
+    /// numbered, its payload and its hash. A key used before answers what it queued then.
+    pub async fn enqueue_operation(
+        &self,
+        scope: Scope,
+        operation: NewOperation,
+    ) -> Result<Enqueued> {
+        dispatch!(self, s => s.enqueue_operation(scope, operation))
+    }
+
+    /// The branch's operation of this kind with this key.
+    pub async fn operation(
+        &self,
+        scope: Scope,
+        kind: OperationKind,
+        key: &str,
+    ) -> Result<Option<OperationRecord>> {
+        dispatch!(self, s => s.operation(scope, kind, key))
+    }
+
+    pub async fn operation_by_id(
+        &self,
+        scope: Scope,
+        id: OperationId,
+    ) -> Result<Option<OperationRecord>> {
+        dispatch!(self, s => s.operation_by_id(scope, id))
+    }
+
+    /// Claims the branch's oldest pending operation under a lease (phase 2), as
+    /// [`Store::claim_next`] claims a sale.
+    pub async fn claim_next_operation(
+        &self,
+        scope: Scope,
+        owner: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OperationClaim>> {
+        dispatch!(self, s => s.claim_next_operation(scope, owner, lease, now))
+    }
+
+    /// Gives a claimed operation back, to be tried again from `retry_at`.
+    pub async fn release_operation(
+        &self,
+        claim: &OperationClaim,
+        retry_at: DateTime<Utc>,
+    ) -> Result<()> {
+        dispatch!(self, s => s.release_operation(claim, retry_at))
+    }
+
+    /// Records a claimed operation's end (phase 3): SYNCED, or REJECTED with KRA's code.
+    pub async fn settle_operation(
+        &self,
+        claim: &OperationClaim,
+        rejected: Option<(&str, &str)>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        dispatch!(self, s => s.settle_operation(claim, rejected, now))
+    }
+
+    /// Keeps a call made for an operation in the exchange journal.
+    pub async fn record_operation_exchange(
+        &self,
+        scope: Scope,
+        operation: OperationId,
+        exchange: &ExchangeRecord,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        dispatch!(self, s => s.record_operation_exchange(scope, operation, exchange, now))
+    }
+
+    /// The calls made for an operation, oldest first.
+    pub async fn operation_exchanges(
+        &self,
+        scope: Scope,
+        operation: OperationId,
+    ) -> Result<Vec<ExchangeRecord>> {
+        dispatch!(self, s => s.operation_exchanges(scope, operation))
+    }
+
     /// Every branch, of every tenant, whose device is initialised, in branch order: the
     /// branches this service signs for. A service-level read (not tenant-scoped): it runs
     /// once at start, before any request.
@@ -434,6 +513,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0005_idempotent_sales.sql"),
         postgres: include_str!("../migrations/postgres/0005_idempotent_sales.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_operations",
+        sqlite: include_str!("../migrations/sqlite/0006_operations.sql"),
+        postgres: include_str!("../migrations/postgres/0006_operations.sql"),
+    },
 ];
 
 /// A lease expiry, `now + lease`, within [`clamp_time`]'s range.
@@ -494,6 +579,19 @@ pub(crate) fn build_payload(build: PayloadBuilder, invc_no: u64) -> Result<Outbo
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build(invc_no)))
         .map_err(|_| StoreError::Payload("the payload builder panicked".into()))?
         .map_err(StoreError::Payload)
+}
+
+/// An operation's payload and its SHA-256, from its builder (which must not panic the store).
+pub(crate) fn build_operation_payload(
+    build: OperationPayloadBuilder,
+    sar_no: Option<u64>,
+) -> Result<OutboxPayload> {
+    let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build(sar_no)))
+        .map_err(|_| StoreError::Payload("the payload builder panicked".into()))?
+        .map_err(StoreError::Payload)?;
+    let sha256 =
+        data_encoding::HEXLOWER.encode(&<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+    Ok(OutboxPayload { body, sha256 })
 }
 
 /// A journal attempt number as both backends store it.

@@ -318,3 +318,137 @@ pub struct InitialisedBranch {
     pub bhf_id: String,
     pub device: DeviceRecord,
 }
+
+/// A control-unit operation other than a sale: queued in phase 1 like a sale and sent by
+/// the branch's relay, so that the branch still has one call in flight at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OperationId(pub i64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OperationKind {
+    /// `insertStockIO`, numbered from the branch's gap-free `sarNo` sequence.
+    StockAdjustment,
+    /// `saveStockMaster`: an item's remaining quantity.
+    StockMaster,
+    /// `saveItem`.
+    Item,
+    /// `saveBhfCustomer`.
+    Customer,
+}
+
+impl OperationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::StockAdjustment => "STOCK_ADJUSTMENT",
+            OperationKind::StockMaster => "STOCK_MASTER",
+            OperationKind::Item => "ITEM",
+            OperationKind::Customer => "CUSTOMER",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            OperationKind::StockAdjustment,
+            OperationKind::StockMaster,
+            OperationKind::Item,
+            OperationKind::Customer,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+    }
+
+    /// Whether the operation takes the next number of the branch's `sarNo` sequence.
+    pub fn numbered(self) -> bool {
+        self == OperationKind::StockAdjustment
+    }
+}
+
+/// Where an operation stands: waiting to be sent (or sent with no answer yet), accepted
+/// by the control unit, or refused by it (with its code and message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperationState {
+    Pending,
+    Synced,
+    Rejected,
+}
+
+impl OperationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationState::Pending => "PENDING",
+            OperationState::Synced => "SYNCED",
+            OperationState::Rejected => "REJECTED",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> crate::Result<Self> {
+        match text {
+            "PENDING" => Ok(OperationState::Pending),
+            "SYNCED" => Ok(OperationState::Synced),
+            "REJECTED" => Ok(OperationState::Rejected),
+            other => Err(crate::StoreError::Corrupt(format!(
+                "operation state {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Builds an operation's KRA payload once its `sarNo` (numbered kinds only) is known.
+pub type OperationPayloadBuilder =
+    Box<dyn FnOnce(Option<u64>) -> std::result::Result<String, String> + Send>;
+
+/// An operation to queue (phase 1).
+pub struct NewOperation {
+    pub kind: OperationKind,
+    /// The caller's key for it (its Idempotency-Key, or one derived from what it names).
+    pub key: String,
+    /// SHA-256 of the caller's request: the same key with another request is refused.
+    pub request_sha256: String,
+    /// The KRA endpoint's name (`insertStockIO`, …).
+    pub endpoint: String,
+    /// What the API reports about it besides its state (JSON).
+    pub summary: String,
+    pub build: OperationPayloadBuilder,
+}
+
+/// A queued operation as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperationRecord {
+    pub id: OperationId,
+    pub kind: OperationKind,
+    pub key: String,
+    pub request_sha256: String,
+    pub endpoint: String,
+    pub payload: String,
+    pub payload_sha256: String,
+    pub sar_no: Option<u64>,
+    pub summary: String,
+    pub state: OperationState,
+    pub result_code: Option<String>,
+    pub result_message: Option<String>,
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What queueing an operation found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued now.
+    Created(OperationRecord),
+    /// The same key with the same request was queued before: that one.
+    Existing(OperationRecord),
+    /// The key was used before for another request: nothing queued.
+    KeyReused(OperationRecord),
+}
+
+/// An operation claimed by a relay (phase 2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperationClaim {
+    pub scope: Scope,
+    pub id: OperationId,
+    pub kind: OperationKind,
+    pub endpoint: String,
+    pub payload: OutboxPayload,
+    pub attempts: u32,
+    pub owner: String,
+}

@@ -1215,3 +1215,4 @@ async fn insert_sale(
     }
     Ok(sale_id)
 }
+mod operations;

@@ -1209,3 +1209,4 @@ fn insert_sale(
     }
     Ok(sale_id)
 }
+mod operations;

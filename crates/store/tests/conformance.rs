@@ -14,6 +14,7 @@ use ushuru_store::{
     NewCreditNote, NewSale, OutboxPayload, PayloadBuilder, Receipt, SaleLine, SaleStatus, Scope,
     SequenceFinding, Settlement, Store, StoreError,
 };
+use ushuru_store::{Enqueued, NewOperation, OperationKind, OperationState};
 use ushuru_tax::{Money, Quantity, Rounding};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -55,12 +56,13 @@ async fn postgres() -> Store {
 }
 
 /// Every migration, in order: what a fresh database runs.
-const ALL_MIGRATIONS: [&str; 5] = [
+const ALL_MIGRATIONS: [&str; 6] = [
     "0001_foundation",
     "0002_sale_search",
     "0003_sale_lines",
     "0004_credit_notes",
     "0005_idempotent_sales",
+    "0006_operations",
 ];
 
 fn now() -> DateTime<Utc> {
@@ -1200,6 +1202,204 @@ async fn bootstrap_lookups_devices_and_chosen_keys(store: Store) {
     ));
 }
 
+fn operation(kind: OperationKind, key: &str, request: &str) -> NewOperation {
+    NewOperation {
+        kind,
+        key: key.into(),
+        request_sha256: request.into(),
+        endpoint: "insertStockIO".into(),
+        summary: "{}".into(),
+        build: Box::new(|sar_no| Ok(format!("{{\"sarNo\":{}}}", sar_no.unwrap_or(0)))),
+    }
+}
+
+async fn operations_are_numbered_keyed_claimed_in_order_and_settled(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let created = |e: Enqueued| match e {
+        Enqueued::Created(record) => record,
+        other => panic!("{other:?}"),
+    };
+    let first = created(
+        store
+            .enqueue_operation(
+                scope,
+                operation(OperationKind::StockAdjustment, "stk-1", "a"),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (first.sar_no, first.state),
+        (Some(1), OperationState::Pending)
+    );
+    assert_eq!(first.payload, r#"{"sarNo":1}"#);
+    // A builder that refuses uses no number.
+    let mut refused = operation(OperationKind::StockAdjustment, "stk-bad", "b");
+    refused.build = Box::new(|_| Err("no".into()));
+    assert!(matches!(
+        store.enqueue_operation(scope, refused).await,
+        Err(StoreError::Payload(_))
+    ));
+    let second = created(
+        store
+            .enqueue_operation(
+                scope,
+                operation(OperationKind::StockAdjustment, "stk-2", "c"),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(second.sar_no, Some(2), "gap-free after a refused request");
+    // Unnumbered kinds take no sarNo; a key is per kind.
+    let item = created(
+        store
+            .enqueue_operation(scope, operation(OperationKind::Item, "stk-1", "d"))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(item.sar_no, None);
+    // The same key: the same request finds it, another request is refused.
+    match store
+        .enqueue_operation(
+            scope,
+            operation(OperationKind::StockAdjustment, "stk-1", "a"),
+        )
+        .await
+        .unwrap()
+    {
+        Enqueued::Existing(record) => assert_eq!(record.id, first.id),
+        other => panic!("{other:?}"),
+    }
+    match store
+        .enqueue_operation(
+            scope,
+            operation(OperationKind::StockAdjustment, "stk-1", "zz"),
+        )
+        .await
+        .unwrap()
+    {
+        Enqueued::KeyReused(record) => assert_eq!(record.id, first.id),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        store
+            .operation(scope, OperationKind::StockAdjustment, "stk-2")
+            .await
+            .unwrap()
+            .map(|r| r.id),
+        Some(second.id)
+    );
+    // Another tenant sees none of it.
+    let other = branch(&store, "P000000001Z").await;
+    assert_eq!(store.operation_by_id(other, first.id).await.unwrap(), None);
+    assert_eq!(
+        store
+            .claim_next_operation(other, "o", Duration::from_secs(60), now())
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Claimed in order, one at a time under a lease.
+    let lease = Duration::from_secs(60);
+    let claim = store
+        .claim_next_operation(scope, "relay-a", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((claim.id, claim.attempts), (first.id, 1));
+    assert_eq!(
+        store
+            .claim_next_operation(scope, "relay-b", lease, now())
+            .await
+            .unwrap(),
+        None,
+        "the head is leased"
+    );
+    // Given back with a backoff: not before its time, then claimed again.
+    let later = now() + chrono::Duration::seconds(5);
+    store.release_operation(&claim, later).await.unwrap();
+    assert_eq!(
+        store
+            .claim_next_operation(scope, "relay-a", lease, now())
+            .await
+            .unwrap(),
+        None
+    );
+    let claim = store
+        .claim_next_operation(scope, "relay-a", lease, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((claim.id, claim.attempts), (first.id, 2));
+    let exchange = ExchangeRecord {
+        sale: None,
+        endpoint: "insertStockIO".into(),
+        attempt: 2,
+        request_body: claim.payload.body.clone(),
+        response_body: Some("{}".into()),
+        http_status: Some(200),
+        outcome: "ok".into(),
+        elapsed_ms: 3,
+    };
+    store
+        .record_operation_exchange(scope, claim.id, &exchange, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.operation_exchanges(scope, claim.id).await.unwrap(),
+        [exchange]
+    );
+    assert!(
+        store
+            .operation_exchanges(other, claim.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.settle_operation(&claim, None, later).await.unwrap();
+    assert!(
+        store.settle_operation(&claim, None, later).await.is_err(),
+        "settled once"
+    );
+    let synced = store
+        .operation_by_id(scope, first.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(synced.state, OperationState::Synced);
+    // The next one, refused by the control unit, keeps KRA's code and message.
+    let claim = store
+        .claim_next_operation(scope, "relay-a", lease, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.id, second.id);
+    store
+        .settle_operation(&claim, Some(("910", "bad sarTyCd")), later)
+        .await
+        .unwrap();
+    let rejected = store
+        .operation_by_id(scope, second.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            rejected.state,
+            rejected.result_code.as_deref(),
+            rejected.result_message.as_deref()
+        ),
+        (OperationState::Rejected, Some("910"), Some("bad sarTyCd"))
+    );
+    let claim = store
+        .claim_next_operation(scope, "relay-a", lease, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((claim.id, claim.kind), (item.id, OperationKind::Item));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1222,6 +1422,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    operations_are_numbered_keyed_claimed_in_order_and_settled,
     migrations_are_idempotent,
     tenants_and_branches,
     numbering_is_gap_free,
