@@ -11,15 +11,25 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinSet;
-use ushuru_store::{BranchId, SaleId, SaleRecord, SaleStatus, Scope, Store, StoreError};
+use ushuru_store::{
+    BranchId, OperationId, OperationRecord, OperationState, SaleId, SaleRecord, SaleStatus, Scope,
+    Store, StoreError,
+};
 
 use crate::relay::{Relay, Step};
 
-/// A sale that reached a final state (signed, failed, or needing reconciliation).
+/// A sale that reached a final state (signed, failed, or needing reconciliation), or an
+/// operation that did (synced or rejected).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settled {
     pub scope: Scope,
-    pub sale: SaleId,
+    pub work: Work,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    Sale(SaleId),
+    Operation(OperationId),
 }
 
 /// The running relays.
@@ -94,8 +104,41 @@ impl Pipeline {
                         .await?
                         .ok_or(StoreError::NotFound("sale"));
                 }
-                Ok(Ok(event)) if event.sale != sale => continue,
+                Ok(Ok(event)) if event.work != Work::Sale(sale) => continue,
                 // Ours, or events were missed (lagged): look again.
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Waits until the operation is synced or rejected or `deadline` passes, and returns it
+    /// as it then is.
+    pub async fn wait_for_operation(
+        &self,
+        scope: Scope,
+        operation: OperationId,
+        deadline: Duration,
+    ) -> Result<OperationRecord, StoreError> {
+        let mut events = self.settled.subscribe();
+        let give_up = tokio::time::Instant::now() + deadline;
+        loop {
+            let record = self
+                .store
+                .operation_by_id(scope, operation)
+                .await?
+                .ok_or(StoreError::NotFound("operation"))?;
+            if record.state != OperationState::Pending {
+                return Ok(record);
+            }
+            match tokio::time::timeout_at(give_up, events.recv()).await {
+                Err(_) => {
+                    return self
+                        .store
+                        .operation_by_id(scope, operation)
+                        .await?
+                        .ok_or(StoreError::NotFound("operation"));
+                }
+                Ok(Ok(event)) if event.work != Work::Operation(operation) => continue,
                 Ok(_) => {}
             }
         }
@@ -141,10 +184,19 @@ async fn run_branch(
                 | Step::Unresolved { sale }
                 | Step::Quarantined { sale },
             ) => {
-                let _ = settled.send(Settled { scope, sale });
+                let _ = settled.send(Settled {
+                    scope,
+                    work: Work::Sale(sale),
+                });
+            }
+            Ok(Step::Operation { operation, .. }) => {
+                let _ = settled.send(Settled {
+                    scope,
+                    work: Work::Operation(operation),
+                });
             }
             // Backing off: the claim says when; the poll brings the relay back then.
-            Ok(Step::Retrying { .. }) => {}
+            Ok(Step::Retrying { .. } | Step::OperationRetrying { .. }) => {}
             Err(e) => {
                 // The store is unreachable or refused: say so, and try again after a poll.
                 tracing::error!(error = %e, branch = scope.branch.0, "relay step failed");

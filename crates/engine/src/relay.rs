@@ -17,7 +17,10 @@
 //! - `Ambiguous`: OUTCOME_UNKNOWN. Before the next send the invoice is looked up: found, its
 //!   receipt is adopted; not found, the identical payload is sent again.
 
+mod operations;
+
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -29,8 +32,8 @@ use ushuru_kra::types::{
 use ushuru_kra::wire::{Int, from_slice_lenient};
 use ushuru_kra::{Call, EndpointName, Exchange, KraClient, Outcome, ResultClass};
 use ushuru_store::{
-    Claim, ExchangeRecord, FindingKind, Receipt, SaleId, SaleStatus, Scope, SequenceFinding,
-    Settlement, Store, StoreError,
+    Claim, ExchangeRecord, FindingKind, OperationId, OperationState, Receipt, SaleId, SaleStatus,
+    Scope, SequenceFinding, Settlement, Store, StoreError,
 };
 
 use crate::clock::Clock;
@@ -104,6 +107,17 @@ pub enum Step {
     Quarantined {
         sale: SaleId,
     },
+    /// An operation (stock, item, customer) ended SYNCED or REJECTED.
+    Operation {
+        operation: OperationId,
+        state: OperationState,
+    },
+    /// An operation given back, to be tried again from `at`.
+    OperationRetrying {
+        operation: OperationId,
+        at: DateTime<Utc>,
+        outcome: &'static str,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +136,8 @@ pub struct Relay {
     lease: Duration,
     backoff: Backoff,
     clock: Arc<dyn Clock>,
+    /// Turns between the two queues, so that neither starves the other under load.
+    operations_turn: AtomicBool,
 }
 
 impl Relay {
@@ -143,6 +159,7 @@ impl Relay {
             lease,
             backoff: Backoff::default(),
             clock,
+            operations_turn: AtomicBool::new(false),
         }
     }
 
@@ -168,8 +185,22 @@ impl Relay {
         self
     }
 
-    /// Claims the branch's next sale and takes it as far as one call allows.
+    /// Takes the branch's next sale or operation as far as one call allows. The two queues
+    /// take turns; either runs alone while the other has nothing ready.
     pub async fn step(&self) -> Result<Step, RelayError> {
+        let operations_first = self.operations_turn.fetch_xor(true, Ordering::Relaxed);
+        if operations_first && let Some(step) = self.step_operation().await? {
+            return Ok(step);
+        }
+        let step = self.step_sale().await?;
+        if step != Step::Idle || operations_first {
+            return Ok(step);
+        }
+        Ok(self.step_operation().await?.unwrap_or(Step::Idle))
+    }
+
+    /// Claims the branch's next sale and takes it as far as one call allows.
+    async fn step_sale(&self) -> Result<Step, RelayError> {
         let Some(claim) = self
             .store
             .claim_next(self.scope, &self.owner, self.lease, self.clock.now())
