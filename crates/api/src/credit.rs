@@ -133,7 +133,7 @@ enum Selection {
     // A reference rather than `Option<CreditNoteBody>`, which would document a JSON `null`
     // body (refused) instead of a missing one (a full reversal); lib.rs lists the schema.
     request_body(content = ref("#/components/schemas/CreditNoteRequest"), content_type = "application/json",
-        description = "Optional: no body at all reverses what remains of the sale."),
+        description = "No body at all reverses what remains of the sale."),
     responses(
         (status = 200, description = "Signed, or refused for good (`status` says which).",
             body = CreditNoteResult, headers(("X-Request-Id" = String, description = "This request's id."))),
