@@ -26,25 +26,39 @@ use ushuru_tax::{
     Discount, LineInput, Money, Percent, PricedLine, Pricing, Quantity, Rounding, TaxBand,
     TaxRates, calculate_line,
 };
+use utoipa::ToSchema;
 
 use crate::sale::{cu_invoice_number, item_code, render, respond, with_idempotency};
+use crate::schema::{CreditNoteResult, ErrorBody, LegacyReturnItem};
 use crate::{ApiError, AppState, BranchContext, Caller, branch_context, request_id};
 
-#[derive(Deserialize, Default)]
+/// The body of a credit note; every field optional. No body at all (the SDK's form when only
+/// an Idempotency-Key is given) reverses what remains of the sale.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CreditNoteBody {
+#[schema(as = CreditNoteRequest)]
+pub(crate) struct CreditNoteBody {
+    /// The POS's reference for the note; `CN-<original reference>` when absent.
     client_reference: Option<String>,
+    /// Free text, kept with the note.
     reason: Option<String>,
+    /// KRA refund reason code `01` to `06` (code class 32); `06` (refund) when absent.
     reason_code: Option<String>,
+    /// The lines to reverse, by the original's `itemSeq`. Not with `items`.
     return_lines: Option<Vec<ReturnLine>>,
     /// The SDK's legacy selection: `{sku, qty?}`; prices and taxes in it are ignored.
+    #[schema(value_type = Option<Vec<LegacyReturnItem>>)]
     items: Option<Vec<Value>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ReturnLine {
+    /// The original line's `itemSeq`, from 1.
+    #[schema(minimum = 1)]
     original_item_seq: u32,
+    /// The quantity to reverse: a decimal string > 0 with at most 2 places.
+    #[schema(value_type = String, example = "1.5")]
     qty: Value,
 }
 
@@ -98,6 +112,49 @@ enum Selection {
     Lines(BTreeMap<u32, Option<Quantity>>),
 }
 
+/// `POST /v2/etims/sale/{id}/credit-note`: accepts a credit note against a sale of the
+/// branch, then waits for its receipt like a sale.
+#[utoipa::path(
+    post,
+    path = "/v2/etims/sale/{id}/credit-note",
+    tag = "credit notes",
+    summary = "Issue a credit note",
+    description = "Reverses all of a sale (no body, or a body without `returnLines` or \
+        `items`) or part of it: lines by `originalItemSeq`, or by SKU with the legacy `items`. \
+        A line's rest reverses exactly what remains of its amounts, so a sale's notes add up \
+        to the sale to the cent; a part of a line is priced afresh with the sale's rules. The \
+        note is numbered from the branch's sequence and signed through the same queue; it is \
+        answered like a sale (200 signed, 202 not yet).\n\n\
+        Idempotency-Key works as for sales; the key covers the path too.",
+    params(
+        ("id" = i64, Path, description = "The `purchaseId` of the sale to reverse."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe."),
+    ),
+    // A reference rather than `Option<CreditNoteBody>`, which would document a JSON `null`
+    // body (refused) instead of a missing one (a full reversal); lib.rs lists the schema.
+    request_body(content = ref("#/components/schemas/CreditNoteRequest"), content_type = "application/json",
+        description = "No body at all reverses what remains of the sale."),
+    responses(
+        (status = 200, description = "Signed, or refused for good (`status` says which).",
+            body = CreditNoteResult, headers(("X-Request-Id" = String, description = "This request's id."))),
+        (status = 202, description = "Accepted, not signed yet.",
+            body = CreditNoteResult, headers(("X-Request-Id" = String, description = "This request's id."))),
+        (status = 400, description = "The body does not read, or gives both `returnLines` and `items` \
+            (`INVALID_BODY`).", body = ErrorBody),
+        (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 404, description = "No such sale for this branch (`NOT_FOUND`).", body = ErrorBody),
+        (status = 409, description = "`CREDIT_NOTE_EXISTS`: nothing remains to reverse (with \
+            `existingCreditNoteId`, `existingCuInvoiceNo`); `ORIGINAL_NOT_SIGNED`: the sale failed \
+            or needs reconciliation.", body = ErrorBody),
+        (status = 422, description = "`CREDIT_NOTE_EXCEEDS_ORIGINAL` (with `originalItemSeq`, \
+            `remaining`, `alreadyReversed`), `INVALID_RETURN_LINE`, `UNKNOWN_ORIGINAL_LINE`, \
+            `INVALID_REASON_CODE`, ...; or `IDEMPOTENCY_KEY_REUSED`.", body = ErrorBody),
+        (status = 425, description = "The first request with this Idempotency-Key is still running \
+            (`IDEMPOTENT_REQUEST_IN_FLIGHT`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`INTERNAL_ERROR`); retry with the same Idempotency-Key.", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("apiKey" = [])),
+)]
 pub(crate) async fn issue(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,25 +1,36 @@
 //! The REST API, wire-compatible with the `taxid-etims` 0.8.1 SDK (taxid-api.md). Today:
 //! `POST /v2/etims/sale` (flat and itemised bodies, Idempotency-Key, waiting for the
-//! receipt up to a deadline), `GET /v2/etims/sales/{id}/status` and `/original` (the
-//! exchange journal), `GET /v2/etims/device` and `/device/monitoring`, behind API keys.
+//! receipt up to a deadline), `POST /v2/etims/sale/{id}/credit-note`,
+//! `GET /v2/etims/sales/{id}/status`, `/search` and `/original` (the exchange journal),
+//! `GET /v2/etims/device` and `/device/monitoring`, behind API keys; and, open to all, the
+//! OpenAPI 3.1 document at `GET /openapi.json` and a page rendered from it at `GET /docs`.
+//!
+//! The document is generated from the handlers' `#[utoipa::path]` attributes by the same
+//! router that serves them (see [`routes`]), so an endpoint cannot be served undocumented.
 
 mod credit;
+mod docs;
 mod error;
 mod sale;
+mod schema;
 mod views;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::{Extension, Router};
 use chrono::FixedOffset;
 use ushuru_engine::{Clock, DeviceIdentity, Pipeline};
 use ushuru_store::{ApiKey, BranchId, Store};
 use ushuru_tax::TaxRates;
+use utoipa::OpenApi;
+use utoipa::openapi::security::SecurityScheme;
+use utoipa::openapi::security::{ApiKey as ApiKeyScheme, ApiKeyValue, HttpAuthScheme, HttpBuilder};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 
@@ -55,15 +66,86 @@ pub struct AppState {
     pub receipt_host: String,
 }
 
+/// The document's fixed parts; the paths and their schemas come from [`routes`].
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Ushuru",
+        description = "eTIMS middleware for the Kenya Revenue Authority, wire-compatible with \
+            the `taxid-etims` 0.8.1 SDK. Every `/v2` endpoint acts for the branch of the API key \
+            it is called with. Decimals are JSON strings."
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "sales", description = "Signing sales and reading them back."),
+        (name = "credit notes", description = "Reversing all or part of a signed sale."),
+        (name = "device", description = "The branch's control unit."),
+        (name = "reference", description = "This document, as JSON and as a page."),
+    ),
+    // ErrorBody is named by every operation; CreditNoteRequest by a reference (credit.rs).
+    components(schemas(schema::ErrorBody, credit::CreditNoteBody)),
+)]
+struct ApiDoc;
+
+/// The two ways `Caller` accepts an API key: an operation that needs a key lists both as
+/// alternatives with `security(("bearer" = []), ("apiKey" = []))`.
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The API key as `Authorization: Bearer <key>` (the SDK's way).",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "apiKey",
+            SecurityScheme::ApiKey(ApiKeyScheme::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "The API key in the `X-API-Key` header (older SDKs).",
+            ))),
+        );
+    }
+}
+
+/// Every endpoint, each with its OpenAPI operation.
+///
+/// To add an endpoint: annotate its handler with `#[utoipa::path(...)]` (method, path, tag,
+/// summary, params, request body, every status it can answer with its body, and
+/// `security(("bearer" = []), ("apiKey" = []))` if it takes a `Caller`), derive `ToSchema`
+/// for its bodies (or describe a `json!` body in schema.rs), and register it here with
+/// `.routes(routes!(module::handler))`. Never with `.route(...)`, here or in [`router`]: that
+/// serves the endpoint without documenting it. Then add it to the expected list in
+/// tests/openapi.rs.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(sale::submit))
+        .routes(routes!(sale::status))
+        .routes(routes!(credit::issue))
+        .routes(routes!(views::search))
+        .routes(routes!(views::original))
+        .routes(routes!(views::device))
+        .routes(routes!(views::monitoring))
+        .routes(routes!(docs::openapi_json))
+        .routes(routes!(docs::page))
+}
+
+/// The OpenAPI 3.1 document of [`router`], as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v2/etims/sale", post(sale::submit))
-        .route("/v2/etims/sales/{id}/status", get(sale::status))
-        .route("/v2/etims/sale/{id}/credit-note", post(credit::issue))
-        .route("/v2/etims/sales/search", get(views::search))
-        .route("/v2/etims/sales/{id}/original", get(views::original))
-        .route("/v2/etims/device", get(views::device))
-        .route("/v2/etims/device/monitoring", get(views::monitoring))
+    let (routes, api) = routes().split_for_parts();
+    routes
+        .layer(Extension(Arc::new(docs::Docs::new(api))))
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -18,8 +18,10 @@ use ushuru_tax::{
     InvoiceTotals, LineInput, LineText, Money, PricedLine, Pricing, Rounding, TaxBand,
     calculate_line,
 };
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::schema::{ErrorBody, SaleResult};
 use crate::{AppState, BranchContext, Caller, branch_context, request_id};
 
 /// KRA's item class for an item the caller did not classify (the flat body never does).
@@ -27,34 +29,67 @@ const UNCLASSIFIED: &str = "99999999";
 
 /// The body of `POST /v2/etims/sale`: the flat form, or the itemised form with `items`.
 /// Decimals come as JSON strings (the SDK's form) or numbers.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = SaleRequest)]
 struct SaleBody {
+    /// The seller's KRA PIN: must be the PIN of the API key's branch.
+    #[schema(example = "A000123456B")]
     supplier_pin: String,
+    /// The POS's invoice reference; what `GET /v2/etims/sales/search` finds.
+    #[schema(example = "INV-0001")]
     client_reference: String,
+    /// The total, VAT-inclusive, a decimal string (a JSON number is accepted); must equal
+    /// the lines' total to the cent.
+    #[schema(value_type = String, example = "5800.00")]
     amount: Value,
+    /// `YYYY-MM-DD`.
+    #[schema(example = "2026-09-25")]
     invoice_date: String,
+    /// Flat form: the single line's name ("General supply" when empty).
     item_description: Option<String>,
+    /// The VAT in `amount`, a decimal string; must be within 0.02 of Ushuru's.
+    #[schema(value_type = String, example = "800.00")]
     tax_amount: Value,
+    /// KRA payment type code; `01` (cash) when absent.
     pmt_ty_cd: Option<String>,
+    /// Flat form: the tax band `A` to `E` of the single line; `B` when absent.
     tax_band: Option<String>,
+    /// Itemised form: the lines. When present, `taxBand` is not used.
     items: Option<Vec<ItemBody>>,
+    /// The buyer's KRA PIN, for a B2B sale.
     buyer_pin: Option<String>,
     buyer_name: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// One line of an itemised sale.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = SaleItem)]
 struct ItemBody {
+    /// The caller's SKU; kept as the KRA item code when it fits 20 characters.
     sku: String,
     item_nm: String,
+    /// KRA item class, 8 to 10 digits.
+    #[schema(example = "10101601")]
     item_cls_cd: String,
+    /// Tax band `A` to `E`.
     tax_ty_cd: String,
+    /// A decimal string, e.g. `"2.0000"`.
+    #[schema(value_type = String)]
     qty: Value,
+    /// VAT-inclusive, a decimal string.
+    #[schema(value_type = String)]
     unit_price: Value,
+    /// `NT` when absent.
     pkg_unit_cd: Option<String>,
+    /// `U` when absent.
     qty_unit_cd: Option<String>,
+    /// A discount amount in KES, a decimal string.
+    #[schema(value_type = Option<String>)]
     discount: Option<Value>,
+    /// A discount rate in percent, a decimal string; used when `discount` is absent or zero.
+    #[schema(value_type = Option<String>)]
     discount_rate: Option<Value>,
 }
 
@@ -353,6 +388,43 @@ pub(crate) fn respond(status: StatusCode, body: Value, request_id: &str) -> Resp
     response
 }
 
+/// `POST /v2/etims/sale`: accepts the sale (numbered and queued in one transaction), then
+/// waits for its receipt up to the sale deadline.
+#[utoipa::path(
+    post,
+    path = "/v2/etims/sale",
+    tag = "sales",
+    summary = "Sign a sale",
+    description = "Prices the sale with KRA's rules, checks the caller's totals against the \
+        lines (the amount to the cent, the VAT within 0.02), numbers it and queues it for the \
+        branch's control unit in one transaction, then waits for the signed receipt up to the \
+        sale deadline. A sale signed in time is answered 200; one still queued, or whose \
+        outcome is being found out, 202: follow it with the status endpoint. The branch is the \
+        API key's; `supplierPin` must be its PIN.\n\n\
+        With an `Idempotency-Key`, the same key and the same body bytes answer the same sale \
+        again (as it is now); the same key with another body is refused.",
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "Makes retries safe: the SDK sends `<tin>:<invcNo>`. Kept 24 hours by default."),
+    ),
+    request_body(content = SaleBody, content_type = "application/json",
+        description = "The flat form (`taxBand`, one line) or the itemised form (`items`)."),
+    responses(
+        (status = 200, description = "Signed, or refused for good (`status` says which).",
+            body = SaleResult, headers(("X-Request-Id" = String, description = "This request's id."))),
+        (status = 202, description = "Accepted, not signed yet (`PENDING_SYNC` or `OUTCOME_UNKNOWN`).",
+            body = SaleResult, headers(("X-Request-Id" = String, description = "This request's id."))),
+        (status = 400, description = "The body is not JSON of this shape (`INVALID_BODY`).", body = ErrorBody),
+        (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 422, description = "The sale is refused before it is numbered: `SUPPLIER_MISMATCH`, `INVALID_DATE`, \
+            `AMOUNT_MISMATCH`, `TAX_MISMATCH`, `INVALID_PIN`, `INVALID_ITEM_CLASS`, `UNKNOWN_TAX_BAND`, ...; \
+            or `IDEMPOTENCY_KEY_REUSED`.", body = ErrorBody),
+        (status = 425, description = "The first request with this Idempotency-Key is still running \
+            (`IDEMPOTENT_REQUEST_IN_FLIGHT`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`INTERNAL_ERROR`); retry with the same Idempotency-Key.", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("apiKey" = [])),
+)]
 pub(crate) async fn submit(
     State(state): State<AppState>,
     caller: Caller,
@@ -565,6 +637,24 @@ async fn accept(
     Ok(render(&record, branch, state, request_id))
 }
 
+/// `GET /v2/etims/sales/{id}/status`: the sale as it is now.
+#[utoipa::path(
+    get,
+    path = "/v2/etims/sales/{id}/status",
+    tag = "sales",
+    summary = "A sale's status",
+    description = "The sale (or credit note) as it is now, in the shape of the sale answer. \
+        Poll it after a 202 until `status` is `SIGNED` or `FAILED`.",
+    params(("id" = i64, Path, description = "The `purchaseId` of the sale.")),
+    responses(
+        (status = 200, description = "The sale.", body = SaleResult,
+            headers(("X-Request-Id" = String, description = "This request's id."))),
+        (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 404, description = "No such sale for this branch (`NOT_FOUND`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("apiKey" = [])),
+)]
 pub(crate) async fn status(
     State(state): State<AppState>,
     caller: Caller,

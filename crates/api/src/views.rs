@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use ushuru_store::{ExchangeRecord, SaleId};
 
 use crate::sale::{render, respond};
+use crate::schema::{DeviceView, ErrorBody, Monitoring, SaleOriginal, SaleResult};
 use crate::{ApiError, AppState, Caller, branch_context, request_id};
 
 /// A journal body as JSON when it is JSON (KRA's bodies are), else as the text it was.
@@ -30,6 +31,23 @@ fn exchange_view(exchange: &ExchangeRecord) -> Value {
 /// `GET /v2/etims/sales/{id}/original`: the sale as the status endpoint shows it, the
 /// exact payload sent to the control unit and every exchange about it, in order
 /// (`transport`). The cmcKey travels in headers, which the journal never keeps.
+#[utoipa::path(
+    get,
+    path = "/v2/etims/sales/{id}/original",
+    tag = "sales",
+    summary = "A sale with its exchanges with the control unit",
+    description = "For operators, KRA support and auditors: the sale as the status endpoint \
+        shows it, its priced lines, the exact request the control unit received and every \
+        exchange about the sale, in order. Never the cmcKey.",
+    params(("id" = i64, Path, description = "The `purchaseId` of the sale.")),
+    responses(
+        (status = 200, description = "The sale and its journal.", body = SaleOriginal, headers(("X-Request-Id" = String, description = "This request's id."))),
+        (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 404, description = "No such sale for this branch (`NOT_FOUND`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("apiKey" = [])),
+)]
 pub(crate) async fn original(
     State(state): State<AppState>,
     caller: Caller,
@@ -97,6 +115,20 @@ pub(crate) async fn original(
 }
 
 /// `GET /v2/etims/device`: the branch's persisted onboarding checkpoint. Never the cmcKey.
+#[utoipa::path(
+    get,
+    path = "/v2/etims/device",
+    tag = "device",
+    summary = "The branch's control unit",
+    description = "The onboarding checkpoint of the API key's branch: `READY` with the control \
+        unit's ids once it is initialised, else `KEY_REQUIRED`. Never the cmcKey.",
+    responses(
+        (status = 200, description = "The device.", body = DeviceView, headers(("X-Request-Id" = String, description = "This request's id."))),
+        (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("apiKey" = [])),
+)]
 pub(crate) async fn device(State(state): State<AppState>, caller: Caller) -> Response {
     let request_id = request_id();
     let scope = caller.key.scope;
@@ -134,6 +166,20 @@ pub(crate) async fn device(State(state): State<AppState>, caller: Caller) -> Res
 
 /// `GET /v2/etims/device/monitoring`: the sequence auditor's findings for this branch's
 /// control unit: every receipt-number gap or duplicate seen, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v2/etims/device/monitoring",
+    tag = "device",
+    summary = "Receipt-number gaps and duplicates",
+    description = "The sequence auditor's findings for the branch's control unit: every gap or \
+        duplicate seen in its receipt numbers, oldest first.",
+    responses(
+        (status = 200, description = "The findings.", body = Monitoring, headers(("X-Request-Id" = String, description = "This request's id."))),
+        (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("apiKey" = [])),
+)]
 pub(crate) async fn monitoring(State(state): State<AppState>, caller: Caller) -> Response {
     let request_id = request_id();
     let scope = caller.key.scope;
@@ -175,6 +221,31 @@ const SEARCH_KEYS: [&str; 4] = [
 
 /// `GET /v2/etims/sales/search?clientReference=…`: the branch's latest sale with that
 /// reference, shaped like the status answer.
+#[utoipa::path(
+    get,
+    path = "/v2/etims/sales/search",
+    tag = "sales",
+    summary = "Find a sale by the POS's reference",
+    description = "The branch's latest sale with that `clientReference`, shaped like the status \
+        answer. Give exactly one search key. Ushuru records only `clientReference` with a \
+        sale; the other keys of the contract are refused with `SEARCH_KEY_UNSUPPORTED` rather \
+        than guessed.",
+    params(
+        ("clientReference" = Option<String>, Query, description = "The `clientReference` the sale was sent with."),
+        ("operationKey" = Option<String>, Query, description = "Not recorded by Ushuru: refused."),
+        ("requestId" = Option<String>, Query, description = "Not recorded by Ushuru: refused."),
+        ("transactionId" = Option<String>, Query, description = "Not recorded by Ushuru: refused."),
+    ),
+    responses(
+        (status = 200, description = "The sale.", body = SaleResult, headers(("X-Request-Id" = String, description = "This request's id."))),
+        (status = 400, description = "Not exactly one non-empty key (`SEARCH_KEY_REQUIRED`), or a \
+            key other than `clientReference` (`SEARCH_KEY_UNSUPPORTED`).", body = ErrorBody),
+        (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 404, description = "No sale with that reference for this branch (`NOT_FOUND`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("apiKey" = [])),
+)]
 pub(crate) async fn search(
     State(state): State<AppState>,
     caller: Caller,
