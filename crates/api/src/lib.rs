@@ -9,10 +9,15 @@
 //! router that serves them (see [`routes`]), so an endpoint cannot be served undocumented.
 
 mod credit;
+mod customers;
 mod docs;
 mod error;
+mod init;
+mod items;
+mod operations;
 mod sale;
 mod schema;
+mod stock;
 mod views;
 
 use std::collections::HashMap;
@@ -79,7 +84,10 @@ pub struct AppState {
     tags(
         (name = "sales", description = "Signing sales and reading them back."),
         (name = "credit notes", description = "Reversing all or part of a signed sale."),
-        (name = "device", description = "The branch's control unit."),
+                (name = "device", description = "The branch's control unit."),
+        (name = "stock", description = "Stock movements and remaining quantities."),
+        (name = "items", description = "Registering items with the control unit."),
+        (name = "customers", description = "Registering buyers with the branch."),
         (name = "reference", description = "This document, as JSON and as a page."),
     ),
     // ErrorBody is named by every operation; CreditNoteRequest by a reference (credit.rs).
@@ -133,6 +141,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(views::original))
         .routes(routes!(views::device))
         .routes(routes!(views::monitoring))
+        .routes(routes!(stock::adjust))
+        .routes(routes!(stock::adjustment))
+        .routes(routes!(stock::master))
+        .routes(routes!(stock::master_operation))
+        .routes(routes!(items::register))
+        .routes(routes!(items::bulk_import))
+        .routes(routes!(customers::register))
+        .routes(routes!(init::init))
+        .routes(routes!(init::handshake))
         .routes(routes!(docs::openapi_json))
         .routes(routes!(docs::page))
 }

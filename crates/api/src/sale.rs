@@ -21,11 +21,12 @@ use ushuru_tax::{
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::operations::is_pin;
 use crate::schema::{ErrorBody, SaleResult};
 use crate::{AppState, BranchContext, Caller, branch_context, request_id};
 
 /// KRA's item class for an item the caller did not classify (the flat body never does).
-const UNCLASSIFIED: &str = "99999999";
+pub(crate) const UNCLASSIFIED: &str = "99999999";
 
 /// The body of `POST /v2/etims/sale`: the flat form, or the itemised form with `items`.
 /// Decimals come as JSON strings (the SDK's form) or numbers.
@@ -94,7 +95,7 @@ struct ItemBody {
 }
 
 /// A decimal field's text, exactly as sent.
-fn decimal_text<'a>(field: &str, value: &'a Value) -> Result<Cow<'a, str>, ApiError> {
+pub(crate) fn decimal_text<'a>(field: &str, value: &'a Value) -> Result<Cow<'a, str>, ApiError> {
     match value {
         Value::String(text) => Ok(Cow::Borrowed(text)),
         Value::Number(number) => Ok(Cow::Owned(number.to_string())),
@@ -122,14 +123,6 @@ pub(crate) fn item_code(sku: &str) -> String {
         digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
     ]);
     format!("KE2NTU{:07}", number % 10_000_000)
-}
-
-fn is_pin(text: &str) -> bool {
-    let b = text.as_bytes();
-    b.len() == 11
-        && b[0].is_ascii_uppercase()
-        && b[1..10].iter().all(u8::is_ascii_digit)
-        && b[10].is_ascii_uppercase()
 }
 
 /// The priced sale, ready for phase 1.

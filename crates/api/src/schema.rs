@@ -38,6 +38,12 @@ pub(crate) struct ErrorBody {
     /// `CREDIT_NOTE_EXCEEDS_ORIGINAL` only: the quantity earlier notes reversed.
     #[serde(default)]
     already_reversed: String,
+    /// `CONTROL_UNIT_REJECTED` only: KRA's result code.
+    #[serde(default)]
+    result_cd: Option<String>,
+    /// `CONTROL_UNIT_REJECTED` of an item only: the item code it was registered under.
+    #[serde(default)]
+    item_cd: String,
 }
 
 /// Where a sale or credit note is: `PENDING_SYNC` (queued, not yet signed), `SIGNED`,
@@ -245,4 +251,164 @@ pub(crate) struct LegacyReturnItem {
     sku: String,
     /// A decimal string > 0 with at most 2 places; what remains of the line when absent.
     qty: Option<String>,
+}
+
+/// Where a queued control-unit operation is, in the taxid words: `OUTCOME_UNKNOWN` while it
+/// is queued or its answer is not in, then `SYNCED` or `REJECTED` (with `resultCd`).
+#[derive(ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub(crate) enum OperationStatus {
+    Synced,
+    Rejected,
+    OutcomeUnknown,
+}
+
+/// A stock movement (`insertStockIO`) as the SDK's `StockOperationResult` reads it.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StockOperationResult {
+    /// The Idempotency-Key it was sent with.
+    operation_key: String,
+    /// Ushuru's id of the movement.
+    movement_id: i64,
+    /// The branch's gap-free stock movement number sent to KRA.
+    sar_no: i64,
+    status: OperationStatus,
+    /// SHA-256 of the exact payload queued for the control unit.
+    payload_sha256: String,
+    /// The movement's total, VAT-inclusive, a decimal string.
+    tot_amt: String,
+    tot_tax_amt: String,
+    /// Whether the control unit accepted it.
+    kra_acknowledged: bool,
+    /// `REJECTED` only: KRA's code and message (absent otherwise: the SDK reads any
+    /// `resultCd` as KRA's verdict).
+    #[serde(default)]
+    result_cd: String,
+    #[serde(default)]
+    result_msg: Option<String>,
+    request_id: String,
+}
+
+/// One call made for a stock master operation.
+#[derive(ToSchema)]
+pub(crate) struct TransportEntry {
+    /// `<endpoint>#<attempt>`.
+    identity: String,
+    /// SHA-256 of the queued payload.
+    business_sha256: String,
+    /// SHA-256 of the bytes sent.
+    wire_sha256: String,
+    /// Whether the control unit answered the call (accepted or refused it).
+    #[serde(rename = "transportReturned")]
+    transport_returned: bool,
+}
+
+/// An item's remaining quantity (`saveStockMaster`), as the SDK's `StockMasterResult`.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StockMasterResult {
+    operation_key: String,
+    /// The movement it follows.
+    original_io_key: String,
+    item_cd: String,
+    /// The remaining quantity sent, a decimal string.
+    rsd_qty: String,
+    status: OperationStatus,
+    payload_sha256: String,
+    /// Every call made for it, in order.
+    transport: Vec<TransportEntry>,
+    kra_acknowledged: bool,
+    /// Always `ABSOLUTE_RESIDUAL_QUANTITY`.
+    semantics: String,
+    /// `REJECTED` only: KRA's code and message (absent otherwise: the SDK reads any
+    /// `resultCd` as KRA's verdict).
+    #[serde(default)]
+    result_cd: String,
+    #[serde(default)]
+    result_msg: Option<String>,
+    request_id: String,
+}
+
+/// An item registration.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ItemResult {
+    /// The KRA item code it is registered under (what a sale of the SKU names).
+    item_cd: String,
+    sku: String,
+    status: OperationStatus,
+    /// Whether the control unit has it.
+    vscu_registered: bool,
+    request_id: String,
+}
+
+/// One row of a bulk import.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BulkImportRow {
+    /// 1 for the first row after the header.
+    row: i64,
+    #[schema(required = true)]
+    sku: Option<String>,
+    /// `INVALID` for a row that was not queued; else as an operation's status.
+    #[schema(value_type = String, example = "SYNCED")]
+    status: String,
+    /// Valid rows only.
+    #[serde(default)]
+    item_cd: String,
+    /// Valid rows, once answered or at the deadline.
+    #[serde(default)]
+    vscu_registered: bool,
+    /// `INVALID` and `REJECTED` rows: why.
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: Option<String>,
+    /// `REJECTED` rows: KRA's code.
+    #[serde(default)]
+    result_cd: Option<String>,
+}
+
+/// A bulk import's answer: one result per row.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BulkImportResult {
+    total: i64,
+    /// Rows invalid or refused by the control unit.
+    failed: i64,
+    results: Vec<BulkImportRow>,
+    request_id: String,
+}
+
+/// A buyer registered with the branch.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CustomerResult {
+    pin: String,
+    name: String,
+    /// The branch's customer number: the PIN's nine digits.
+    cust_no: String,
+    status: OperationStatus,
+    registered: bool,
+    request_id: String,
+}
+
+/// The device checkpoint answered by init and the handshake. Never the cmcKey.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InitResult {
+    status: DeviceState,
+    tin: String,
+    bhf_id: String,
+    /// `READY` only.
+    #[serde(default)]
+    sdc_id: String,
+    #[serde(default)]
+    mrc_no: String,
+    /// `902` when a device was asked for on a branch that has one.
+    #[serde(default)]
+    result_cd: String,
+    #[serde(default)]
+    result_msg: String,
 }

@@ -183,7 +183,7 @@ async fn finish(app: App) {
 
 /// Every route the router serves, as `METHOD path`. Written out so that an endpoint dropped
 /// from the router (and so from the document) fails here; a new one is added here too.
-const EXPECTED: [&str; 9] = [
+const EXPECTED: [&str; 18] = [
     "POST /v2/etims/sale",
     "GET /v2/etims/sales/{id}/status",
     "POST /v2/etims/sale/{id}/credit-note",
@@ -191,6 +191,15 @@ const EXPECTED: [&str; 9] = [
     "GET /v2/etims/sales/{id}/original",
     "GET /v2/etims/device",
     "GET /v2/etims/device/monitoring",
+    "POST /v2/etims/stock/adjustment",
+    "GET /v2/etims/stock/operations/{key}",
+    "POST /v2/etims/stock/master",
+    "GET /v2/etims/stock/master/operations/{key}",
+    "POST /v2/etims/items",
+    "POST /v2/etims/items/bulk-import",
+    "POST /v2/etims/customers",
+    "POST /v2/etims/init",
+    "GET /v2/etims/init-handshake",
     "GET /openapi.json",
     "GET /docs",
 ];
@@ -471,8 +480,8 @@ fn itemised(reference: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_answers_match_the_documented_schemas() {
     let app = start(sqlite().await, Duration::from_secs(2)).await;
-    let key = app.keys[0].clone();
-    let key = Some(key.as_str());
+    let raw_key = app.keys[0].clone();
+    let key = Some(raw_key.as_str());
     let mut samples = Vec::new();
     let s = &mut samples;
     const SALE: &str = "POST /v2/etims/sale";
@@ -684,6 +693,216 @@ async fn real_answers_match_the_documented_schemas() {
     )
     .await;
 
+    // Stock, items, customers and init, good and bad.
+    const ADJUST: &str = "POST /v2/etims/stock/adjustment";
+    const MOVEMENT: &str = "GET /v2/etims/stock/operations/{key}";
+    const MASTER: &str = "POST /v2/etims/stock/master";
+    const MASTER_OP: &str = "GET /v2/etims/stock/master/operations/{key}";
+    const ITEMS: &str = "POST /v2/etims/items";
+    const BULK: &str = "POST /v2/etims/items/bulk-import";
+    const CUSTOMERS: &str = "POST /v2/etims/customers";
+    const INIT: &str = "POST /v2/etims/init";
+    const HANDSHAKE: &str = "GET /v2/etims/init-handshake";
+    let adjustment = json!({"lines": [{"itemCd": "SKU1", "itemNm": "Laptop", "ioType": "M", "pkgUnitCd": "NT", "pkgQty": "1",
+        "qtyUnitCd": "U", "qty": "10", "prc": "5000", "totDcAmt": "0", "taxTyCd": "B"}], "remark": "Stock in", "orgSarNo": 0});
+    let moved = call(
+        &app.url,
+        s,
+        ADJUST,
+        "/v2/etims/stock/adjustment",
+        key,
+        Some("stk-1"),
+        Some(&adjustment),
+    )
+    .await;
+    assert_eq!(moved["status"], "SYNCED", "{moved}");
+    call(
+        &app.url,
+        s,
+        ADJUST,
+        "/v2/etims/stock/adjustment",
+        key,
+        None,
+        Some(&adjustment),
+    )
+    .await;
+    call(
+        &app.url,
+        s,
+        ADJUST,
+        "/v2/etims/stock/adjustment",
+        key,
+        Some("stk-2"),
+        Some(&json!({"lines": []})),
+    )
+    .await;
+    call(
+        &app.url,
+        s,
+        MOVEMENT,
+        "/v2/etims/stock/operations/stk-1",
+        key,
+        None,
+        None,
+    )
+    .await;
+    call(
+        &app.url,
+        s,
+        MOVEMENT,
+        "/v2/etims/stock/operations/none",
+        key,
+        None,
+        None,
+    )
+    .await;
+    let master = json!({"originalIoKey": "stk-1", "itemCd": "SKU1", "rsdQty": "10"});
+    call(
+        &app.url,
+        s,
+        MASTER,
+        "/v2/etims/stock/master",
+        key,
+        Some("rsd-1"),
+        Some(&master),
+    )
+    .await;
+    call(
+        &app.url,
+        s,
+        MASTER,
+        "/v2/etims/stock/master",
+        key,
+        Some("rsd-2"),
+        Some(&json!({"originalIoKey": "x", "itemCd": "SKU1", "rsdQty": "1"})),
+    )
+    .await;
+    call(
+        &app.url,
+        s,
+        MASTER_OP,
+        "/v2/etims/stock/master/operations/rsd-1",
+        key,
+        None,
+        None,
+    )
+    .await;
+    call(
+        &app.url,
+        s,
+        MASTER_OP,
+        "/v2/etims/stock/master/operations/none",
+        key,
+        None,
+        None,
+    )
+    .await;
+    let item = json!({"sku": "WATER", "itemNm": "Water", "itemClsCd": "50202301", "taxTyCd": "B", "unitPrice": "50.00", "qty": "1", "bcd": null});
+    call(
+        &app.url,
+        s,
+        ITEMS,
+        "/v2/etims/items",
+        key,
+        None,
+        Some(&item),
+    )
+    .await;
+    call(
+        &app.url,
+        s,
+        ITEMS,
+        "/v2/etims/items",
+        key,
+        None,
+        Some(
+            &json!({"sku": "W", "itemNm": "W", "itemClsCd": "1", "taxTyCd": "B", "unitPrice": "1"}),
+        ),
+    )
+    .await;
+    for (text, part) in [
+        (
+            "sku,itemNm,itemClsCd,taxTyCd,unitPrice\nA,A,50202301,B,1\nB,B,1,B,1\n",
+            "file",
+        ),
+        (
+            "sku,itemNm,itemClsCd,taxTyCd,unitPrice\nA,A,50202301,B,1\n",
+            "file",
+        ),
+        ("sku\nA\n", "file"),
+    ] {
+        let form = reqwest::multipart::Form::new().part(
+            part,
+            reqwest::multipart::Part::bytes(text.as_bytes()).file_name("items.csv"),
+        );
+        let response = reqwest::Client::new()
+            .post(format!("{}/v2/etims/items/bulk-import", app.url))
+            .bearer_auth(&raw_key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        s.push(Sample {
+            route: BULK,
+            status,
+            body: response.json().await.unwrap(),
+        });
+    }
+    let customer = json!({"pin": "P000111222Q", "name": "Acme Ltd"});
+    call(
+        &app.url,
+        s,
+        CUSTOMERS,
+        "/v2/etims/customers",
+        key,
+        None,
+        Some(&customer),
+    )
+    .await;
+    call(
+        &app.url,
+        s,
+        CUSTOMERS,
+        "/v2/etims/customers",
+        key,
+        None,
+        Some(&json!({"pin": "x", "name": "y"})),
+    )
+    .await;
+    call(&app.url, s, INIT, "/v2/etims/init", key, None, None).await;
+    let device_init = json!({"tin": TINS[0], "bhfId": "00", "dvcSrlNo": "POS"});
+    call(
+        &app.url,
+        s,
+        INIT,
+        "/v2/etims/init",
+        key,
+        None,
+        Some(&device_init),
+    )
+    .await;
+    call(
+        &app.url,
+        s,
+        INIT,
+        "/v2/etims/init",
+        key,
+        None,
+        Some(&json!({"tin": "P000000009Z", "bhfId": "00", "dvcSrlNo": "POS"})),
+    )
+    .await;
+    call(
+        &app.url,
+        s,
+        HANDSHAKE,
+        "/v2/etims/init-handshake",
+        key,
+        None,
+        None,
+    )
+    .await;
+
     // The control unit goes away: a sale is answered 202 with its receipt fields null.
     let App {
         url,
@@ -704,6 +923,17 @@ async fn real_answers_match_the_documented_schemas() {
     )
     .await;
     assert_eq!(pending["status"], "PENDING_SYNC", "{pending}");
+    let waiting = call(
+        &url,
+        s,
+        ADJUST,
+        "/v2/etims/stock/adjustment",
+        key,
+        Some("stk-3"),
+        Some(&adjustment),
+    )
+    .await;
+    assert_eq!(waiting["status"], "OUTCOME_UNKNOWN", "{waiting}");
 
     let statuses: BTreeSet<(&str, u16)> = samples.iter().map(|s| (s.route, s.status)).collect();
     for wanted in [
@@ -724,6 +954,26 @@ async fn real_answers_match_the_documented_schemas() {
         (ORIGINAL, 200),
         (DEVICE, 200),
         (MONITORING, 200),
+        (ADJUST, 200),
+        (ADJUST, 202),
+        (ADJUST, 400),
+        (ADJUST, 422),
+        (MOVEMENT, 200),
+        (MOVEMENT, 404),
+        (MASTER, 200),
+        (MASTER, 422),
+        (MASTER_OP, 200),
+        (MASTER_OP, 404),
+        (ITEMS, 200),
+        (ITEMS, 422),
+        (BULK, 200),
+        (BULK, 207),
+        (BULK, 400),
+        (CUSTOMERS, 200),
+        (CUSTOMERS, 422),
+        (INIT, 200),
+        (INIT, 422),
+        (HANDSHAKE, 200),
     ] {
         assert!(
             statuses.contains(&wanted),
@@ -740,7 +990,12 @@ async fn real_answers_match_the_documented_schemas() {
         [SALE, flat_sale],
         [SALE, mixed_sale],
         [CREDIT, one_soda],
-        [CREDIT, legacy]
+        [CREDIT, legacy],
+        [ADJUST, adjustment],
+        [MASTER, master],
+        [ITEMS, item],
+        [CUSTOMERS, customer],
+        [INIT, device_init]
     ]);
     run_python(
         r#"

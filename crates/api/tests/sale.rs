@@ -949,6 +949,493 @@ async fn credit_notes_full_partial_and_refused(store: Store) {
     finish(app).await;
 }
 
+async fn post_json(
+    app: &App,
+    key: &str,
+    path: &str,
+    idempotency: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}{path}", app.url))
+        .bearer_auth(key)
+        .json(body);
+    if let Some(idempotency) = idempotency {
+        request = request.header("Idempotency-Key", idempotency);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+async fn sandbox_state(app: &App) -> Value {
+    reqwest::get(format!("{}/_sandbox/state", app.sandbox.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn stock_line(item_cd: &str, io_type: &str, qty: &str) -> Value {
+    json!({"itemCd": item_cd, "itemNm": "Laptop", "ioType": io_type, "pkgUnitCd": "NT", "pkgQty": "1",
+           "qtyUnitCd": "U", "qty": qty, "prc": "5000", "totDcAmt": "0", "taxTyCd": "B"})
+}
+
+async fn stock_moves_are_numbered_priced_and_sent_in_order(store: Store) {
+    let app = start(store, Duration::from_secs(10)).await;
+    let key = app.keys[0].clone();
+    let adjustment =
+        json!({"lines": [stock_line("SKU1", "M", "10")], "remark": "Stock in", "orgSarNo": 0});
+    // The key is required: it is the operation key.
+    let (status, body) =
+        post_json(&app, &key, "/v2/etims/stock/adjustment", None, &adjustment).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("IDEMPOTENCY_KEY_REQUIRED")),
+        "{body}"
+    );
+    let (status, first) = post_json(
+        &app,
+        &key,
+        "/v2/etims/stock/adjustment",
+        Some("stk/1 x"),
+        &adjustment,
+    )
+    .await;
+    assert_eq!(
+        (status, first["status"].as_str()),
+        (200, Some("SYNCED")),
+        "{first}"
+    );
+    // Priced by the server: 10 × 5000 VAT-inclusive at 16 %.
+    assert_eq!(
+        (
+            &first["sarNo"],
+            first["totAmt"].as_str(),
+            first["totTaxAmt"].as_str(),
+            &first["kraAcknowledged"]
+        ),
+        (&json!(1), Some("50000.00"), Some("6896.55"), &json!(true)),
+        "{first}"
+    );
+    // The control unit holds the movement under sarNo 1 as stock in (06), and the item
+    // it names was registered first (saveItem), since the sale rules need it.
+    let state = sandbox_state(&app).await;
+    let moved = &state["stock_io"][format!("{}/00/1", TINS[0])]["value"];
+    assert_eq!(
+        (moved["sarTyCd"].as_str(), moved["totAmt"].as_f64()),
+        (Some("06"), Some(50000.0)),
+        "{moved}"
+    );
+    assert!(
+        state["items"].get(format!("{}/SKU1", TINS[0])).is_some(),
+        "{}",
+        state["items"]
+    );
+    // The same key and body: the same movement; another body: refused.
+    let (status, again) = post_json(
+        &app,
+        &key,
+        "/v2/etims/stock/adjustment",
+        Some("stk/1 x"),
+        &adjustment,
+    )
+    .await;
+    assert_eq!(
+        (status, &again["movementId"], &again["sarNo"]),
+        (200, &first["movementId"], &json!(1))
+    );
+    let other = json!({"lines": [stock_line("SKU1", "M", "11")], "orgSarNo": 0});
+    let (status, body) = post_json(
+        &app,
+        &key,
+        "/v2/etims/stock/adjustment",
+        Some("stk/1 x"),
+        &other,
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("IDEMPOTENCY_KEY_REUSED")),
+        "{body}"
+    );
+    // Invalid requests use no number.
+    for (bad, code) in [
+        (json!({"lines": [], "orgSarNo": 0}), "NO_LINES"),
+        (
+            json!({"lines": [stock_line("SKU1", "M", "1"), stock_line("SKU1", "A", "1")]}),
+            "MIXED_IO_TYPES",
+        ),
+        (
+            json!({"lines": [stock_line("SKU1", "X", "1")]}),
+            "INVALID_IO_TYPE",
+        ),
+        (
+            json!({"lines": [stock_line("SKU1", "A", "0")]}),
+            "NON_POSITIVE_QUANTITY",
+        ),
+        (
+            json!({"lines": [stock_line("", "A", "1")]}),
+            "INVALID_ITEM_CODE",
+        ),
+        (
+            json!({"lines": [stock_line("SKU1", "A", "1")], "custTin": "nope"}),
+            "INVALID_PIN",
+        ),
+    ] {
+        let (status, body) =
+            post_json(&app, &key, "/v2/etims/stock/adjustment", Some(code), &bad).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (422, Some(code)),
+            "{bad} → {body}"
+        );
+    }
+    let (status, body) = post_json(
+        &app,
+        &key,
+        "/v2/etims/stock/adjustment",
+        Some("typo"),
+        &json!({"lines": [], "sarNo": 3}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("INVALID_BODY")),
+        "{body}"
+    );
+    let out = json!({"lines": [stock_line("SKU1", "A", "2.5")], "orgSarNo": 0});
+    let (status, second) = post_json(
+        &app,
+        &key,
+        "/v2/etims/stock/adjustment",
+        Some("stk-2"),
+        &out,
+    )
+    .await;
+    assert_eq!(
+        (status, &second["sarNo"], second["status"].as_str()),
+        (200, &json!(2), Some("SYNCED")),
+        "{second}"
+    );
+    // Looked up by its key, percent-encoded; another branch's key finds nothing.
+    let (status, found) = get(&app, &key, "/v2/etims/stock/operations/stk%2F1%20x").await;
+    assert_eq!(
+        (status, &found["movementId"]),
+        (200, &first["movementId"]),
+        "{found}"
+    );
+    let (status, _) = get(&app, &app.keys[1], "/v2/etims/stock/operations/stk%2F1%20x").await;
+    assert_eq!(status, 404);
+    let (status, body) = get(&app, &key, "/v2/etims/stock/operations/none").await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("NOT_FOUND")));
+
+    // The remaining quantity follows a movement that named the item.
+    let master = |original: &str, item: &str, qty: &str| json!({"originalIoKey": original, "itemCd": item, "rsdQty": qty});
+    for (body, code) in [
+        (master("missing", "SKU1", "7.50"), "UNKNOWN_OPERATION"),
+        (master("stk-2", "SKU9", "7.50"), "ITEM_NOT_IN_OPERATION"),
+        (master("stk-2", "SKU1", "7.505"), "INVALID_QUANTITY"),
+        (master("stk-2", "SKU1", "-1"), "INVALID_QUANTITY"),
+    ] {
+        let (status, answer) =
+            post_json(&app, &key, "/v2/etims/stock/master", Some(code), &body).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (422, Some(code)),
+            "{body} → {answer}"
+        );
+    }
+    let (status, rsd) = post_json(
+        &app,
+        &key,
+        "/v2/etims/stock/master",
+        Some("rsd-1"),
+        &master("stk-2", "SKU1", "7.50"),
+    )
+    .await;
+    assert_eq!(
+        (status, rsd["status"].as_str(), rsd["semantics"].as_str()),
+        (200, Some("SYNCED"), Some("ABSOLUTE_RESIDUAL_QUANTITY")),
+        "{rsd}"
+    );
+    let transport = rsd["transport"].as_array().unwrap();
+    assert_eq!(transport.len(), 1, "{rsd}");
+    assert_eq!(transport[0]["business_sha256"], rsd["payloadSha256"]);
+    let state = sandbox_state(&app).await;
+    assert_eq!(
+        state["stock_master"][format!("{}/00/SKU1", TINS[0])]["value"]["rsdQty"].as_f64(),
+        Some(7.5)
+    );
+    let (status, found) = get(&app, &key, "/v2/etims/stock/master/operations/rsd-1").await;
+    assert_eq!(
+        (status, &found["payloadSha256"]),
+        (200, &rsd["payloadSha256"]),
+        "{found}"
+    );
+    finish(app).await;
+}
+
+async fn items_customers_and_init(store: Store) {
+    let app = start(store, Duration::from_secs(10)).await;
+    let key = app.keys[0].clone();
+    // The SDK's register_item body, bcd null sent explicitly.
+    let item = json!({"sku": "WATER-500ML", "itemNm": "Water 500ml", "itemClsCd": "50202301", "taxTyCd": "B",
+                      "unitPrice": "50.00", "qty": "1", "bcd": null, "pkgUnitCd": "NT", "qtyUnitCd": "U"});
+    let (status, body) = post_json(&app, &key, "/v2/etims/items", None, &item).await;
+    assert_eq!(
+        (status, body["itemCd"].as_str(), &body["vscuRegistered"]),
+        (200, Some("WATER-500ML"), &json!(true)),
+        "{body}"
+    );
+    let registered =
+        &sandbox_state(&app).await["items"][format!("{}/WATER-500ML", TINS[0])]["value"];
+    assert_eq!(
+        (
+            registered["itemClsCd"].as_str(),
+            registered["dftPrc"].as_f64()
+        ),
+        (Some("50202301"), Some(50.0)),
+        "{registered}"
+    );
+    // A SKU longer than KRA's 20 characters gets the code a sale of it would use.
+    let long = json!({"sku": "A-VERY-LONG-SKU-OVER-TWENTY", "itemNm": "Thing", "itemClsCd": "50202301", "taxTyCd": "A", "unitPrice": "1"});
+    let (status, body) = post_json(&app, &key, "/v2/etims/items", None, &long).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["itemCd"].as_str().unwrap().starts_with("KE2NTU"),
+        "{body}"
+    );
+    for (field, value, code) in [
+        ("itemClsCd", json!("123"), "INVALID_ITEM_CLASS"),
+        ("taxTyCd", json!("F"), "INVALID_TAX_BAND"),
+        ("unitPrice", json!("1.234"), "INVALID_AMOUNT"),
+        ("sku", json!(" "), "INVALID_SKU"),
+        ("itemNm", json!(""), "INVALID_ITEM_NAME"),
+    ] {
+        let mut bad = item.clone();
+        bad[field] = value;
+        let (status, body) = post_json(&app, &key, "/v2/etims/items", None, &bad).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (422, Some(code)),
+            "{field} → {body}"
+        );
+    }
+
+    // Bulk import: valid rows register, invalid ones say why, 207 for the mix.
+    let csv = "sku,itemNm,itemClsCd,taxTyCd,unitPrice\nBREAD,Bread,50181900,B,65.00\nMILK,Milk,50131700,C,60\nBAD,Bad class,12,B,1\n";
+    let upload = |text: &'static str, part: &'static str| {
+        let form = reqwest::multipart::Form::new().part(
+            part,
+            reqwest::multipart::Part::bytes(text.as_bytes())
+                .file_name("dir/items.csv")
+                .mime_str("text/csv")
+                .unwrap(),
+        );
+        reqwest::Client::new()
+            .post(format!("{}/v2/etims/items/bulk-import", app.url))
+            .bearer_auth(&key)
+            .multipart(form)
+            .send()
+    };
+    let response = upload(csv, "file").await.unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (status, &body["failed"], &body["total"]),
+        (207, &json!(1), &json!(3)),
+        "{body}"
+    );
+    let rows = body["results"].as_array().unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["status"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["SYNCED", "SYNCED", "INVALID"],
+        "{body}"
+    );
+    assert_eq!(rows[2]["code"], "INVALID_ITEM_CLASS");
+    assert!(
+        sandbox_state(&app).await["items"]
+            .get(format!("{}/MILK", TINS[0]))
+            .is_some()
+    );
+    for (text, part, code) in [
+        (
+            "sku,itemNm,taxTyCd,unitPrice\nA,B,B,1\n",
+            "file",
+            "MISSING_COLUMN",
+        ),
+        ("", "file", "EMPTY_FILE"),
+        (
+            "sku,itemNm,itemClsCd,taxTyCd,unitPrice\n",
+            "file",
+            "EMPTY_FILE",
+        ),
+        (
+            "sku,itemNm,itemClsCd,taxTyCd,unitPrice\nA,B,50181900,B,1\n",
+            "upload",
+            "MISSING_FILE",
+        ),
+    ] {
+        let response = upload(text, part).await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some(code)),
+            "{text:?} → {body}"
+        );
+    }
+
+    // Customers.
+    let (status, body) = post_json(
+        &app,
+        &key,
+        "/v2/etims/customers",
+        None,
+        &json!({"pin": "P000111222Q", "name": "Acme Ltd"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["custNo"].as_str(), &body["registered"]),
+        (200, Some("000111222"), &json!(true)),
+        "{body}"
+    );
+    let saved =
+        &sandbox_state(&app).await["customers"][format!("{}/00/000111222", TINS[0])]["value"];
+    assert_eq!(saved["custNm"].as_str(), Some("Acme Ltd"), "{saved}");
+    for (bad, code) in [
+        (json!({"pin": "123", "name": "X"}), "INVALID_PIN"),
+        (json!({"pin": "P000111222Q", "name": ""}), "INVALID_NAME"),
+    ] {
+        let (status, body) = post_json(&app, &key, "/v2/etims/customers", None, &bad).await;
+        assert_eq!((status, body["code"].as_str()), (422, Some(code)), "{body}");
+    }
+
+    // Init: the checkpoint, 902 for a device asked for again, never the cmcKey.
+    let (status, body) = post_json(&app, &key, "/v2/etims/init", None, &json!(null)).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("READY")),
+        "{body}"
+    );
+    let (status, body) = post_json(
+        &app,
+        &key,
+        "/v2/etims/init",
+        None,
+        &json!({"tin": TINS[0], "bhfId": "00", "dvcSrlNo": "POS"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["resultCd"].as_str()),
+        (200, Some("902")),
+        "{body}"
+    );
+    let (status, body) = post_json(
+        &app,
+        &key,
+        "/v2/etims/init",
+        None,
+        &json!({"tin": TINS[1], "bhfId": "00", "dvcSrlNo": "POS"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("BRANCH_MISMATCH")),
+        "{body}"
+    );
+    let (status, body) = get(&app, &key, "/v2/etims/init-handshake").await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("READY")),
+        "{body}"
+    );
+    assert!(
+        !body.to_string().to_lowercase().contains("cmckey"),
+        "{body}"
+    );
+    finish(app).await;
+}
+
+async fn an_operation_waits_out_an_outage(store: Store) {
+    let app = start(store, Duration::from_millis(300)).await;
+    let key = app.keys[0].clone();
+    let addr = app.sandbox.addr.to_string();
+    let App {
+        url,
+        store,
+        keys,
+        sandbox,
+        pipeline,
+        state_dir,
+    } = app;
+    sandbox.stop().await;
+    let app = App {
+        url,
+        store,
+        keys,
+        sandbox: Sandbox::new(
+            ControlUnit::new(Config::default(), None).unwrap(),
+            GatewayAccess::default(),
+        )
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap(),
+        pipeline,
+        state_dir,
+    };
+    let adjustment = json!({"lines": [stock_line("SKU1", "M", "1")]});
+    let (status, body) = post_json(
+        &app,
+        &key,
+        "/v2/etims/stock/adjustment",
+        Some("out-1"),
+        &adjustment,
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str(), &body["sarNo"]),
+        (202, Some("OUTCOME_UNKNOWN"), &json!(1)),
+        "{body}"
+    );
+    // The control unit comes back on its address: the movement is sent, once.
+    let unit = ControlUnit::new(
+        Config::default(),
+        Some(StateFile::open(&app.state_dir.join("cu.sqlite")).unwrap()),
+    )
+    .unwrap();
+    let back = Sandbox::new(unit, GatewayAccess::default())
+        .start(addr.parse().unwrap())
+        .await
+        .unwrap();
+    let mut found = Value::Null;
+    for _ in 0..300 {
+        let (_, now) = get(&app, &key, "/v2/etims/stock/operations/out-1").await;
+        if now["status"] == "SYNCED" {
+            found = now;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(found["status"], "SYNCED", "the movement never synced");
+    let state: Value = reqwest::get(format!("{}/_sandbox/state", back.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        state["stock_io"].get(format!("{}/00/1", TINS[0])).is_some(),
+        "{}",
+        state["stock_io"]
+    );
+    back.stop().await;
+    finish(app).await;
+}
+
 async fn finish(app: App) {
     app.sandbox.stop().await;
     let _ = std::fs::remove_dir_all(&app.state_dir);
@@ -977,4 +1464,7 @@ on_both!(
     the_journal_device_and_monitoring_views,
     sales_are_found_by_client_reference,
     credit_notes_full_partial_and_refused,
+    stock_moves_are_numbered_priced_and_sent_in_order,
+    items_customers_and_init,
+    an_operation_waits_out_an_outage,
 );

@@ -12,7 +12,8 @@ from kra_etims.client import KRAeTIMSClient
 from decimal import Decimal
 
 from kra_etims.exceptions import CreditNoteConflictError, CreditNoteExceedsOriginalError, KRAConflictError
-from kra_etims.models import CreditNoteReason, ReturnLine, SaleInvoice
+from kra_etims.models import (BranchCustomerRegistration, CreditNoteReason, ItemRegistration, ReturnLine,
+                              SaleInvoice, StockAdjustmentLine, StockMasterRequest)
 from kra_etims.tax import build_invoice_totals, calculate_item
 
 warnings.simplefilter("error")  # no UserWarning: every call below passes its key
@@ -108,4 +109,35 @@ check(device["status"] == "READY" and device["sdcId"] == first["sdcId"], f"devic
 monitoring = client.device_monitoring()
 check(monitoring["sequenceHealthy"] is True and monitoring["findings"] == [], f"monitoring {monitoring}")
 
-print("taxid-etims SDK: 14 checks passed against", os.environ["TAXID_API_URL"])
+# Items: one registration, then a CSV catalogue with one bad row (207, still a success).
+item = client.register_item(ItemRegistration(sku="SDK-WATER", itemNm="Water 500ml", itemClsCd="50202301",
+                                             taxTyCd="B", unitPrice=Decimal("50.00")))
+check(item["vscuRegistered"] is True and item["itemCd"] == "SDK-WATER", f"register_item {item}")
+catalogue = os.path.join(os.environ["USHURU_SDK_WORK_DIR"], "items.csv")
+with open(catalogue, "w") as file:
+    file.write("sku,itemNm,itemClsCd,taxTyCd,unitPrice\nSDK-BREAD,Bread,50181900,B,65.00\nSDK-BAD,Bad,12,B,1\n")
+imported = client.bulk_import_items(catalogue)
+check(imported["failed"] == 1 and [r["status"] for r in imported["results"]] == ["SYNCED", "INVALID"],
+      f"bulk_import_items {imported}")
+
+# Stock: a movement in, looked up by its key, then the remaining quantity after it.
+moved = client.submit_stock_adjustment(
+    [StockAdjustmentLine(itemCd="SDK-WATER", itemNm="Water 500ml", ioType="M", qty=Decimal("24"),
+                         prc=Decimal("50.00"), taxTyCd="B")],
+    remark="Delivery", idempotency_key="sdk/stock 1")
+check(moved.status == "SYNCED" and moved.sarNo >= 1 and Decimal(str(moved.totAmt)) == Decimal("1200.00"),
+      f"submit_stock_adjustment {moved}")
+again = client.inspect_stock_operation("sdk/stock 1")
+check(again.movementId == moved.movementId and again.sarNo == moved.sarNo, f"inspect_stock_operation {again}")
+residual = client.submit_stock_master(StockMasterRequest(originalIoKey="sdk/stock 1", itemCd="SDK-WATER",
+                                                         rsdQty=Decimal("24")), idempotency_key="sdk-rsd-1")
+check(residual.status == "SYNCED" and len(residual.transport) == 1, f"submit_stock_master {residual}")
+check(client.inspect_stock_master("sdk-rsd-1").payloadSha256 == residual.payloadSha256, "inspect_stock_master")
+
+# A buyer registered with the branch, and the init checkpoint.
+customer = client.register_customer(BranchCustomerRegistration(pin="P000111222Q", name="Acme Ltd"))
+check(customer["registered"] is True and customer["custNo"] == "000111222", f"register_customer {customer}")
+init = client.initialize_branch()
+check(init["status"] == "READY" and "cmcKey" not in init, f"initialize_branch {init}")
+
+print("taxid-etims SDK: 22 checks passed against", os.environ["TAXID_API_URL"])
