@@ -142,31 +142,16 @@ fn item_spec(
 
 fn save_item_request(item: ItemSpec) -> SaveItemRequest {
     SaveItemRequest {
-        item_cd: item.item_cd,
-        item_cls_cd: item.item_cls_cd,
-        item_ty_cd: "2".into(),
-        item_nm: item.item_nm,
-        item_std_nm: None,
-        orgn_nat_cd: "KE".into(),
         pkg_unit_cd: item.pkg_unit_cd,
         qty_unit_cd: item.qty_unit_cd,
-        tax_ty_cd: item.tax_ty_cd,
-        btch_no: None,
         bcd: item.bcd,
-        dft_prc: item.unit_price,
-        grp_prc_l1: None,
-        grp_prc_l2: None,
-        grp_prc_l3: None,
-        grp_prc_l4: None,
-        grp_prc_l5: None,
-        add_info: None,
-        sfty_qty: None,
-        isrc_aplcb_yn: "N".into(),
-        use_yn: "Y".into(),
-        regr_id: "ushuru".into(),
-        regr_nm: "Ushuru".into(),
-        modr_id: "ushuru".into(),
-        modr_nm: "Ushuru".into(),
+        ..SaveItemRequest::finished_product(
+            item.item_cd,
+            item.item_nm,
+            item.item_cls_cd,
+            item.tax_ty_cd,
+            item.unit_price,
+        )
     }
 }
 

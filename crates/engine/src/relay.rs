@@ -335,34 +335,18 @@ impl Relay {
                 continue;
             }
             let item = SaveItemRequest {
-                item_cd: line.item_cd.clone(),
-                item_cls_cd: line
-                    .item_cls_cd
-                    .clone()
-                    .unwrap_or_else(|| UNCLASSIFIED.to_owned()),
-                item_ty_cd: "2".to_owned(),
-                item_nm: line.item_nm.clone(),
-                item_std_nm: None,
-                orgn_nat_cd: "KE".to_owned(),
                 pkg_unit_cd: line.pkg_unit_cd.clone(),
                 qty_unit_cd: line.qty_unit_cd.clone(),
-                tax_ty_cd: line.tax_ty_cd.clone(),
-                btch_no: None,
                 bcd: line.bcd.clone(),
-                dft_prc: line.prc,
-                grp_prc_l1: None,
-                grp_prc_l2: None,
-                grp_prc_l3: None,
-                grp_prc_l4: None,
-                grp_prc_l5: None,
-                add_info: None,
-                sfty_qty: None,
-                isrc_aplcb_yn: "N".to_owned(),
-                use_yn: "Y".to_owned(),
-                regr_id: "ushuru".to_owned(),
-                regr_nm: "Ushuru".to_owned(),
-                modr_id: "ushuru".to_owned(),
-                modr_nm: "Ushuru".to_owned(),
+                ..SaveItemRequest::finished_product(
+                    line.item_cd.clone(),
+                    line.item_nm.clone(),
+                    line.item_cls_cd
+                        .clone()
+                        .unwrap_or_else(|| UNCLASSIFIED.to_owned()),
+                    line.tax_ty_cd.clone(),
+                    line.prc,
+                )
             };
             let call = self.client.call::<SaveItemEndpoint>(&item).await;
             self.journal(claim, &call).await?;
@@ -494,24 +478,7 @@ impl Relay {
     /// Keeps the call in the journal. A journal that cannot be written is logged, never a
     /// reason to drop a receipt already received.
     async fn journal<T>(&self, claim: &Claim, call: &Call<T>) -> Result<(), RelayError> {
-        let Exchange {
-            endpoint,
-            request_body,
-            response_body,
-            http_status,
-            elapsed,
-            ..
-        } = &call.exchange;
-        let record = ExchangeRecord {
-            sale: Some(claim.sale),
-            endpoint: endpoint.oscu_name().to_owned(),
-            attempt: claim.attempts,
-            request_body: request_body.clone(),
-            response_body: response_body.clone(),
-            http_status: *http_status,
-            outcome: call.outcome.class_name().to_owned(),
-            elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-        };
+        let record = exchange_record(call, claim.attempts, Some(claim.sale));
         if let Err(e) = self
             .store
             .record_exchange(self.scope, &record, self.clock.now())
@@ -520,6 +487,32 @@ impl Relay {
             tracing::error!(error = %e, sale = claim.sale.0, "the exchange journal could not be written");
         }
         Ok(())
+    }
+}
+
+/// A call as the exchange journal keeps it: the bodies, never the headers (the cmcKey).
+pub(crate) fn exchange_record<T>(
+    call: &Call<T>,
+    attempt: u32,
+    sale: Option<SaleId>,
+) -> ExchangeRecord {
+    let Exchange {
+        endpoint,
+        request_body,
+        response_body,
+        http_status,
+        elapsed,
+        ..
+    } = &call.exchange;
+    ExchangeRecord {
+        sale,
+        endpoint: endpoint.oscu_name().to_owned(),
+        attempt,
+        request_body: request_body.clone(),
+        response_body: response_body.clone(),
+        http_status: *http_status,
+        outcome: call.outcome.class_name().to_owned(),
+        elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
     }
 }
 

@@ -12,10 +12,10 @@ use sha2::{Digest, Sha256};
 use ushuru_kra::endpoints::{Endpoint, SaveCustomer, SaveItemEndpoint, StockInOut, StockMaster};
 use ushuru_kra::types::SaveItemRequest;
 use ushuru_kra::wire::from_slice_lenient;
-use ushuru_kra::{Call, Exchange, Outcome, ResultClass};
-use ushuru_store::{ExchangeRecord, OperationClaim, OperationKind, OperationState};
+use ushuru_kra::{Call, Outcome, ResultClass};
+use ushuru_store::{OperationClaim, OperationKind, OperationState};
 
-use super::{Relay, RelayError, Step};
+use super::{Relay, RelayError, Step, exchange_record};
 
 impl Relay {
     /// Claims the branch's next operation and sends it; None when there is none ready.
@@ -130,24 +130,7 @@ impl Relay {
 
     /// Keeps the call in the journal; a journal that cannot be written is logged only.
     async fn journal_operation<T>(&self, claim: &OperationClaim, call: &Call<T>) {
-        let Exchange {
-            endpoint,
-            request_body,
-            response_body,
-            http_status,
-            elapsed,
-            ..
-        } = &call.exchange;
-        let record = ExchangeRecord {
-            sale: None,
-            endpoint: endpoint.oscu_name().to_owned(),
-            attempt: claim.attempts,
-            request_body: request_body.clone(),
-            response_body: response_body.clone(),
-            http_status: *http_status,
-            outcome: call.outcome.class_name().to_owned(),
-            elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-        };
+        let record = exchange_record(call, claim.attempts, None);
         if let Err(e) = self
             .store
             .record_operation_exchange(self.scope, claim.id, &record, self.clock.now())

@@ -95,6 +95,46 @@ pub struct SaveItemRequest {
     pub modr_nm: String,
 }
 
+impl SaveItemRequest {
+    /// A finished product (type 2) of Kenyan origin, in use, not insurable, packed `NT`
+    /// and counted in `U`, registered by Ushuru: what a POS item is unless it says more.
+    pub fn finished_product(
+        item_cd: String,
+        item_nm: String,
+        item_cls_cd: String,
+        tax_ty_cd: String,
+        dft_prc: Amount,
+    ) -> Self {
+        SaveItemRequest {
+            item_cd,
+            item_cls_cd,
+            item_ty_cd: "2".into(),
+            item_nm,
+            item_std_nm: None,
+            orgn_nat_cd: "KE".into(),
+            pkg_unit_cd: "NT".into(),
+            qty_unit_cd: "U".into(),
+            tax_ty_cd,
+            btch_no: None,
+            bcd: None,
+            dft_prc,
+            grp_prc_l1: None,
+            grp_prc_l2: None,
+            grp_prc_l3: None,
+            grp_prc_l4: None,
+            grp_prc_l5: None,
+            add_info: None,
+            sfty_qty: None,
+            isrc_aplcb_yn: "N".into(),
+            use_yn: "Y".into(),
+            regr_id: "ushuru".into(),
+            regr_nm: "Ushuru".into(),
+            modr_id: "ushuru".into(),
+            modr_nm: "Ushuru".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ItemListResponse {
