@@ -4,6 +4,7 @@
 //! a sale derives it, so an item registered here is the item a sale of that SKU names.
 
 use axum::body::Bytes;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -295,7 +296,7 @@ pub(crate) async fn register(
     responses(
         (status = 200, description = "Every row valid.", body = BulkImportResult),
         (status = 207, description = "Some rows invalid: see `results`.", body = BulkImportResult),
-        (status = 400, description = "No `file` part (`MISSING_FILE`), an empty file (`EMPTY_FILE`), a missing column (`MISSING_COLUMN`), a file that is not CSV text (`INVALID_CSV`), or too many rows (`TOO_MANY_ROWS`).", body = ErrorBody),
+                (status = 400, description = "Not multipart/form-data (`INVALID_MULTIPART`), no `file` part (`MISSING_FILE`), an empty file (`EMPTY_FILE`), a missing column (`MISSING_COLUMN`), a file that is not CSV text (`INVALID_CSV`), or too many rows (`TOO_MANY_ROWS`).", body = ErrorBody),
         (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
         (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
     ),
@@ -304,9 +305,22 @@ pub(crate) async fn register(
 pub(crate) async fn bulk_import(
     State(state): State<AppState>,
     caller: Caller,
-    multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
     let request_id = request_id();
+    let multipart = match multipart {
+        Ok(multipart) => multipart,
+        Err(rejection) => {
+            return ApiError::bad_request(
+                "INVALID_MULTIPART",
+                format!(
+                    "send the CSV as multipart/form-data with a part named 'file': {}",
+                    rejection.body_text()
+                ),
+            )
+            .into_response();
+        }
+    };
     match import(&state, caller.key.scope, multipart, &request_id).await {
         Ok((status, body)) => respond(status, body, &request_id),
         Err(error) => error.into_response(),

@@ -1177,6 +1177,153 @@ async fn items_customers_and_init(store: Store) {
     finish(app).await;
 }
 
+async fn fault(app: &App, endpoint: &str, code: &str) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/_sandbox/faults", app.sandbox.url()))
+        .json(&json!({"endpoint": endpoint, "count": 1, "fault": {"kind": "result_code", "code": code, "message": "refused by test"}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+}
+
+async fn refusals_by_the_control_unit_and_malformed_uploads(store: Store) {
+    let app = start(store, Duration::from_secs(10)).await;
+    let key = app.keys[0].clone();
+    // A request-class refusal (910) ends the operation REJECTED with KRA's code, shown as
+    // such: an error for an item or a customer, a REJECTED result for a stock movement.
+    fault(&app, "saveItem", "910").await;
+    let item = json!({"sku": "NOPE", "itemNm": "Nope", "itemClsCd": "50202301", "taxTyCd": "B", "unitPrice": "1"});
+    let (status, body) = post_json(&app, &key, "/v2/etims/items", None, &item).await;
+    assert_eq!(
+        (status, body["code"].as_str(), body["resultCd"].as_str()),
+        (422, Some("CONTROL_UNIT_REJECTED"), Some("910")),
+        "{body}"
+    );
+    fault(&app, "saveBhfCustomer", "910").await;
+    let (status, body) = post_json(
+        &app,
+        &key,
+        "/v2/etims/customers",
+        None,
+        &json!({"pin": "P000111222Q", "name": "Acme"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str(), body["resultCd"].as_str()),
+        (422, Some("CONTROL_UNIT_REJECTED"), Some("910")),
+        "{body}"
+    );
+    // The item is registered before the movement; the movement itself is refused.
+    fault(&app, "insertStockIO", "910").await;
+    let adjustment = json!({"lines": [stock_line("SKU7", "M", "1")]});
+    let (status, body) = post_json(
+        &app,
+        &key,
+        "/v2/etims/stock/adjustment",
+        Some("refused"),
+        &adjustment,
+    )
+    .await;
+    assert_eq!(
+        (
+            status,
+            body["status"].as_str(),
+            body["resultCd"].as_str(),
+            &body["kraAcknowledged"]
+        ),
+        (200, Some("REJECTED"), Some("910"), &json!(false)),
+        "{body}"
+    );
+    // A refusal for now (a server error, 99x) is retried: the movement still syncs, once.
+    fault(&app, "insertStockIO", "999").await;
+    let (status, body) = post_json(
+        &app,
+        &key,
+        "/v2/etims/stock/adjustment",
+        Some("retried"),
+        &adjustment,
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str(), &body["sarNo"]),
+        (200, Some("SYNCED"), &json!(2)),
+        "{body}"
+    );
+    let state = sandbox_state(&app).await;
+    assert!(
+        state["stock_io"].get(format!("{}/00/1", TINS[0])).is_none(),
+        "the refused movement is not kept"
+    );
+    assert!(state["stock_io"].get(format!("{}/00/2", TINS[0])).is_some());
+
+    // An Idempotency-Key beyond 200 characters, and uploads that are not CSV or too long.
+    let long_key = "k".repeat(201);
+    let (status, body) = post_json(
+        &app,
+        &key,
+        "/v2/etims/stock/adjustment",
+        Some(&long_key),
+        &adjustment,
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("INVALID_IDEMPOTENCY_KEY")),
+        "{body}"
+    );
+    let upload = |bytes: Vec<u8>| {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name("items.csv"),
+        );
+        reqwest::Client::new()
+            .post(format!("{}/v2/etims/items/bulk-import", app.url))
+            .bearer_auth(&key)
+            .multipart(form)
+            .send()
+    };
+    let mut too_many = String::from("sku,itemNm,itemClsCd,taxTyCd,unitPrice\n");
+    for row in 0..=5_000 {
+        too_many.push_str(&format!("S{row},Item,50202301,B,1\n"));
+    }
+    for (bytes, code) in [
+        (vec![0xff, 0xfe, 0x00], "INVALID_CSV"),
+        (
+            b"sku,itemNm,itemClsCd,taxTyCd,unitPrice\nA,B\n".to_vec(),
+            "INVALID_CSV",
+        ),
+        (too_many.into_bytes(), "TOO_MANY_ROWS"),
+    ] {
+        let response = upload(bytes).await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!((status, body["code"].as_str()), (400, Some(code)), "{body}");
+    }
+    let response = reqwest::Client::new()
+        .post(format!("{}/v2/etims/items/bulk-import", app.url))
+        .bearer_auth(&key)
+        .header("content-type", "text/csv")
+        .body("sku\nA\n")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("INVALID_MULTIPART")),
+        "{body}"
+    );
+    // Nothing of the too-long file was queued.
+    assert!(
+        sandbox_state(&app).await["items"]
+            .get(format!("{}/S0", TINS[0]))
+            .is_none()
+    );
+    finish(app).await;
+}
+
 async fn an_operation_waits_out_an_outage(store: Store) {
     let app = start(store, Duration::from_millis(300)).await;
     let key = app.keys[0].clone();
@@ -1278,4 +1425,5 @@ on_both!(
     stock_moves_are_numbered_priced_and_sent_in_order,
     items_customers_and_init,
     an_operation_waits_out_an_outage,
+    refusals_by_the_control_unit_and_malformed_uploads,
 );
