@@ -1187,6 +1187,103 @@ async fn fault(app: &App, endpoint: &str, code: &str) {
     assert!(response.status().is_success());
 }
 
+async fn queue_fault(app: &App, endpoint: &str, fault: Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/_sandbox/faults", app.sandbox.url()))
+        .json(&json!({"endpoint": endpoint, "count": 1, "fault": fault}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+}
+
+/// The strict sandbox takes only the next invcNo: a refused sale must give its number to
+/// the sales queued behind it, or every one of them would be refused as a gap.
+async fn a_refused_sale_gives_its_number_to_the_sales_behind_it(store: Store) {
+    let app = start(store, Duration::from_millis(300)).await;
+    let key = app.keys[0].clone();
+    // The first sale's new item is registered slowly, so two more queue behind it; then the
+    // control unit refuses the sale itself (910).
+    queue_fault(&app, "saveItem", json!({"kind": "delay", "ms": 800})).await;
+    queue_fault(
+        &app,
+        "saveTrnsSalesOsdc",
+        json!({"kind": "result_code", "code": "910", "message": "refused by test"}),
+    )
+    .await;
+    let (_, refused, _) = post(
+        &app,
+        Some(&key),
+        Some("R-1"),
+        &flat("R-1", "116.00", "16.00"),
+    )
+    .await;
+    let (_, second, _) = post(
+        &app,
+        Some(&key),
+        Some("R-2"),
+        &flat("R-2", "232.00", "32.00"),
+    )
+    .await;
+    let (_, third, _) = post(
+        &app,
+        Some(&key),
+        Some("R-3"),
+        &flat("R-3", "348.00", "48.00"),
+    )
+    .await;
+    // (A 202 shows the number as it stands: it is final once the sale is signed.)
+    assert_eq!(refused["invcNo"].as_str(), Some("1"), "{refused}");
+    let mut settled = Vec::new();
+    for sale in [&refused, &second, &third] {
+        let id = sale["purchaseId"].as_i64().unwrap();
+        let mut last = Value::Null;
+        for _ in 0..300 {
+            let (_, now) = get(&app, &key, &format!("/v2/etims/sales/{id}/status")).await;
+            if now["status"] != "PENDING_SYNC" && now["status"] != "OUTCOME_UNKNOWN" {
+                last = now;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        settled.push(last);
+    }
+    assert_eq!(settled[0]["status"], "FAILED", "{}", settled[0]);
+    assert_eq!(
+        settled[0]["invcNo"], "1",
+        "shown under the number it was refused as"
+    );
+    for (sale, number) in [(&settled[1], "1"), (&settled[2], "2")] {
+        assert_eq!(
+            (sale["status"].as_str(), sale["invcNo"].as_str()),
+            (Some("SIGNED"), Some(number)),
+            "{sale}"
+        );
+    }
+    // The control unit signed 1 and 2, with the second and third sales' amounts.
+    let state = sandbox_state(&app).await;
+    let signed =
+        |n: u64| state["sales"][format!("{}/00/{n:020}", TINS[0])]["request"]["totAmt"].as_f64();
+    assert_eq!(
+        (signed(1), signed(2), signed(3)),
+        (Some(232.0), Some(348.0), None)
+    );
+    // And the next sale takes 3.
+    let (status, next, _) = post(
+        &app,
+        Some(&key),
+        Some("R-4"),
+        &flat("R-4", "116.00", "16.00"),
+    )
+    .await;
+    assert_eq!(
+        (status, next["status"].as_str(), next["invcNo"].as_str()),
+        (200, Some("SIGNED"), Some("3")),
+        "{next}"
+    );
+    finish(app).await;
+}
+
 async fn refusals_by_the_control_unit_and_malformed_uploads(store: Store) {
     let app = start(store, Duration::from_secs(10)).await;
     let key = app.keys[0].clone();
@@ -1426,4 +1523,5 @@ on_both!(
     items_customers_and_init,
     an_operation_waits_out_an_outage,
     refusals_by_the_control_unit_and_malformed_uploads,
+    a_refused_sale_gives_its_number_to_the_sales_behind_it,
 );

@@ -519,6 +519,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0006_operations.sql"),
         postgres: include_str!("../migrations/postgres/0006_operations.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_released_numbers",
+        sqlite: include_str!("../migrations/sqlite/0007_released_numbers.sql"),
+        postgres: include_str!("../migrations/postgres/0007_released_numbers.sql"),
+    },
 ];
 
 /// A lease expiry, `now + lease`, within [`clamp_time`]'s range.
@@ -592,6 +598,105 @@ pub(crate) fn build_operation_payload(
     let sha256 =
         data_encoding::HEXLOWER.encode(&<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
     Ok(OutboxPayload { body, sha256 })
+}
+
+/// A pending sale queued behind a number being given back.
+pub(crate) struct Behind {
+    pub outbox_id: i64,
+    pub sale_id: i64,
+    pub invc_no: u64,
+    pub payload: String,
+}
+
+/// What becomes of a sale queued behind a released number.
+pub(crate) enum Fate {
+    /// It moves down to `invc_no`, its payload rewritten to match.
+    Renumber {
+        outbox_id: i64,
+        sale_id: i64,
+        invc_no: u64,
+        payload: OutboxPayload,
+    },
+    /// A credit note of a sale whose number was released: it fails with its original, and
+    /// gives its own number back too.
+    Fail {
+        outbox_id: i64,
+        sale_id: i64,
+        invc_no: u64,
+        message: String,
+    },
+}
+
+/// Plans giving `released` back: every later pending row (all never claimed, since only
+/// the head of a branch is ever claimed) moves down past the numbers released before it,
+/// and a credit note of a released sale fails with it. Payloads are JSON with exact
+/// numbers (serde_json's arbitrary_precision and preserve_order), so only `invcNo` and
+/// `orgInvcNo` change.
+pub(crate) fn plan_release(released: u64, behind: Vec<Behind>) -> Result<Vec<Fate>> {
+    let mut gone = vec![released];
+    let mut fates = Vec::with_capacity(behind.len());
+    for row in behind {
+        let mut payload: serde_json::Value = serde_json::from_str(&row.payload).map_err(|e| {
+            StoreError::Corrupt(format!("outbox payload of sale {}: {e}", row.sale_id))
+        })?;
+        let original = payload
+            .get("orgInvcNo")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        if original != 0 && gone.contains(&original) {
+            gone.push(row.invc_no);
+            fates.push(Fate::Fail {
+                outbox_id: row.outbox_id,
+                sale_id: row.sale_id,
+                invc_no: row.invc_no,
+                message: format!(
+                    "the sale it credits (invoice {original}) was refused by the control unit"
+                ),
+            });
+            continue;
+        }
+        let below =
+            |number: u64| u64::try_from(gone.iter().filter(|g| **g < number).count()).unwrap_or(0);
+        let invc_no = row.invc_no - below(row.invc_no);
+        payload["invcNo"] = serde_json::json!(invc_no);
+        if original > released {
+            payload["orgInvcNo"] = serde_json::json!(original - below(original));
+        }
+        let body = serde_json::to_string(&payload).map_err(|e| {
+            StoreError::Corrupt(format!("outbox payload of sale {}: {e}", row.sale_id))
+        })?;
+        let sha256 = data_encoding::HEXLOWER
+            .encode(&<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+        fates.push(Fate::Renumber {
+            outbox_id: row.outbox_id,
+            sale_id: row.sale_id,
+            invc_no,
+            payload: OutboxPayload { body, sha256 },
+        });
+    }
+    Ok(fates)
+}
+
+/// Whether settling this claim gives its number back: the sale was refused (or
+/// quarantined) and no earlier claim can have put it on the wire. After an ambiguous call
+/// KRA might hold the number even though this attempt was refused, so it is kept.
+pub(crate) fn gives_number_back(claim: &Claim, settlement: &Settlement) -> bool {
+    !claim.maybe_sent
+        && matches!(
+            settlement,
+            Settlement::Failed { .. } | Settlement::Quarantined { .. }
+        )
+}
+
+/// How many numbers a plan gives back: the released one and its failed credit notes.
+pub(crate) fn released_count(fates: &[Fate]) -> i64 {
+    1 + i64::try_from(
+        fates
+            .iter()
+            .filter(|f| matches!(f, Fate::Fail { .. }))
+            .count(),
+    )
+    .unwrap_or(0)
 }
 
 /// A journal attempt number as both backends store it.

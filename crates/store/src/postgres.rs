@@ -10,12 +10,13 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::{
-    AcceptedSale, ApiKey, Branch, BranchId, Claim, CreditContext, CreditOutcome, CreditPlanner,
-    DeviceRecord, ExchangeRecord, FindingKind, IdempotencyStart, InitialisedBranch, MIGRATIONS,
-    NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleLine, SaleRecord,
-    SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number,
-    build_payload, clamp_time, idempotency_decision, lease_token, lease_until, money_from_text,
-    money_text, plan_credit_note, quantity_from_text, sale_status_of, to_i64, to_u64,
+    AcceptedSale, ApiKey, Behind, Branch, BranchId, Claim, CreditContext, CreditOutcome,
+    CreditPlanner, DeviceRecord, ExchangeRecord, Fate, FindingKind, IdempotencyStart,
+    InitialisedBranch, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
+    SaleLine, SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant,
+    TenantId, attempt_number, build_payload, clamp_time, gives_number_back, idempotency_decision,
+    lease_token, lease_until, money_from_text, money_text, plan_credit_note, plan_release,
+    quantity_from_text, released_count, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -552,6 +553,16 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
+        let give_back = gives_number_back(claim, settlement);
+        if give_back {
+            // The branch row first, as phase 1 takes it: no sale is numbered meanwhile.
+            tx.execute(
+                "SELECT last_invc_no FROM branches WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+                &[&scope.branch.0, &scope.tenant.0],
+            )
+            .await
+            .map_err(query_error)?;
+        }
         let settled = tx
             .execute(
                 "UPDATE outbox SET state = $1, lease_owner = NULL, lease_expires_at = NULL
@@ -565,10 +576,13 @@ impl PostgresStore {
         }
         tx.execute(
             "UPDATE sales SET status = $1, failure_code = $2, failure_message = $3 WHERE id = $4 AND tenant_id = $5 AND branch_id = $6",
-            &[&sale_status_of(state), &code, &message, &claim.sale.0, &scope.tenant.0, &scope.branch.0],
+                        &[&sale_status_of(state), &code, &message, &claim.sale.0, &scope.tenant.0, &scope.branch.0],
         )
         .await
         .map_err(query_error)?;
+        if give_back {
+            release_number(&tx, scope, claim.sale.0, claim.invc_no).await?;
+        }
         tx.commit().await.map_err(query_error)
     }
 
@@ -1041,7 +1055,7 @@ fn device_from_row(r: &tokio_postgres::Row, first: usize) -> Option<DeviceRecord
 async fn read_sale(tx: &Transaction<'_>, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
     let row = tx
         .query_opt(
-            "SELECT invc_no, client_reference, status, tot_amt::text, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
+                        "SELECT COALESCE(refused_invc_no, invc_no), client_reference, status, tot_amt::text, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
                     intrl_data, rcpt_sign, sdc_date_time, rcpt_ty_cd
              FROM sales WHERE id = $1 AND tenant_id = $2 AND branch_id = $3",
             &[&id.0, &scope.tenant.0, &scope.branch.0],
@@ -1129,6 +1143,112 @@ async fn read_lines(tx: &Transaction<'_>, scope: Scope, sale: SaleId) -> Result<
 
 /// Takes the branch's next `invcNo`; the branch row stays locked until the caller commits,
 /// which serialises numbering across replicas.
+/// Gives a refused sale's number back (see `plan_release`), in the caller's transaction,
+/// which holds the branch row.
+async fn release_number(
+    tx: &Transaction<'_>,
+    scope: Scope,
+    sale_id: i64,
+    invc_no: u64,
+) -> Result<()> {
+    let rows = tx
+        .query(
+            "SELECT id, sale_id, invc_no, payload FROM outbox
+             WHERE tenant_id = $1 AND branch_id = $2 AND state = 'PENDING' AND invc_no > $3 ORDER BY invc_no",
+            &[&scope.tenant.0, &scope.branch.0, &to_i64(invc_no, "invc_no")?],
+        )
+        .await
+        .map_err(query_error)?;
+    let behind = rows
+        .iter()
+        .map(|r| {
+            Ok(Behind {
+                outbox_id: r.get(0),
+                sale_id: r.get(1),
+                invc_no: to_u64(r.get(2), "invc_no")?,
+                payload: r.get(3),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let fates = plan_release(invc_no, behind)?;
+    step_out_of_sequence(tx, scope, sale_id, invc_no).await?;
+    for fate in &fates {
+        match fate {
+            Fate::Fail {
+                outbox_id,
+                sale_id,
+                invc_no,
+                message,
+            } => {
+                tx.execute(
+                    "UPDATE outbox SET state = 'FAILED' WHERE id = $1 AND tenant_id = $2 AND branch_id = $3",
+                    &[outbox_id, &scope.tenant.0, &scope.branch.0],
+                )
+                .await
+                .map_err(query_error)?;
+                tx.execute(
+                    "UPDATE sales SET status = 'FAILED', failure_code = 'ORIGINAL_REFUSED', failure_message = $1
+                     WHERE id = $2 AND tenant_id = $3 AND branch_id = $4",
+                    &[message, sale_id, &scope.tenant.0, &scope.branch.0],
+                )
+                .await
+                .map_err(query_error)?;
+                step_out_of_sequence(tx, scope, *sale_id, *invc_no).await?;
+            }
+            Fate::Renumber {
+                outbox_id,
+                sale_id,
+                invc_no,
+                payload,
+            } => {
+                let number = to_i64(*invc_no, "invc_no")?;
+                tx.execute(
+                    "UPDATE outbox SET invc_no = $1, payload = $2, payload_sha256 = $3 WHERE id = $4 AND tenant_id = $5 AND branch_id = $6",
+                    &[&number, &payload.body, &payload.sha256, outbox_id, &scope.tenant.0, &scope.branch.0],
+                )
+                .await
+                .map_err(query_error)?;
+                tx.execute(
+                    "UPDATE sales SET invc_no = $1 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4",
+                    &[&number, sale_id, &scope.tenant.0, &scope.branch.0],
+                )
+                .await
+                .map_err(query_error)?;
+            }
+        }
+    }
+    tx.execute(
+        "UPDATE branches SET last_invc_no = last_invc_no - $1 WHERE id = $2 AND tenant_id = $3",
+        &[&released_count(&fates), &scope.branch.0, &scope.tenant.0],
+    )
+    .await
+    .map_err(query_error)?;
+    Ok(())
+}
+
+/// Moves a sale and its outbox row out of the numbered sequence (to -id), keeping the
+/// number it was refused under.
+async fn step_out_of_sequence(
+    tx: &Transaction<'_>,
+    scope: Scope,
+    sale_id: i64,
+    invc_no: u64,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE sales SET refused_invc_no = $1, invc_no = -id WHERE id = $2 AND tenant_id = $3 AND branch_id = $4",
+        &[&to_i64(invc_no, "invc_no")?, &sale_id, &scope.tenant.0, &scope.branch.0],
+    )
+    .await
+    .map_err(query_error)?;
+    tx.execute(
+        "UPDATE outbox SET invc_no = -sale_id WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3",
+        &[&sale_id, &scope.tenant.0, &scope.branch.0],
+    )
+    .await
+    .map_err(query_error)?;
+    Ok(())
+}
+
 async fn next_invc_no(tx: &Transaction<'_>, scope: Scope) -> Result<u64> {
     let row = tx
         .query_opt(

@@ -10,12 +10,13 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    AcceptedSale, ApiKey, Branch, BranchId, Claim, CreditContext, CreditOutcome, CreditPlanner,
-    DeviceRecord, ExchangeRecord, FindingKind, IdempotencyStart, InitialisedBranch, MIGRATIONS,
-    NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId, SaleLine, SaleRecord,
-    SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number,
-    build_payload, clamp_time, idempotency_decision, lease_token, lease_until, money_from_text,
-    money_text, plan_credit_note, quantity_from_text, sale_status_of, to_i64, to_u64,
+    AcceptedSale, ApiKey, Behind, Branch, BranchId, Claim, CreditContext, CreditOutcome,
+    CreditPlanner, DeviceRecord, ExchangeRecord, Fate, FindingKind, IdempotencyStart,
+    InitialisedBranch, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
+    SaleLine, SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant,
+    TenantId, attempt_number, build_payload, clamp_time, gives_number_back, idempotency_decision,
+    lease_token, lease_until, money_from_text, money_text, plan_credit_note, plan_release,
+    quantity_from_text, released_count, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -542,9 +543,12 @@ impl SqliteStore {
             }
             tx.execute(
                 "UPDATE sales SET status = ?1, failure_code = ?2, failure_message = ?3 WHERE id = ?4 AND tenant_id = ?5 AND branch_id = ?6",
-                params![sale_status_of(state), code, message, claim.sale.0, scope.tenant.0, scope.branch.0],
+                                params![sale_status_of(state), code, message, claim.sale.0, scope.tenant.0, scope.branch.0],
             )
             .map_err(database)?;
+            if gives_number_back(&claim, &settlement) {
+                release_number(&tx, scope, claim.sale.0, claim.invc_no)?;
+            }
             tx.commit().map_err(database)
         })
         .await
@@ -1009,7 +1013,7 @@ impl SqliteStore {
 fn read_sale(connection: &Connection, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
     let row = connection
         .query_row(
-            "SELECT invc_no, client_reference, status, tot_amt, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
+                        "SELECT COALESCE(refused_invc_no, invc_no), client_reference, status, tot_amt, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
                     intrl_data, rcpt_sign, sdc_date_time, rcpt_ty_cd
              FROM sales WHERE id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
             params![id.0, scope.tenant.0, scope.branch.0],
@@ -1137,6 +1141,107 @@ fn read_lines(connection: &Connection, scope: Scope, sale: SaleId) -> Result<Vec
 }
 
 /// Takes the branch's next `invcNo` inside the caller's transaction.
+/// Gives a refused sale's number back (see `plan_release`), in the caller's transaction.
+fn release_number(tx: &Connection, scope: Scope, sale_id: i64, invc_no: u64) -> Result<()> {
+    let behind = {
+        let mut statement = tx
+            .prepare(
+                "SELECT id, sale_id, invc_no, payload FROM outbox
+                 WHERE tenant_id = ?1 AND branch_id = ?2 AND state = 'PENDING' AND invc_no > ?3 ORDER BY invc_no",
+            )
+            .map_err(database)?;
+        let rows = statement
+            .query_map(
+                params![scope.tenant.0, scope.branch.0, to_i64(invc_no, "invc_no")?],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )
+            .map_err(database)?;
+        let mut behind = Vec::new();
+        for row in rows {
+            let (outbox_id, sale_id, number, payload) = row.map_err(database)?;
+            behind.push(Behind {
+                outbox_id,
+                sale_id,
+                invc_no: to_u64(number, "invc_no")?,
+                payload,
+            });
+        }
+        behind
+    };
+    let fates = plan_release(invc_no, behind)?;
+    step_out_of_sequence(tx, scope, sale_id, invc_no)?;
+    for fate in &fates {
+        match fate {
+            Fate::Fail {
+                outbox_id,
+                sale_id,
+                invc_no,
+                message,
+            } => {
+                tx.execute(
+                    "UPDATE outbox SET state = 'FAILED' WHERE id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
+                    params![outbox_id, scope.tenant.0, scope.branch.0],
+                )
+                .map_err(database)?;
+                tx.execute(
+                    "UPDATE sales SET status = 'FAILED', failure_code = 'ORIGINAL_REFUSED', failure_message = ?1
+                     WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4",
+                    params![message, sale_id, scope.tenant.0, scope.branch.0],
+                )
+                .map_err(database)?;
+                step_out_of_sequence(tx, scope, *sale_id, *invc_no)?;
+            }
+            Fate::Renumber {
+                outbox_id,
+                sale_id,
+                invc_no,
+                payload,
+            } => {
+                let number = to_i64(*invc_no, "invc_no")?;
+                tx.execute(
+                    "UPDATE outbox SET invc_no = ?1, payload = ?2, payload_sha256 = ?3 WHERE id = ?4 AND tenant_id = ?5 AND branch_id = ?6",
+                    params![number, payload.body, payload.sha256, outbox_id, scope.tenant.0, scope.branch.0],
+                )
+                .map_err(database)?;
+                tx.execute(
+                    "UPDATE sales SET invc_no = ?1 WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4",
+                    params![number, sale_id, scope.tenant.0, scope.branch.0],
+                )
+                .map_err(database)?;
+            }
+        }
+    }
+    tx.execute(
+        "UPDATE branches SET last_invc_no = last_invc_no - ?1 WHERE id = ?2 AND tenant_id = ?3",
+        params![released_count(&fates), scope.branch.0, scope.tenant.0],
+    )
+    .map_err(database)?;
+    Ok(())
+}
+
+/// Moves a sale and its outbox row out of the numbered sequence (to -id), keeping the
+/// number it was refused under.
+fn step_out_of_sequence(tx: &Connection, scope: Scope, sale_id: i64, invc_no: u64) -> Result<()> {
+    tx.execute(
+        "UPDATE sales SET refused_invc_no = ?1, invc_no = -id WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4",
+        params![to_i64(invc_no, "invc_no")?, sale_id, scope.tenant.0, scope.branch.0],
+    )
+    .map_err(database)?;
+    tx.execute(
+        "UPDATE outbox SET invc_no = -sale_id WHERE sale_id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
+        params![sale_id, scope.tenant.0, scope.branch.0],
+    )
+    .map_err(database)?;
+    Ok(())
+}
+
 fn next_invc_no(tx: &Connection, scope: Scope) -> Result<u64> {
     let invc_no: i64 = tx
         .query_row(

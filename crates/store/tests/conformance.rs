@@ -56,13 +56,14 @@ async fn postgres() -> Store {
 }
 
 /// Every migration, in order: what a fresh database runs.
-const ALL_MIGRATIONS: [&str; 6] = [
+const ALL_MIGRATIONS: [&str; 7] = [
     "0001_foundation",
     "0002_sale_search",
     "0003_sale_lines",
     "0004_credit_notes",
     "0005_idempotent_sales",
     "0006_operations",
+    "0007_released_numbers",
 ];
 
 fn now() -> DateTime<Utc> {
@@ -255,7 +256,9 @@ async fn credit_notes_see_what_earlier_notes_reversed(store: Store) {
             .unwrap(),
         CreditOutcome::NoSuchSale
     ));
-    // A FAILED note no longer holds its quantities.
+    // A FAILED note no longer holds its quantities. (The rows before it are signed: a
+    // refused original would take its notes down with it.)
+    let mut signed = 0;
     let claim = loop {
         let claim = store
             .claim_next(scope, "relay", Duration::from_secs(30), now())
@@ -265,14 +268,9 @@ async fn credit_notes_see_what_earlier_notes_reversed(store: Store) {
         if claim.sale == second.sale {
             break claim;
         }
+        signed += 1;
         store
-            .settle(
-                &claim,
-                &Settlement::Failed {
-                    code: "10".into(),
-                    message: "x".into(),
-                },
-            )
+            .record_receipt(&claim, &receipt("KRACU0100000009", signed), now())
             .await
             .unwrap();
     };
@@ -1202,6 +1200,135 @@ async fn bootstrap_lookups_devices_and_chosen_keys(store: Store) {
     ));
 }
 
+/// A sale whose payload names `original` (as a credit note's `orgInvcNo` does).
+async fn accept_crediting(
+    store: &Store,
+    scope: Scope,
+    reference: &str,
+    original: u64,
+) -> ushuru_store::AcceptedSale {
+    let sale = NewSale {
+        client_reference: Some(reference.into()),
+        tot_amt: money("5800.00"),
+        lines: sample_lines(),
+        idempotency_key: None,
+    };
+    let build: PayloadBuilder = Box::new(move |invc_no| {
+        let body = format!("{{\"invcNo\":{invc_no},\"orgInvcNo\":{original},\"totAmt\":5800.00}}");
+        Ok(OutboxPayload {
+            sha256: format!("sha-of-{invc_no}"),
+            body,
+        })
+    });
+    store.accept_sale(scope, sale, build).await.unwrap()
+}
+
+async fn a_refused_number_is_given_back_to_the_sales_behind_it(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let lease = Duration::from_secs(30);
+    let refused = Settlement::Failed {
+        code: "910".into(),
+        message: "Request parameter error".into(),
+    };
+    // 1 is refused on its first send; behind it: 2, a note crediting 1, a note crediting 2, 5.
+    let first = accept(&store, scope, "A").await;
+    let second = accept(&store, scope, "B").await;
+    let credits_first = accept_crediting(&store, scope, "C", 1).await;
+    let credits_second = accept_crediting(&store, scope, "D", 2).await;
+    let fifth = accept(&store, scope, "E").await;
+    let claim = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((claim.sale, claim.maybe_sent), (first.sale, false));
+    store.settle(&claim, &refused).await.unwrap();
+    let sale = |id| {
+        let store = store.clone();
+        async move { store.sale(scope, id).await.unwrap().unwrap() }
+    };
+    // The refused sale keeps the number it was refused under; the note crediting it fails
+    // with it; the others move down, and the note crediting 2 now credits 1.
+    assert_eq!(
+        (
+            sale(first.sale).await.invc_no,
+            sale(first.sale).await.status
+        ),
+        (1, SaleStatus::Failed)
+    );
+    let note = sale(credits_first.sale).await;
+    assert_eq!((note.invc_no, note.status), (3, SaleStatus::Failed));
+    assert_eq!(sale(second.sale).await.invc_no, 1);
+    assert_eq!(sale(credits_second.sale).await.invc_no, 2);
+    assert_eq!(sale(fifth.sale).await.invc_no, 3);
+    let mut sent = Vec::new();
+    while let Some(claim) = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+    {
+        // Each payload was rewritten to its new number, and its hash with it.
+        let expected = data_encoding::HEXLOWER.encode(&<sha2::Sha256 as sha2::Digest>::digest(
+            claim.payload.body.as_bytes(),
+        ));
+        assert_eq!(claim.payload.sha256, expected);
+        sent.push((claim.sale, claim.invc_no, claim.payload.body.clone()));
+        let number = claim.invc_no;
+        store
+            .record_receipt(&claim, &receipt("KRACU0100000001", number), now())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        sent,
+        [
+            (second.sale, 1, r#"{"invcNo":1}"#.to_owned()),
+            (
+                credits_second.sale,
+                2,
+                r#"{"invcNo":2,"orgInvcNo":1,"totAmt":5800.00}"#.to_owned()
+            ),
+            (fifth.sale, 3, r#"{"invcNo":3}"#.to_owned()),
+        ],
+        "amounts keep their exact text"
+    );
+    // The sequence carries on from the last number actually used.
+    assert_eq!(accept(&store, scope, "F").await.invc_no, 4);
+
+    // A sale that may have reached KRA before (an ambiguous call) keeps its number when a
+    // later attempt is refused: KRA might hold it.
+    let kept = accept(&store, scope, "G").await;
+    let behind = accept(&store, scope, "H").await;
+    let claim = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .record_receipt(&claim, &receipt("KRACU0100000001", 4), now())
+        .await
+        .unwrap();
+    let claim = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.sale, kept.sale);
+    store
+        .release(&claim, now(), true, SaleStatus::OutcomeUnknown)
+        .await
+        .unwrap();
+    let claim = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(claim.maybe_sent);
+    store.settle(&claim, &refused).await.unwrap();
+    assert_eq!(sale(kept.sale).await.invc_no, 5);
+    assert_eq!(sale(behind.sale).await.invc_no, 6, "nothing moved");
+}
+
 fn operation(kind: OperationKind, key: &str, request: &str) -> NewOperation {
     NewOperation {
         kind,
@@ -1422,6 +1549,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_refused_number_is_given_back_to_the_sales_behind_it,
     operations_are_numbered_keyed_claimed_in_order_and_settled,
     migrations_are_idempotent,
     tenants_and_branches,
