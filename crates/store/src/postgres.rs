@@ -592,27 +592,42 @@ impl PostgresStore {
         exchange: &ExchangeRecord,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        self.insert_exchange(scope, exchange, None, now).await
+    }
+
+    pub async fn exchanges(&self, scope: Scope, sale: SaleId) -> Result<Vec<ExchangeRecord>> {
+        self.read_exchanges(scope, "sale_id", sale.0, Some(sale))
+            .await
+    }
+
+    /// Keeps a call in the journal, linked to its sale (if any) or its operation.
+    pub(crate) async fn insert_exchange(
+        &self,
+        scope: Scope,
+        exchange: &ExchangeRecord,
+        operation: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let attempt = attempt_number(exchange.attempt);
-        let status = exchange.http_status.map(i32::from);
         tx.execute(
-            "INSERT INTO exchanges (tenant_id, branch_id, sale_id, endpoint, attempt, request_body, response_body,
-                                    http_status, outcome, elapsed_ms, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt, request_body,
+                                    response_body, http_status, outcome, elapsed_ms, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             &[
                 &scope.tenant.0,
                 &scope.branch.0,
                 &exchange.sale.map(|s| s.0),
+                &operation,
                 &exchange.endpoint,
-                &attempt,
+                &attempt_number(exchange.attempt),
                 &exchange.request_body,
                 &exchange.response_body,
-                &status,
+                &exchange.http_status.map(i32::from),
                 &exchange.outcome,
                 &to_i64(exchange.elapsed_ms, "elapsed_ms")?,
-                &now,
+                &clamp_time(now),
             ],
         )
         .await
@@ -620,15 +635,25 @@ impl PostgresStore {
         tx.commit().await.map_err(query_error)
     }
 
-    pub async fn exchanges(&self, scope: Scope, sale: SaleId) -> Result<Vec<ExchangeRecord>> {
+    /// The calls of one sale or operation (`column` is `sale_id` or `operation_id`),
+    /// oldest first.
+    pub(crate) async fn read_exchanges(
+        &self,
+        scope: Scope,
+        column: &str,
+        id: i64,
+        sale: Option<SaleId>,
+    ) -> Result<Vec<ExchangeRecord>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
         let rows = tx
             .query(
-                "SELECT endpoint, attempt, request_body, response_body, http_status, outcome, elapsed_ms
-                 FROM exchanges WHERE tenant_id = $1 AND branch_id = $2 AND sale_id = $3 ORDER BY id",
-                &[&scope.tenant.0, &scope.branch.0, &sale.0],
+                &format!(
+                    "SELECT endpoint, attempt, request_body, response_body, http_status, outcome, elapsed_ms
+                     FROM exchanges WHERE tenant_id = $1 AND branch_id = $2 AND {column} = $3 ORDER BY id"
+                ),
+                &[&scope.tenant.0, &scope.branch.0, &id],
             )
             .await
             .map_err(query_error)?;
@@ -636,7 +661,7 @@ impl PostgresStore {
         Ok(rows
             .iter()
             .map(|r| ExchangeRecord {
-                sale: Some(sale),
+                sale,
                 endpoint: r.get(0),
                 attempt: u32::try_from(r.get::<_, i32>(1)).unwrap_or(0),
                 request_body: r.get(2),

@@ -561,57 +561,13 @@ impl SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let exchange = exchange.clone();
-        self.run(move |connection| {
-            connection
-                .execute(
-                    "INSERT INTO exchanges (tenant_id, branch_id, sale_id, endpoint, attempt, request_body, response_body,
-                                            http_status, outcome, elapsed_ms, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    params![
-                        scope.tenant.0,
-                        scope.branch.0,
-                        exchange.sale.map(|s| s.0),
-                        exchange.endpoint,
-                        attempt_number(exchange.attempt),
-                        exchange.request_body,
-                        exchange.response_body,
-                        exchange.http_status,
-                        exchange.outcome,
-                        to_i64(exchange.elapsed_ms, "elapsed_ms")?,
-                        timestamp(now)
-                    ],
-                )
-                .map_err(database)?;
-            Ok(())
-        })
-        .await
+        self.run(move |connection| insert_exchange(connection, scope, &exchange, None, now))
+            .await
     }
 
     pub async fn exchanges(&self, scope: Scope, sale: SaleId) -> Result<Vec<ExchangeRecord>> {
-        self.run(move |connection| {
-            let mut statement = connection
-                .prepare(
-                    "SELECT endpoint, attempt, request_body, response_body, http_status, outcome, elapsed_ms
-                     FROM exchanges WHERE tenant_id = ?1 AND branch_id = ?2 AND sale_id = ?3 ORDER BY id",
-                )
-                .map_err(database)?;
-            let rows = statement
-                .query_map(params![scope.tenant.0, scope.branch.0, sale.0], |r| {
-                    Ok(ExchangeRecord {
-                        sale: Some(sale),
-                        endpoint: r.get(0)?,
-                        attempt: r.get(1)?,
-                        request_body: r.get(2)?,
-                        response_body: r.get(3)?,
-                        http_status: r.get(4)?,
-                        outcome: r.get(5)?,
-                        elapsed_ms: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
-                    })
-                })
-                .map_err(database)?;
-            rows.collect::<std::result::Result<Vec<_>, _>>().map_err(database)
-        })
-        .await
+        self.run(move |connection| read_exchanges(connection, scope, "sale_id", sale.0, Some(sale)))
+            .await
     }
 
     pub async fn record_finding(
@@ -1141,6 +1097,71 @@ fn read_lines(connection: &Connection, scope: Scope, sale: SaleId) -> Result<Vec
 }
 
 /// Takes the branch's next `invcNo` inside the caller's transaction.
+/// Keeps a call in the journal, linked to its sale (if any) or its operation.
+fn insert_exchange(
+    connection: &Connection,
+    scope: Scope,
+    exchange: &ExchangeRecord,
+    operation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    connection
+        .execute(
+            "INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt, request_body,
+                                    response_body, http_status, outcome, elapsed_ms, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                scope.tenant.0,
+                scope.branch.0,
+                exchange.sale.map(|s| s.0),
+                operation,
+                exchange.endpoint,
+                attempt_number(exchange.attempt),
+                exchange.request_body,
+                exchange.response_body,
+                exchange.http_status,
+                exchange.outcome,
+                to_i64(exchange.elapsed_ms, "elapsed_ms")?,
+                timestamp(now)
+            ],
+        )
+        .map_err(database)?;
+    Ok(())
+}
+
+/// The calls of one sale or operation (`column` is `sale_id` or `operation_id`), oldest
+/// first.
+fn read_exchanges(
+    connection: &Connection,
+    scope: Scope,
+    column: &str,
+    id: i64,
+    sale: Option<SaleId>,
+) -> Result<Vec<ExchangeRecord>> {
+    let mut statement = connection
+        .prepare(&format!(
+            "SELECT endpoint, attempt, request_body, response_body, http_status, outcome, elapsed_ms
+             FROM exchanges WHERE tenant_id = ?1 AND branch_id = ?2 AND {column} = ?3 ORDER BY id"
+        ))
+        .map_err(database)?;
+    let rows = statement
+        .query_map(params![scope.tenant.0, scope.branch.0, id], |r| {
+            Ok(ExchangeRecord {
+                sale,
+                endpoint: r.get(0)?,
+                attempt: r.get(1)?,
+                request_body: r.get(2)?,
+                response_body: r.get(3)?,
+                http_status: r.get(4)?,
+                outcome: r.get(5)?,
+                elapsed_ms: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+            })
+        })
+        .map_err(database)?;
+    rows.collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(database)
+}
+
 /// Gives a refused sale's number back (see `plan_release`), in the caller's transaction.
 fn release_number(tx: &Connection, scope: Scope, sale_id: i64, invc_no: u64) -> Result<()> {
     let behind = {

@@ -9,7 +9,7 @@ use deadpool_postgres::Transaction;
 use super::{PostgresStore, enter, query_error};
 use crate::{
     Enqueued, ExchangeRecord, NewOperation, OperationClaim, OperationId, OperationKind,
-    OperationRecord, OperationState, OutboxPayload, Result, Scope, StoreError, attempt_number,
+    OperationRecord, OperationState, OutboxPayload, Result, Scope, StoreError,
     build_operation_payload, clamp_time, lease_token, lease_until, to_i64, to_u64,
 };
 
@@ -304,30 +304,8 @@ impl PostgresStore {
         exchange: &ExchangeRecord,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
-        tx.execute(
-            "INSERT INTO exchanges (tenant_id, branch_id, operation_id, endpoint, attempt, request_body,
-                                    response_body, http_status, outcome, elapsed_ms, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[
-                &scope.tenant.0,
-                &scope.branch.0,
-                &operation.0,
-                &exchange.endpoint,
-                &attempt_number(exchange.attempt),
-                &exchange.request_body,
-                &exchange.response_body,
-                &exchange.http_status.map(i32::from),
-                &exchange.outcome,
-                &to_i64(exchange.elapsed_ms, "elapsed_ms")?,
-                &clamp_time(now),
-            ],
-        )
-        .await
-        .map_err(query_error)?;
-        tx.commit().await.map_err(query_error)
+        self.insert_exchange(scope, exchange, Some(operation.0), now)
+            .await
     }
 
     pub async fn operation_exchanges(
@@ -335,32 +313,7 @@ impl PostgresStore {
         scope: Scope,
         operation: OperationId,
     ) -> Result<Vec<ExchangeRecord>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
-        let rows = tx
-            .query(
-                "SELECT endpoint, attempt, request_body, response_body, http_status, outcome, elapsed_ms
-                 FROM exchanges WHERE tenant_id = $1 AND branch_id = $2 AND operation_id = $3 ORDER BY id",
-                &[&scope.tenant.0, &scope.branch.0, &operation.0],
-            )
+        self.read_exchanges(scope, "operation_id", operation.0, None)
             .await
-            .map_err(query_error)?;
-        tx.commit().await.map_err(query_error)?;
-        Ok(rows
-            .iter()
-            .map(|r| ExchangeRecord {
-                sale: None,
-                endpoint: r.get(0),
-                attempt: u32::try_from(r.get::<_, i32>(1)).unwrap_or(0),
-                request_body: r.get(2),
-                response_body: r.get(3),
-                http_status: r
-                    .get::<_, Option<i32>>(4)
-                    .and_then(|s| u16::try_from(s).ok()),
-                outcome: r.get(5),
-                elapsed_ms: u64::try_from(r.get::<_, i64>(6)).unwrap_or(0),
-            })
-            .collect())
     }
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{SqliteStore, database, parse_timestamp, timestamp};
+use super::{SqliteStore, database, insert_exchange, parse_timestamp, read_exchanges, timestamp};
 use crate::{
     Enqueued, ExchangeRecord, NewOperation, OperationClaim, OperationId, OperationKind,
-    OperationRecord, OperationState, OutboxPayload, Result, Scope, StoreError, attempt_number,
+    OperationRecord, OperationState, OutboxPayload, Result, Scope, StoreError,
     build_operation_payload, lease_token, lease_until, to_i64, to_u64,
 };
 
@@ -329,27 +329,7 @@ impl SqliteStore {
     ) -> Result<()> {
         let exchange = exchange.clone();
         self.run(move |connection| {
-            connection
-                .execute(
-                    "INSERT INTO exchanges (tenant_id, branch_id, operation_id, endpoint, attempt, request_body,
-                                            response_body, http_status, outcome, elapsed_ms, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    params![
-                        scope.tenant.0,
-                        scope.branch.0,
-                        operation.0,
-                        exchange.endpoint,
-                        attempt_number(exchange.attempt),
-                        exchange.request_body,
-                        exchange.response_body,
-                        exchange.http_status,
-                        exchange.outcome,
-                        to_i64(exchange.elapsed_ms, "elapsed_ms")?,
-                        timestamp(now)
-                    ],
-                )
-                .map_err(database)?;
-            Ok(())
+            insert_exchange(connection, scope, &exchange, Some(operation.0), now)
         })
         .await
     }
@@ -360,27 +340,7 @@ impl SqliteStore {
         operation: OperationId,
     ) -> Result<Vec<ExchangeRecord>> {
         self.run(move |connection| {
-            let mut statement = connection
-                .prepare(
-                    "SELECT endpoint, attempt, request_body, response_body, http_status, outcome, elapsed_ms
-                     FROM exchanges WHERE tenant_id = ?1 AND branch_id = ?2 AND operation_id = ?3 ORDER BY id",
-                )
-                .map_err(database)?;
-            let rows = statement
-                .query_map(params![scope.tenant.0, scope.branch.0, operation.0], |r| {
-                    Ok(ExchangeRecord {
-                        sale: None,
-                        endpoint: r.get(0)?,
-                        attempt: r.get(1)?,
-                        request_body: r.get(2)?,
-                        response_body: r.get(3)?,
-                        http_status: r.get(4)?,
-                        outcome: r.get(5)?,
-                        elapsed_ms: u64::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
-                    })
-                })
-                .map_err(database)?;
-            rows.collect::<std::result::Result<Vec<_>, _>>().map_err(database)
+            read_exchanges(connection, scope, "operation_id", operation.0, None)
         })
         .await
     }
