@@ -272,7 +272,7 @@ fn longest_pause(signed: &BTreeMap<u64, Value>) -> i64 {
 /// pause between receipts, this is not lengthened by clients that had nothing to send
 /// (while their cut-off requests wait out the Idempotency-Key in-flight window): it is how
 /// long a kill, the restart and the takeover of the branch held a ready sale up.
-async fn longest_head_wait(dir: &Path, database_url: Option<&str>) -> BTreeMap<String, f64> {
+async fn longest_head_wait(dir: &Path, database_url: Option<&str>) -> BTreeMap<String, i64> {
     type Times = (
         String,
         chrono::DateTime<chrono::Utc>,
@@ -320,9 +320,9 @@ async fn longest_head_wait(dir: &Path, database_url: Option<&str>) -> BTreeMap<S
             continue;
         }
         let ready = (*signed_before).max(*created);
-        let wait = (*signed - ready).num_milliseconds() as f64 / 1000.0;
-        let entry = longest.entry(branch.clone()).or_insert(0.0_f64);
-        *entry = entry.max(wait);
+        let wait_ms = (*signed - ready).num_milliseconds();
+        let entry = longest.entry(branch.clone()).or_insert(0);
+        *entry = (*entry).max(wait_ms);
     }
     longest
 }
@@ -526,7 +526,7 @@ async fn sales_survive_sigkill(database_url: Option<String>) {
         "longest wait of a ready sale, per branch: {}",
         waits
             .iter()
-            .map(|(bhf_id, wait)| format!("{bhf_id}: {wait:.1} s"))
+            .map(|(bhf_id, ms)| format!("{bhf_id}: {}.{:03} s", ms / 1000, ms % 1000))
             .collect::<Vec<_>>()
             .join(", ")
     );
