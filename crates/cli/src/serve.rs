@@ -165,6 +165,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = Store::connect(&database)
         .await
         .context("cannot open the database")?;
+    // Before anything is written: on SQLite a second process on the same data directory is
+    // refused here (its relays could otherwise take over this one's leases); on PostgreSQL
+    // the connection that will hold the branch locks opens now or the start fails.
+    store
+        .lock_for_serving()
+        .await
+        .context("cannot serve this database")?;
     let applied = store
         .migrate()
         .await

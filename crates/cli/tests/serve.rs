@@ -403,3 +403,28 @@ async fn several_branches_are_served_each_with_its_own_device_numbers_and_key() 
     assert!(stderr.contains("\"1\" is not a branch id"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One process per SQLite database: a second `serve` on a data directory already served
+/// refuses to start and says which process has it, and the first carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_sqlite_data_dir_is_refused() {
+    let dir = std::env::temp_dir().join(format!("ushuru-twice-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (first, url) = start(&dir, free_port(), None).await;
+    let second = Command::new(env!("CARGO_BIN_EXE_ushuru"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .env("USHURU_BOOTSTRAP_API_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(!second.status.success(), "a second serve started");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!("process {} already serves", first.0.id())),
+        "{stderr}"
+    );
+    let sale = sell(&url, "after-the-refusal").await;
+    assert_eq!(sale["status"], "SIGNED", "{sale}");
+    terminate(first);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -164,7 +164,9 @@ impl Relay {
     }
 
     /// Longer than the longest step can take (a lookup, then the sale, each with its
-    /// connect time), so that a live relay never loses its row mid-call.
+    /// connect time). Another process takes a row over when the branch lock says its
+    /// holder is gone, not by this clock (see the store's `signer.rs`); the lease bounds a
+    /// row abandoned within one hold.
     fn lease_for(client: &KraClient) -> Duration {
         let timeouts = client.config().timeouts;
         timeouts.lookup + timeouts.sale + timeouts.connect * 2 + Duration::from_secs(30)

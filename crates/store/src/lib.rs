@@ -13,6 +13,7 @@
 
 mod model;
 mod postgres;
+mod signer;
 mod sqlite;
 
 use std::time::Duration;
@@ -38,6 +39,9 @@ pub enum StoreError {
     Payload(String),
     #[error("a stored value does not read back: {0}")]
     Corrupt(String),
+    /// Another process serves this database (SQLite: one process per database file).
+    #[error("{0}")]
+    InUse(String),
     #[error("unsupported database URL {0:?}: use a file path, sqlite://PATH or postgres://…")]
     Url(String),
 }
@@ -236,9 +240,12 @@ impl Store {
     }
 
     /// Phase 2: claims the branch's oldest pending outbox row for `owner` until
-    /// `now + lease`. Only that row can be claimed, and only when no live lease is on it
-    /// (not even one of the same owner name): one call in flight per branch, in invoice
-    /// order. The claim carries a lease token that later calls on the row must present.
+    /// `now + lease`. Only that row can be claimed, in invoice order, and only by the
+    /// branch's signer: the claim first takes (or confirms) the branch's lock for `owner`
+    /// (see `signer.rs`); without it the answer is `None` and the relay stands by. The
+    /// holder takes over a lease issued under any other hold at once, live or not, and waits
+    /// for a live lease of its own hold (the last-resort bound). The claim carries a lease
+    /// token that later calls on the row must present.
     pub async fn claim_next(
         &self,
         scope: Scope,
@@ -247,6 +254,20 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<Claim>> {
         dispatch!(self, s => s.claim_next(scope, owner, lease, now))
+    }
+
+    /// Takes the database for this process to serve, before anything else: on SQLite an
+    /// exclusive lock on `<database>.lock`, refused with [`StoreError::InUse`] while another
+    /// process (or another open store) holds it; on PostgreSQL it opens the connection that
+    /// will hold the branch locks, so that a database that cannot give one fails at start.
+    pub async fn lock_for_serving(&self) -> Result<()> {
+        dispatch!(self, s => s.lock_for_serving())
+    }
+
+    /// Gives up `owner`'s hold of the branch (nothing if it holds none), so that another
+    /// relay or process can become its signer without waiting for this one to end.
+    pub async fn let_go_branch(&self, scope: Scope, owner: &str) -> Result<()> {
+        dispatch!(self, s => s.let_go_branch(scope, owner))
     }
 
     /// Phase 3: in one transaction, the receipt into the sale (SIGNED), the outbox row

@@ -1,7 +1,14 @@
 //! The PostgreSQL backend: a connection pool shared by any number of processes. Invoice
 //! numbers are allocated under the branch row's lock, and the branch's head outbox row is
 //! claimed under `FOR UPDATE`, so replicas serialise per branch in the database itself.
+//!
+//! Which replica claims for a branch is decided by a session-level advisory lock per branch,
+//! `(SIGNER_LOCKS, branch id)`, all of a process's branches held on one dedicated connection
+//! outside the pool (50 branches pin one connection, not 50). PostgreSQL drops the locks the
+//! moment that session ends, so a killed replica's branches are free for another at once.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -9,19 +16,57 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Transacti
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+use crate::signer::Hold;
 use crate::{
     AcceptedSale, ApiKey, Behind, Branch, BranchId, Claim, CreditContext, CreditOutcome,
     CreditPlanner, DeviceRecord, ExchangeRecord, Fate, FindingKind, IdempotencyStart,
     InitialisedBranch, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
     SaleLine, SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant,
     TenantId, attempt_number, build_payload, clamp_time, gives_number_back, idempotency_decision,
-    lease_token, lease_until, money_from_text, money_text, plan_credit_note, plan_release,
-    quantity_from_text, released_count, sale_status_of, to_i64, to_u64,
+    lease_until, money_from_text, money_text, plan_credit_note, plan_release, quantity_from_text,
+    released_count, sale_status_of, to_i64, to_u64,
 };
+
+/// The advisory-lock namespace (first key) of the branch signer locks ("USHR"); the second
+/// key is the branch id. The migration lock uses the one-key form, which cannot collide.
+const SIGNER_LOCKS: i32 = 0x5553_4852;
+
+/// How long a query on the lock connection may take before the connection is taken as dead:
+/// every relay of the process waits on it, so it must not hang on a broken network.
+const LOCK_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    config: Arc<tokio_postgres::Config>,
+    signers: Arc<tokio::sync::Mutex<Signers>>,
+}
+
+/// The process's branch locks: the connection holding them, and which relay holds which.
+#[derive(Default)]
+struct Signers {
+    session: Option<LockSession>,
+    holds: HashMap<BranchId, Hold>,
+}
+
+struct LockSession {
+    client: tokio_postgres::Client,
+    pid: i32,
+}
+
+impl Signers {
+    /// Forgets the session and every hold on it: closing the connection (dropping its
+    /// client) makes PostgreSQL release whatever locks it may still hold.
+    fn drop_session(&mut self, why: &str) {
+        if self.session.take().is_some() && !self.holds.is_empty() {
+            tracing::warn!(
+                reason = why,
+                branches = self.holds.len(),
+                "branch locks lost: their relays stop claiming until they take them again"
+            );
+        }
+        self.holds.clear();
+    }
 }
 
 fn database(error: impl std::fmt::Display) -> StoreError {
@@ -68,7 +113,7 @@ impl PostgresStore {
             .parse()
             .map_err(|e| StoreError::Url(format!("{url}: {e}")))?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -84,7 +129,140 @@ impl PostgresStore {
                 .await
                 .map_err(|e| StoreError::Database(format!("cannot connect to PostgreSQL: {e}")))?,
         );
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            config: Arc::new(config),
+            signers: Arc::default(),
+        })
+    }
+
+    /// Opens the lock connection now, so that serving fails at start if it cannot.
+    pub async fn lock_for_serving(&self) -> Result<()> {
+        let mut signers = self.signers.lock().await;
+        if signers
+            .session
+            .as_ref()
+            .is_none_or(|s| s.client.is_closed())
+        {
+            signers.drop_session("the lock connection closed");
+            signers.session = Some(self.lock_session().await?);
+        }
+        Ok(())
+    }
+
+    /// A connection of its own (not from the pool, whose connections are recycled), whose
+    /// session holds this process's branch locks for as long as it lives.
+    async fn lock_session(&self) -> Result<LockSession> {
+        let connected = tokio::time::timeout(LOCK_QUERY_TIMEOUT, async {
+            let (client, connection) = self.config.connect(NoTls).await.map_err(query_error)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "the connection holding the branch locks failed");
+                }
+            });
+            let pid: i32 = client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .map_err(query_error)?
+                .get(0);
+            Ok::<_, StoreError>(LockSession { client, pid })
+        })
+        .await;
+        connected.unwrap_or_else(|_| {
+            Err(StoreError::Database(
+                "the branch-lock connection was not open within 5 s".into(),
+            ))
+        })
+    }
+
+    /// `owner`'s hold of the branch: confirmed if it has it, taken if the branch is free in
+    /// this process and `pg_try_advisory_lock` gets it, else `None` (another relay or
+    /// replica signs for the branch: stand by).
+    async fn hold(&self, scope: Scope, owner: &str) -> Result<Option<Hold>> {
+        let key = lock_key(scope)?;
+        let mut signers = self.signers.lock().await;
+        if signers
+            .session
+            .as_ref()
+            .is_some_and(|s| s.client.is_closed())
+        {
+            signers.drop_session("the lock connection closed");
+        }
+        if let Some(hold) = signers.holds.get(&scope.branch) {
+            return Ok((hold.owner == owner).then(|| hold.clone()));
+        }
+        let session = match signers.session.take() {
+            Some(session) => session,
+            None => self.lock_session().await?,
+        };
+        let locked = tokio::time::timeout(
+            LOCK_QUERY_TIMEOUT,
+            session.client.query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&SIGNER_LOCKS, &key],
+            ),
+        )
+        .await;
+        let pid = session.pid;
+        signers.session = Some(session);
+        match locked {
+            Ok(Ok(row)) if row.get::<_, bool>(0) => {
+                let hold = Hold::new(owner, Some(pid));
+                signers.holds.insert(scope.branch, hold.clone());
+                tracing::info!(branch = scope.branch.0, owner, "now signing for the branch");
+                Ok(Some(hold))
+            }
+            Ok(Ok(_)) => Ok(None),
+            Ok(Err(e)) => {
+                signers.drop_session("a query on the lock connection failed");
+                Err(query_error(e))
+            }
+            Err(_) => {
+                signers.drop_session("the lock connection did not answer");
+                Err(StoreError::Database(
+                    "the branch-lock connection did not answer within 5 s".into(),
+                ))
+            }
+        }
+    }
+
+    /// The server says the hold's session no longer has the lock: that session is gone (or
+    /// going), and every hold on it with it.
+    async fn lost(&self, hold: &Hold) {
+        let mut signers = self.signers.lock().await;
+        if signers.session.as_ref().map(|s| s.pid) == hold.session_pid {
+            signers.drop_session("the server no longer shows the lock connection's locks");
+        }
+    }
+
+    pub async fn let_go_branch(&self, scope: Scope, owner: &str) -> Result<()> {
+        let key = lock_key(scope)?;
+        let mut signers = self.signers.lock().await;
+        if signers
+            .holds
+            .get(&scope.branch)
+            .is_none_or(|hold| hold.owner != owner)
+        {
+            return Ok(());
+        }
+        signers.holds.remove(&scope.branch);
+        let unlocked = match &signers.session {
+            Some(session) => {
+                tokio::time::timeout(
+                    LOCK_QUERY_TIMEOUT,
+                    session
+                        .client
+                        .execute("SELECT pg_advisory_unlock($1, $2)", &[&SIGNER_LOCKS, &key]),
+                )
+                .await
+            }
+            None => return Ok(()),
+        };
+        // A lock that cannot be given back is given back by closing its session.
+        if !matches!(unlocked, Ok(Ok(_))) {
+            signers.drop_session("the lock could not be released");
+        }
+        Ok(())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -308,9 +486,20 @@ impl PostgresStore {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Option<Claim>> {
+        let Some(hold) = self.hold(scope, owner).await? else {
+            return Ok(None); // another relay or replica signs for this branch
+        };
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
+        // The hold as the server sees it, not as this process remembers it: a lock
+        // connection that died (and whose locks another replica may hold by now) is caught
+        // here, before any claim.
+        if !lock_still_held(&tx, &hold, scope).await? {
+            tx.commit().await.map_err(query_error)?;
+            self.lost(&hold).await;
+            return Ok(None);
+        }
         // Locking the head row (not skipping it) makes a second claimer wait for the first to
         // commit its lease, then see it: only the head is ever eligible, so order holds.
         let head = tx
@@ -334,14 +523,13 @@ impl PostgresStore {
         }
         let holder: Option<String> = head.get(6);
         let held_until: Option<DateTime<Utc>> = head.get(7);
-        // Any live lease, whatever its owner's name: one claim at a time.
-        if holder.is_some() && held_until.is_some_and(|until| until > now) {
+        if !hold.may_claim(holder.as_deref(), held_until, now) {
             tx.commit().await.map_err(query_error)?;
             return Ok(None);
         }
         let id: i64 = head.get(0);
         let expires = lease_until(now, lease);
-        let token = lease_token(owner);
+        let token = hold.lease_token();
         let attempts: i32 = tx
             .query_one(
                 // From this claim on, the payload may reach the control unit.
@@ -1065,6 +1253,16 @@ impl PostgresStore {
 }
 
 /// The five device columns from `first` on; None while any is NULL (not initialised).
+/// The branch's advisory-lock key (PostgreSQL's two-key form takes 32-bit keys).
+fn lock_key(scope: Scope) -> Result<i32> {
+    i32::try_from(scope.branch.0).map_err(|_| {
+        StoreError::Conflict(format!(
+            "branch id {} is beyond the range of the branch locks",
+            scope.branch.0
+        ))
+    })
+}
+
 fn device_from_row(r: &tokio_postgres::Row, first: usize) -> Option<DeviceRecord> {
     let text = |i: usize| r.get::<_, Option<String>>(first + i);
     Some(DeviceRecord {
@@ -1168,6 +1366,26 @@ async fn read_lines(tx: &Transaction<'_>, scope: Scope, sale: SaleId) -> Result<
 
 /// Takes the branch's next `invcNo`; the branch row stays locked until the caller commits,
 /// which serialises numbering across replicas.
+/// Whether the hold's lock connection still holds the branch's advisory lock, as the server
+/// sees it, inside the claim's own transaction.
+pub(crate) async fn lock_still_held(
+    tx: &Transaction<'_>,
+    hold: &Hold,
+    scope: Scope,
+) -> Result<bool> {
+    Ok(tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks
+               WHERE locktype = 'advisory' AND granted AND pid = $1
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 AND classid = $2::int4::oid AND objid = $3::int4::oid AND objsubid = 2)",
+            &[&hold.session_pid, &SIGNER_LOCKS, &lock_key(scope)?],
+        )
+        .await
+        .map_err(query_error)?
+        .get(0))
+}
+
 /// Gives a refused sale's number back (see `plan_release`), in the caller's transaction,
 /// which holds the branch row.
 async fn release_number(

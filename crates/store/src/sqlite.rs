@@ -1,27 +1,44 @@
 //! The SQLite backend: one file, one connection, used by one process. Each operation runs
 //! on the blocking pool with the connection, in an immediate transaction (SQLite's writer
 //! lock is taken at BEGIN, so two operations never interleave their reads and writes).
+//!
+//! "One process" is enforced: claiming (and serving) takes an exclusive `flock` on
+//! `<database>.lock`, which the operating system releases when the process dies. So no other
+//! process can be sending for this database, and a lease left by a killed one is taken over
+//! at once (see `signer.rs`).
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
+use crate::signer::Hold;
 use crate::{
     AcceptedSale, ApiKey, Behind, Branch, BranchId, Claim, CreditContext, CreditOutcome,
     CreditPlanner, DeviceRecord, ExchangeRecord, Fate, FindingKind, IdempotencyStart,
     InitialisedBranch, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
     SaleLine, SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant,
     TenantId, attempt_number, build_payload, clamp_time, gives_number_back, idempotency_decision,
-    lease_token, lease_until, money_from_text, money_text, plan_credit_note, plan_release,
-    quantity_from_text, released_count, sale_status_of, to_i64, to_u64,
+    lease_until, money_from_text, money_text, plan_credit_note, plan_release, quantity_from_text,
+    released_count, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
+    lock_path: PathBuf,
+    signers: Arc<Mutex<Signers>>,
+}
+
+/// The database's lock file, once taken, and which relay of this process holds which branch.
+#[derive(Default)]
+struct Signers {
+    lock: Option<File>,
+    holds: HashMap<BranchId, Hold>,
 }
 
 fn database(error: rusqlite::Error) -> StoreError {
@@ -51,6 +68,8 @@ fn parse_timestamp(text: &str) -> Result<DateTime<Utc>> {
 
 impl SqliteStore {
     pub async fn open(path: &Path) -> Result<Self> {
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
         let path = path.to_owned();
         let connection = tokio::task::spawn_blocking(move || -> Result<Connection> {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -79,7 +98,91 @@ impl SqliteStore {
         .map_err(|e| StoreError::Database(format!("the blocking pool failed: {e}")))??;
         Ok(SqliteStore {
             connection: Arc::new(Mutex::new(connection)),
+            lock_path: lock_path.into(),
+            signers: Arc::default(),
         })
+    }
+
+    fn signers(&self) -> std::sync::MutexGuard<'_, Signers> {
+        self.signers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the database's lock file for this store, if no other process (or other open
+    /// store) has it. `false`: someone else serves this database.
+    fn take_lock(&self, signers: &mut Signers) -> Result<bool> {
+        if signers.lock.is_some() {
+            return Ok(true);
+        }
+        let cannot = |e: std::io::Error| {
+            StoreError::Database(format!("lock file {}: {e}", self.lock_path.display()))
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.lock_path)
+            .map_err(cannot)?;
+        if !try_lock_exclusive(&file).map_err(cannot)? {
+            return Ok(false);
+        }
+        // For the message of whoever is refused next: which process serves the database.
+        use std::io::{Seek, Write};
+        file.set_len(0).map_err(cannot)?;
+        file.rewind().map_err(cannot)?;
+        write!(file, "{}", std::process::id()).map_err(cannot)?;
+        signers.lock = Some(file);
+        Ok(true)
+    }
+
+    pub async fn lock_for_serving(&self) -> Result<()> {
+        let mut signers = self.signers();
+        if self.take_lock(&mut signers)? {
+            return Ok(());
+        }
+        let holder = std::fs::read_to_string(&self.lock_path)
+            .ok()
+            .map(|pid| pid.trim().to_owned())
+            .filter(|pid| !pid.is_empty())
+            .map_or_else(
+                || "another process".to_owned(),
+                |pid| format!("process {pid}"),
+            );
+        Err(StoreError::InUse(format!(
+            "{holder} already serves the database {} (it holds {}): one process per SQLite database; \
+             stop it, or give this one another data directory",
+            self.lock_path.with_extension("").display(),
+            self.lock_path.display()
+        )))
+    }
+
+    /// `owner`'s hold of the branch: confirmed, taken (with the lock file if this store does
+    /// not have it yet), or `None` when another relay or process signs for it.
+    fn hold(&self, scope: Scope, owner: &str) -> Result<Option<Hold>> {
+        let mut signers = self.signers();
+        if !self.take_lock(&mut signers)? {
+            return Ok(None);
+        }
+        if let Some(hold) = signers.holds.get(&scope.branch) {
+            return Ok((hold.owner == owner).then(|| hold.clone()));
+        }
+        let hold = Hold::new(owner, None);
+        signers.holds.insert(scope.branch, hold.clone());
+        Ok(Some(hold))
+    }
+
+    pub async fn let_go_branch(&self, scope: Scope, owner: &str) -> Result<()> {
+        let mut signers = self.signers();
+        if signers
+            .holds
+            .get(&scope.branch)
+            .is_some_and(|hold| hold.owner == owner)
+        {
+            signers.holds.remove(&scope.branch);
+        }
+        Ok(())
     }
 
     async fn run<T: Send + 'static>(
@@ -303,7 +406,9 @@ impl SqliteStore {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Option<Claim>> {
-        let owner = owner.to_owned();
+        let Some(hold) = self.hold(scope, owner)? else {
+            return Ok(None); // another relay or process signs for this branch
+        };
         self.run(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
             let head = tx
@@ -339,14 +444,12 @@ impl SqliteStore {
             {
                 return Ok(None); // backing off after a call that was not sent
             }
-                        if lease_owner.is_some()
-                && let Some(expires) = lease_expires
-                && parse_timestamp(&expires)? > now
-            {
-                return Ok(None); // the branch's head row is being sent under a live lease
+            let held_until = lease_expires.as_deref().map(parse_timestamp).transpose()?;
+            if !hold.may_claim(lease_owner.as_deref(), held_until, now) {
+                return Ok(None); // the branch's head row is being sent under this hold's live lease
             }
             let expires = lease_until(now, lease);
-            let token = lease_token(&owner);
+            let token = hold.lease_token();
             // From this claim on, the payload may reach the control unit.
             tx.execute(
                 "UPDATE outbox SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1, maybe_sent = TRUE
@@ -966,6 +1069,23 @@ impl SqliteStore {
 }
 
 /// One sale of a scope, read on a connection or inside a transaction.
+/// `flock(LOCK_EX | LOCK_NB)`: `false` when another open file description has the lock.
+#[cfg(unix)]
+fn try_lock_exclusive(file: &File) -> std::io::Result<bool> {
+    use rustix::fs::{FlockOperation, flock};
+    match flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Elsewhere there is no lock file: one process per database is then the operator's duty.
+#[cfg(not(unix))]
+fn try_lock_exclusive(_file: &File) -> std::io::Result<bool> {
+    Ok(true)
+}
+
 fn read_sale(connection: &Connection, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
     let row = connection
         .query_row(

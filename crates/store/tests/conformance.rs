@@ -35,6 +35,13 @@ async fn sqlite() -> Store {
 }
 
 async fn postgres() -> Store {
+    let store = Store::connect(&postgres_database().await).await.unwrap();
+    assert_eq!(store.migrate().await.unwrap(), ALL_MIGRATIONS);
+    store
+}
+
+/// A fresh, empty database; its URL.
+async fn postgres_database() -> String {
     let admin_url = std::env::var("USHURU_TEST_POSTGRES_URL")
         .expect("USHURU_TEST_POSTGRES_URL is not set: run ./scripts/test, which starts PostgreSQL and sets it");
     let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
@@ -46,13 +53,10 @@ async fn postgres() -> Store {
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap();
-    let url = match admin_url.rsplit_once('/') {
+    match admin_url.rsplit_once('/') {
         Some((base, _)) => format!("{base}/{name}"),
         None => panic!("USHURU_TEST_POSTGRES_URL has no database part: {admin_url}"),
-    };
-    let store = Store::connect(&url).await.unwrap();
-    assert_eq!(store.migrate().await.unwrap(), ALL_MIGRATIONS);
-    store
+    }
 }
 
 /// Every migration, in order: what a fresh database runs.
@@ -498,15 +502,15 @@ async fn the_outbox_is_claimed_in_order_under_a_lease(store: Store) {
         (1, first.sale, 1)
     );
     assert_eq!(claim.payload.body, "{\"invcNo\":1}");
-    // Another relay finds the branch busy, however many times it asks.
-    assert_eq!(
-        store
-            .claim_next(scope, "relay-2", lease, now())
-            .await
-            .unwrap(),
-        None
-    );
-    // Not even a relay of the same name: a live lease is never claimed twice.
+    // Another relay finds the branch busy, however many times it asks: relay-1 holds the
+    // branch's lock, so relay-2 stands by, even once the lease has run out.
+    for at in [now(), now() + chrono::Duration::seconds(31)] {
+        assert_eq!(
+            store.claim_next(scope, "relay-2", lease, at).await.unwrap(),
+            None
+        );
+    }
+    // Not even the holder: a live lease of its own is never claimed twice.
     assert_eq!(
         store
             .claim_next(scope, "relay-1", lease, now())
@@ -514,10 +518,11 @@ async fn the_outbox_is_claimed_in_order_under_a_lease(store: Store) {
             .unwrap(),
         None
     );
-    // Once the lease has run out, another relay takes the same row over: never the next one.
+    // Once the lease has run out (the last-resort bound), the holder takes the same row
+    // again: never the next one.
     let later = now() + chrono::Duration::seconds(31);
     let taken_over = store
-        .claim_next(scope, "relay-2", lease, later)
+        .claim_next(scope, "relay-1", lease, later)
         .await
         .unwrap()
         .unwrap();
@@ -700,8 +705,10 @@ async fn a_release_backs_off_and_remembers_what_may_have_been_sent(store: Store)
         .unwrap()
         .unwrap();
     assert!(claim.maybe_sent);
-    // A relay that died mid-call leaves maybe_sent set for whoever takes the row over.
-    let later = retry_at + chrono::Duration::seconds(60);
+    // A relay that died mid-call leaves maybe_sent set for whoever takes the row over (at
+    // once, lease or not, once the dead one no longer holds the branch).
+    store.let_go_branch(scope, "relay").await.unwrap();
+    let later = retry_at + chrono::Duration::seconds(1);
     let taken_over = store
         .claim_next(scope, "other", lease, later)
         .await
@@ -953,7 +960,7 @@ async fn times_keep_their_microseconds_and_far_futures(store: Store) {
     let the_day_before = at_the_end - chrono::Duration::days(1);
     assert_eq!(
         store
-            .claim_next(scope, "other", lease, the_day_before)
+            .claim_next(scope, "relay", lease, the_day_before)
             .await
             .unwrap(),
         None
@@ -1443,6 +1450,14 @@ async fn operations_are_numbered_keyed_claimed_in_order_and_settled(store: Store
         None,
         "the head is leased"
     );
+    // Nor later: only the branch's signer claims, whatever the lease clock says.
+    assert_eq!(
+        store
+            .claim_next_operation(scope, "relay-b", lease, now() + chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        None
+    );
     // Given back with a backoff: not before its time, then claimed again.
     let later = now() + chrono::Duration::seconds(5);
     store.release_operation(&claim, later).await.unwrap();
@@ -1527,6 +1542,234 @@ async fn operations_are_numbered_keyed_claimed_in_order_and_settled(store: Store
     assert_eq!((claim.id, claim.kind), (item.id, OperationKind::Item));
 }
 
+async fn only_the_branch_signer_claims_and_takes_over_at_once(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let other_branch = {
+        let tenant = store.tenant_by_tin("P051234567A").await.unwrap().unwrap();
+        store.create_branch(tenant.id, "01").await.unwrap().scope()
+    };
+    accept(&store, scope, "A").await;
+    accept(&store, other_branch, "B").await;
+    let lease = Duration::from_secs(190);
+    let first = store
+        .claim_next(scope, "relay-1", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    // The lock is per branch: relay-2 can sign for another branch meanwhile.
+    assert!(
+        store
+            .claim_next(other_branch, "relay-2", lease, now())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // A relay without the branch's lock claims nothing, whatever the lease clock says.
+    let far_later = now() + chrono::Duration::hours(1);
+    assert_eq!(
+        store
+            .claim_next(scope, "relay-2", lease, far_later)
+            .await
+            .unwrap(),
+        None
+    );
+    // relay-1 is gone (its process died: its lock with it). The next holder takes its live
+    // lease over at once, and knows the payload may have reached the control unit.
+    store.let_go_branch(scope, "relay-1").await.unwrap();
+    let taken_over = store
+        .claim_next(scope, "relay-2", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            taken_over.invc_no,
+            taken_over.attempts,
+            taken_over.maybe_sent
+        ),
+        (1, 2, true)
+    );
+    assert_ne!(taken_over.owner, first.owner);
+    // The old claim is dead: it can neither record nor give the row back.
+    assert!(matches!(
+        store
+            .record_receipt(&first, &receipt("KRACU0000000001", 1), now())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .release(&first, now(), true, SaleStatus::OutcomeUnknown)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // relay-1 is now the one that stands by.
+    assert_eq!(
+        store
+            .claim_next(scope, "relay-1", lease, far_later)
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .record_receipt(&taken_over, &receipt("KRACU0000000001", 1), now())
+        .await
+        .unwrap();
+}
+
+/// Two processes on one database (two stores opened apart): only one signs for a branch;
+/// when it dies (its store, and with it its lock, goes), the other takes over its live lease
+/// within moments, not when the lease runs out.
+async fn a_second_process_claims_nothing_until_the_first_dies(first: Store, second: Store) {
+    let scope = branch(&first, "P051234567A").await;
+    accept(&first, scope, "A").await;
+    accept(&first, scope, "B").await;
+    let lease = Duration::from_secs(190);
+    let claim = first
+        .claim_next(scope, "process-a", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.invc_no, 1);
+    let far_later = now() + chrono::Duration::hours(1);
+    assert_eq!(
+        second
+            .claim_next(scope, "process-b", lease, far_later)
+            .await
+            .unwrap(),
+        None,
+        "the lock, not the lease clock, decides"
+    );
+    if second.backend() == "sqlite" {
+        // One process per SQLite database: a second one is refused, and says why.
+        match second.lock_for_serving().await {
+            Err(StoreError::InUse(message)) => {
+                assert!(message.contains("already serves"), "{message}")
+            }
+            other => panic!("a second serving process was not refused: {other:?}"),
+        }
+    } else {
+        second.lock_for_serving().await.unwrap();
+    }
+    drop(first);
+    // PostgreSQL ends the dead session's locks as soon as it sees the connection close.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let taken_over = loop {
+        if let Some(claim) = second
+            .claim_next(scope, "process-b", lease, now())
+            .await
+            .unwrap()
+        {
+            break claim;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the branch stayed locked after its holder died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (
+            taken_over.invc_no,
+            taken_over.attempts,
+            taken_over.maybe_sent
+        ),
+        (1, 2, true)
+    );
+    second.lock_for_serving().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_a_second_process_claims_nothing_until_the_first_dies() {
+    let path = std::env::temp_dir().join(format!("{}.sqlite", unique_name()));
+    let first = Store::connect(path.to_str().unwrap()).await.unwrap();
+    first.migrate().await.unwrap();
+    let second = Store::connect(path.to_str().unwrap()).await.unwrap();
+    a_second_process_claims_nothing_until_the_first_dies(first, second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_second_process_claims_nothing_until_the_first_dies() {
+    let url = postgres_database().await;
+    let first = Store::connect(&url).await.unwrap();
+    first.migrate().await.unwrap();
+    let second = Store::connect(&url).await.unwrap();
+    a_second_process_claims_nothing_until_the_first_dies(first, second).await;
+}
+
+/// A replica whose lock connection breaks (here: terminated by the server) stops claiming
+/// for its branches at once, even before it notices; another replica takes the branch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_replica_that_lost_its_lock_connection_stops_claiming() {
+    let url = postgres_database().await;
+    let a = Store::connect(&url).await.unwrap();
+    a.migrate().await.unwrap();
+    let b = Store::connect(&url).await.unwrap();
+    let scope = branch(&a, "P051234567A").await;
+    for reference in ["A", "B", "C"] {
+        accept(&a, scope, reference).await;
+    }
+    let lease = Duration::from_secs(190);
+    let claim = a
+        .claim_next(scope, "replica-a", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    a.release(&claim, now(), true, SaleStatus::OutcomeUnknown)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.claim_next(scope, "replica-b", lease, now())
+            .await
+            .unwrap(),
+        None
+    );
+    // The server ends replica-a's lock session (a network cut, an administrator, a
+    // failover would do the same).
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let terminated = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+             WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(terminated.len(), 1, "one lock session holds the branch");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let taken = loop {
+        if let Some(claim) = b
+            .claim_next(scope, "replica-b", lease, now())
+            .await
+            .unwrap()
+        {
+            break claim;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica-b never took the branch"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(taken.invc_no, 1);
+    // replica-a, although its process lives, claims nothing any more: its lock is gone.
+    assert_eq!(
+        a.claim_next(
+            scope,
+            "replica-a",
+            lease,
+            now() + chrono::Duration::hours(1)
+        )
+        .await
+        .unwrap(),
+        None
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1571,4 +1814,5 @@ conformance!(
     a_sale_keeps_its_lines,
     credit_notes_see_what_earlier_notes_reversed,
     a_request_that_died_after_accepting_finds_its_sale,
+    only_the_branch_signer_claims_and_takes_over_at_once,
 );

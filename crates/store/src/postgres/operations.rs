@@ -6,11 +6,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 
-use super::{PostgresStore, enter, query_error};
+use super::{PostgresStore, enter, lock_still_held, query_error};
 use crate::{
     Enqueued, ExchangeRecord, NewOperation, OperationClaim, OperationId, OperationKind,
     OperationRecord, OperationState, OutboxPayload, Result, Scope, StoreError,
-    build_operation_payload, clamp_time, lease_token, lease_until, to_i64, to_u64,
+    build_operation_payload, clamp_time, lease_until, to_i64, to_u64,
 };
 
 const COLUMNS: &str =
@@ -183,9 +183,19 @@ impl PostgresStore {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Option<OperationClaim>> {
+        // The same gate as the sales outbox: only the branch's signer claims, and only while
+        // its lock connection still holds the branch.
+        let Some(hold) = self.hold(scope, owner).await? else {
+            return Ok(None);
+        };
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
+        if !lock_still_held(&tx, &hold, scope).await? {
+            tx.commit().await.map_err(query_error)?;
+            self.lost(&hold).await;
+            return Ok(None);
+        }
         // Only the head is eligible (stock master after the stock moves it follows), locked
         // so that a second claimer waits and then sees the first one's lease.
         let head = tx
@@ -205,13 +215,13 @@ impl PostgresStore {
         let held_until: Option<DateTime<Utc>> = head.get(6);
         let next_attempt: Option<DateTime<Utc>> = head.get(7);
         if next_attempt.is_some_and(|at| at > now)
-            || (holder.is_some() && held_until.is_some_and(|until| until > now))
+            || !hold.may_claim(holder.as_deref(), held_until, now)
         {
             tx.commit().await.map_err(query_error)?;
             return Ok(None);
         }
         let id: i64 = head.get(0);
-        let token = lease_token(owner);
+        let token = hold.lease_token();
         let attempts: i32 = tx
             .query_one(
                 "UPDATE operations SET lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1

@@ -10,7 +10,7 @@ use super::{SqliteStore, database, insert_exchange, parse_timestamp, read_exchan
 use crate::{
     Enqueued, ExchangeRecord, NewOperation, OperationClaim, OperationId, OperationKind,
     OperationRecord, OperationState, OutboxPayload, Result, Scope, StoreError,
-    build_operation_payload, lease_token, lease_until, to_i64, to_u64,
+    build_operation_payload, lease_until, to_i64, to_u64,
 };
 
 const COLUMNS: &str =
@@ -192,7 +192,10 @@ impl SqliteStore {
         lease: Duration,
         now: DateTime<Utc>,
     ) -> Result<Option<OperationClaim>> {
-        let owner = owner.to_owned();
+        // The same gate as the sales outbox: only the branch's signer claims.
+        let Some(hold) = self.hold(scope, owner)? else {
+            return Ok(None);
+        };
         self.run(move |connection| {
             let tx = connection
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -230,13 +233,11 @@ impl SqliteStore {
             {
                 return Ok(None);
             }
-            if holder.is_some()
-                && let Some(until) = held_until
-                && parse_timestamp(&until)? > now
-            {
+            let held_until = held_until.as_deref().map(parse_timestamp).transpose()?;
+            if !hold.may_claim(holder.as_deref(), held_until, now) {
                 return Ok(None);
             }
-            let token = lease_token(&owner);
+            let token = hold.lease_token();
             tx.execute(
                 "UPDATE operations SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1 WHERE id = ?3",
                 params![token, timestamp(lease_until(now, lease)), id],
