@@ -138,6 +138,9 @@ pub struct Relay {
     clock: Arc<dyn Clock>,
     /// Turns between the two queues, so that neither starves the other under load.
     operations_turn: AtomicBool,
+    /// Items known to be registered with the control unit: after the first sale of an
+    /// item, its later sales skip the store lookup.
+    registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Relay {
@@ -160,6 +163,7 @@ impl Relay {
             backoff: Backoff::default(),
             clock,
             operations_turn: AtomicBool::new(false),
+            registered: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -170,6 +174,20 @@ impl Relay {
     fn lease_for(client: &KraClient) -> Duration {
         let timeouts = client.config().timeouts;
         timeouts.lookup + timeouts.sale + timeouts.connect * 2 + Duration::from_secs(30)
+    }
+
+    fn known_item(&self, item_cd: &str) -> bool {
+        self.registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(item_cd)
+    }
+
+    fn remember_item(&self, item_cd: &str) {
+        self.registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(item_cd.to_owned());
     }
 
     /// The branch this relay sends for.
@@ -233,7 +251,7 @@ impl Relay {
         // It may have reached the control unit before: look before sending it again.
         if claim.maybe_sent {
             match self.look_up(&claim).await? {
-                Lookup::Found(receipt) => return self.record(&claim, receipt).await,
+                Lookup::Found(receipt) => return self.record(&claim, receipt, None).await,
                 Lookup::Absent => {}
                 Lookup::Unknown(outcome) => return self.retry(&claim, true, outcome).await,
             }
@@ -245,7 +263,13 @@ impl Relay {
                 claim.payload.body.clone().into_bytes(),
             )
             .await;
-        self.journal(&claim, &call).await?;
+        // A signed answer is journalled with its receipt, in one transaction; any other
+        // answer on its own, now.
+        let signed = matches!(call.outcome, Outcome::Ok { data: Some(_), .. });
+        let exchange = exchange_record(&call, claim.attempts, Some(claim.sale));
+        if !signed {
+            self.write_journal(&claim, &exchange).await;
+        }
         match call.outcome {
             Outcome::Ok {
                 data: Some(response),
@@ -262,13 +286,13 @@ impl Relay {
                     rcpt_sign: response.rcpt_sign,
                     sdc_date_time: response.sdc_date_time.digits(),
                 };
-                self.record(&claim, receipt).await
+                self.record(&claim, receipt, Some(&exchange)).await
             }
             // A success without a receipt is no receipt: treat it as unknown and look it up.
             Outcome::Ok { data: None, .. } => self.retry(&claim, true, "ambiguous").await,
             Outcome::Rejected { code, .. } if code.is_duplicate() => {
                 match self.look_up(&claim).await? {
-                    Lookup::Found(receipt) => self.record(&claim, receipt).await,
+                    Lookup::Found(receipt) => self.record(&claim, receipt, None).await,
                     Lookup::Absent => {
                         let message = format!(
                             "the control unit answered {code} (already received) and has no receipt for invoice {}",
@@ -329,11 +353,15 @@ impl Relay {
             return Ok(None);
         };
         for line in &sale.item_list {
+            if self.known_item(&line.item_cd) {
+                continue;
+            }
             if self
                 .store
                 .item_registered(self.scope, &line.item_cd)
                 .await?
             {
+                self.remember_item(&line.item_cd);
                 continue;
             }
             let item = SaveItemRequest {
@@ -356,7 +384,8 @@ impl Relay {
                 Outcome::Ok { .. } => {
                     self.store
                         .mark_item_registered(self.scope, &line.item_cd, self.clock.now())
-                        .await?
+                        .await?;
+                    self.remember_item(&line.item_cd);
                 }
                 Outcome::Rejected { code, message } if code.class() == ResultClass::Request => {
                     let message =
@@ -388,12 +417,29 @@ impl Relay {
         Ok(None)
     }
 
-    async fn record(&self, claim: &Claim, receipt: Receipt) -> Result<Step, RelayError> {
-        match self
-            .store
-            .record_receipt(claim, &receipt, self.clock.now())
-            .await
+    /// Records the receipt (phase 3), with the call that brought it when there is one.
+    async fn record(
+        &self,
+        claim: &Claim,
+        receipt: Receipt,
+        exchange: Option<&ExchangeRecord>,
+    ) -> Result<Step, RelayError> {
+        let now = self.clock.now();
+        let recorded = match exchange {
+            Some(exchange) => {
+                self.store
+                    .record_receipt_and_exchange(claim, &receipt, exchange, now)
+                    .await
+            }
+            None => self.store.record_receipt(claim, &receipt, now).await,
+        };
+        if recorded.is_err()
+            && let Some(exchange) = exchange
         {
+            // The receipt was not recorded, so neither was the call: keep the call.
+            self.write_journal(claim, exchange).await;
+        }
+        match recorded {
             Ok(()) => Ok(Step::Signed {
                 sale: claim.sale,
                 invc_no: claim.invc_no,
@@ -481,14 +527,20 @@ impl Relay {
     /// reason to drop a receipt already received.
     async fn journal<T>(&self, claim: &Claim, call: &Call<T>) -> Result<(), RelayError> {
         let record = exchange_record(call, claim.attempts, Some(claim.sale));
+        self.write_journal(claim, &record).await;
+        Ok(())
+    }
+
+    /// Writes one call to the journal; a journal that cannot be written is logged, never a
+    /// reason to drop a receipt.
+    async fn write_journal(&self, claim: &Claim, record: &ExchangeRecord) {
         if let Err(e) = self
             .store
-            .record_exchange(self.scope, &record, self.clock.now())
+            .record_exchange(self.scope, record, self.clock.now())
             .await
         {
             tracing::error!(error = %e, sale = claim.sale.0, "the exchange journal could not be written");
         }
-        Ok(())
     }
 }
 

@@ -281,7 +281,19 @@ impl Store {
         receipt: &Receipt,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        dispatch!(self, s => s.record_receipt(claim, receipt, now))
+        dispatch!(self, s => s.record_receipt(claim, receipt, None, now))
+    }
+
+    /// [`Store::record_receipt`], with the call that brought the receipt written to the
+    /// exchange journal in the same transaction (one commit instead of two per sale).
+    pub async fn record_receipt_and_exchange(
+        &self,
+        claim: &Claim,
+        receipt: &Receipt,
+        exchange: &ExchangeRecord,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        dispatch!(self, s => s.record_receipt(claim, receipt, Some(exchange), now))
     }
 
     /// The branch's latest sale carrying the POS's own reference.
@@ -718,6 +730,12 @@ pub(crate) fn released_count(fates: &[Fate]) -> i64 {
             .count(),
     )
     .unwrap_or(0)
+}
+
+/// Whether a key's last-used time should be written now. It is kept to the minute: writing
+/// it on every request would add a commit to each one.
+pub(crate) fn last_used_is_stale(last_used: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    last_used.is_none_or(|at| now - at >= chrono::Duration::seconds(60))
 }
 
 /// A journal attempt number as both backends store it.

@@ -23,8 +23,8 @@ use crate::{
     InitialisedBranch, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
     SaleLine, SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant,
     TenantId, attempt_number, build_payload, clamp_time, gives_number_back, idempotency_decision,
-    lease_until, money_from_text, money_text, plan_credit_note, plan_release, quantity_from_text,
-    released_count, sale_status_of, to_i64, to_u64,
+    last_used_is_stale, lease_until, money_from_text, money_text, plan_credit_note, plan_release,
+    quantity_from_text, released_count, sale_status_of, to_i64, to_u64,
 };
 
 /// The advisory-lock namespace (first key) of the branch signer locks ("USHR"); the second
@@ -561,6 +561,7 @@ impl PostgresStore {
         &self,
         claim: &Claim,
         receipt: &Receipt,
+        exchange: Option<&ExchangeRecord>,
         now: DateTime<Utc>,
     ) -> Result<()> {
         let scope = claim.scope;
@@ -632,6 +633,9 @@ impl PostgresStore {
         )
         .await
         .map_err(query_error)?;
+        if let Some(exchange) = exchange {
+            insert_exchange_in(&tx, scope, exchange, None, now).await?;
+        }
         tx.commit().await.map_err(query_error)
     }
 
@@ -799,27 +803,7 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        tx.execute(
-            "INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt, request_body,
-                                    response_body, http_status, outcome, elapsed_ms, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            &[
-                &scope.tenant.0,
-                &scope.branch.0,
-                &exchange.sale.map(|s| s.0),
-                &operation,
-                &exchange.endpoint,
-                &attempt_number(exchange.attempt),
-                &exchange.request_body,
-                &exchange.response_body,
-                &exchange.http_status.map(i32::from),
-                &exchange.outcome,
-                &to_i64(exchange.elapsed_ms, "elapsed_ms")?,
-                &clamp_time(now),
-            ],
-        )
-        .await
-        .map_err(query_error)?;
+        insert_exchange_in(&tx, scope, exchange, operation, now).await?;
         tx.commit().await.map_err(query_error)
     }
 
@@ -959,23 +943,36 @@ impl PostgresStore {
     /// (Row-level security will need this one lookup to run as a narrow, definer function.)
     pub async fn authenticate(&self, sha256: &str, now: DateTime<Utc>) -> Result<Option<ApiKey>> {
         let client = self.client().await?;
-        let row = client
+        let Some(row) = client
             .query_opt(
-                "UPDATE api_keys SET last_used_at = $1 WHERE key_sha256 = $2 AND revoked_at IS NULL
-                 RETURNING id, tenant_id, branch_id, prefix, name",
-                &[&now, &sha256],
+                "SELECT id, tenant_id, branch_id, prefix, name, last_used_at FROM api_keys
+                 WHERE key_sha256 = $1 AND revoked_at IS NULL",
+                &[&sha256],
             )
             .await
-            .map_err(query_error)?;
-        Ok(row.map(|r| ApiKey {
-            id: r.get(0),
+            .map_err(query_error)?
+        else {
+            return Ok(None);
+        };
+        let key = ApiKey {
+            id: row.get(0),
             scope: Scope {
-                tenant: TenantId(r.get(1)),
-                branch: BranchId(r.get(2)),
+                tenant: TenantId(row.get(1)),
+                branch: BranchId(row.get(2)),
             },
-            prefix: r.get(3),
-            name: r.get(4),
-        }))
+            prefix: row.get(3),
+            name: row.get(4),
+        };
+        if last_used_is_stale(row.get(5), now) {
+            client
+                .execute(
+                    "UPDATE api_keys SET last_used_at = $1 WHERE id = $2",
+                    &[&clamp_time(now), &key.id],
+                )
+                .await
+                .map_err(query_error)?;
+        }
+        Ok(Some(key))
     }
 
     pub async fn revoke_api_key(&self, scope: Scope, id: i64, now: DateTime<Utc>) -> Result<()> {
@@ -1366,6 +1363,39 @@ async fn read_lines(tx: &Transaction<'_>, scope: Scope, sale: SaleId) -> Result<
 
 /// Takes the branch's next `invcNo`; the branch row stays locked until the caller commits,
 /// which serialises numbering across replicas.
+/// Keeps a call in the journal, linked to its sale (if any) or its operation, in the
+/// caller's transaction.
+async fn insert_exchange_in(
+    tx: &Transaction<'_>,
+    scope: Scope,
+    exchange: &ExchangeRecord,
+    operation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt, request_body,
+                                response_body, http_status, outcome, elapsed_ms, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            &scope.tenant.0,
+            &scope.branch.0,
+            &exchange.sale.map(|s| s.0),
+            &operation,
+            &exchange.endpoint,
+            &attempt_number(exchange.attempt),
+            &exchange.request_body,
+            &exchange.response_body,
+            &exchange.http_status.map(i32::from),
+            &exchange.outcome,
+            &to_i64(exchange.elapsed_ms, "elapsed_ms")?,
+            &clamp_time(now),
+        ],
+    )
+    .await
+    .map_err(query_error)?;
+    Ok(())
+}
+
 /// Whether the hold's lock connection still holds the branch's advisory lock, as the server
 /// sees it, inside the claim's own transaction.
 pub(crate) async fn lock_still_held(

@@ -23,8 +23,8 @@ use crate::{
     InitialisedBranch, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
     SaleLine, SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant,
     TenantId, attempt_number, build_payload, clamp_time, gives_number_back, idempotency_decision,
-    lease_until, money_from_text, money_text, plan_credit_note, plan_release, quantity_from_text,
-    released_count, sale_status_of, to_i64, to_u64,
+    last_used_is_stale, lease_until, money_from_text, money_text, plan_credit_note, plan_release,
+    quantity_from_text, released_count, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -477,9 +477,10 @@ impl SqliteStore {
         &self,
         claim: &Claim,
         receipt: &Receipt,
+        exchange: Option<&ExchangeRecord>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let (claim, receipt) = (claim.clone(), receipt.clone());
+        let (claim, receipt, exchange) = (claim.clone(), receipt.clone(), exchange.cloned());
         self.run(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
             let scope = claim.scope;
@@ -541,6 +542,9 @@ impl SqliteStore {
                 ],
             )
             .map_err(database)?;
+            if let Some(exchange) = &exchange {
+                insert_exchange(&tx, scope, exchange, None, now)?;
+            }
             tx.commit().map_err(database)
         })
         .await
@@ -763,22 +767,41 @@ impl SqliteStore {
     pub async fn authenticate(&self, sha256: &str, now: DateTime<Utc>) -> Result<Option<ApiKey>> {
         let sha256 = sha256.to_owned();
         self.run(move |connection| {
-            connection
+            let found = connection
                 .query_row(
-                    "UPDATE api_keys SET last_used_at = ?1 WHERE key_sha256 = ?2 AND revoked_at IS NULL
-                     RETURNING id, tenant_id, branch_id, prefix, name",
-                    params![timestamp(now), sha256],
+                    "SELECT id, tenant_id, branch_id, prefix, name, last_used_at FROM api_keys
+                     WHERE key_sha256 = ?1 AND revoked_at IS NULL",
+                    params![sha256],
                     |r| {
-                        Ok(ApiKey {
-                            id: r.get(0)?,
-                            scope: Scope { tenant: TenantId(r.get(1)?), branch: BranchId(r.get(2)?) },
-                            prefix: r.get(3)?,
-                            name: r.get(4)?,
-                        })
+                        Ok((
+                            ApiKey {
+                                id: r.get(0)?,
+                                scope: Scope {
+                                    tenant: TenantId(r.get(1)?),
+                                    branch: BranchId(r.get(2)?),
+                                },
+                                prefix: r.get(3)?,
+                                name: r.get(4)?,
+                            },
+                            r.get::<_, Option<String>>(5)?,
+                        ))
                     },
                 )
                 .optional()
-                .map_err(database)
+                .map_err(database)?;
+            let Some((key, last_used)) = found else {
+                return Ok(None);
+            };
+            let last_used = last_used.as_deref().map(parse_timestamp).transpose()?;
+            if last_used_is_stale(last_used, now) {
+                connection
+                    .execute(
+                        "UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2",
+                        params![timestamp(now), key.id],
+                    )
+                    .map_err(database)?;
+            }
+            Ok(Some(key))
         })
         .await
     }

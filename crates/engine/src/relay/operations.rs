@@ -57,6 +57,7 @@ impl Relay {
                     self.store
                         .mark_item_registered(self.scope, &item.item_cd, self.clock.now())
                         .await?;
+                    self.remember_item(&item.item_cd);
                 }
                 self.settle(&claim, None).await?
             }
