@@ -30,9 +30,17 @@ use crate::{
 #[derive(Clone)]
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
+    /// Read-only connections: in WAL mode readers do not wait for the writer, so reads
+    /// (authentication, a sale's status, lookups) do not queue behind every commit. Empty
+    /// for an in-memory database, which only the writer's connection can see.
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: Arc<std::sync::atomic::AtomicUsize>,
     lock_path: PathBuf,
     signers: Arc<Mutex<Signers>>,
 }
+
+/// How many read-only connections a file database gets.
+const READERS: usize = 4;
 
 /// The database's lock file, once taken, and which relay of this process holds which branch.
 #[derive(Default)]
@@ -71,32 +79,50 @@ impl SqliteStore {
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
         let path = path.to_owned();
-        let connection = tokio::task::spawn_blocking(move || -> Result<Connection> {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Database(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
-            let connection = Connection::open(&path).map_err(database)?;
-            connection
-                .pragma_update(None, "journal_mode", "WAL")
-                .map_err(database)?;
-            // NORMAL in WAL mode: a commit survives a crash of the process (the SIGKILL of
-            // the crash test); FULL would also survive a power cut, at one fsync per commit.
-            connection
-                .pragma_update(None, "synchronous", "NORMAL")
-                .map_err(database)?;
-            connection
-                .pragma_update(None, "foreign_keys", "ON")
-                .map_err(database)?;
-            connection
-                .busy_timeout(Duration::from_secs(5))
-                .map_err(database)?;
-            Ok(connection)
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("the blocking pool failed: {e}")))??;
+        let connection =
+            tokio::task::spawn_blocking(move || -> Result<(Connection, Vec<Mutex<Connection>>)> {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                let connection = Connection::open(&path).map_err(database)?;
+                connection
+                    .pragma_update(None, "journal_mode", "WAL")
+                    .map_err(database)?;
+                // NORMAL in WAL mode: a commit survives a crash of the process (the SIGKILL of
+                // the crash test); FULL would also survive a power cut, at one fsync per commit.
+                connection
+                    .pragma_update(None, "synchronous", "NORMAL")
+                    .map_err(database)?;
+                connection
+                    .pragma_update(None, "foreign_keys", "ON")
+                    .map_err(database)?;
+                connection
+                    .busy_timeout(Duration::from_secs(5))
+                    .map_err(database)?;
+                let in_memory = path.as_os_str().is_empty() || path.as_os_str() == ":memory:";
+                let mut readers = Vec::new();
+                for _ in 0..if in_memory { 0 } else { READERS } {
+                    let reader = Connection::open_with_flags(
+                        &path,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )
+                    .map_err(database)?;
+                    reader
+                        .busy_timeout(Duration::from_secs(5))
+                        .map_err(database)?;
+                    readers.push(Mutex::new(reader));
+                }
+                Ok((connection, readers))
+            })
+            .await
+            .map_err(|e| StoreError::Database(format!("the blocking pool failed: {e}")))??;
+        let (connection, readers) = connection;
         Ok(SqliteStore {
+            readers: Arc::new(readers),
+            next_reader: Arc::default(),
             connection: Arc::new(Mutex::new(connection)),
             lock_path: lock_path.into(),
             signers: Arc::default(),
@@ -200,6 +226,35 @@ impl SqliteStore {
         .map_err(|e| StoreError::Database(format!("the blocking pool failed: {e}")))?
     }
 
+    /// Runs a read on one of the read-only connections (the first free one), or on the
+    /// writer's connection for an in-memory database.
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if self.readers.is_empty() {
+            return self.run(move |connection| work(connection)).await;
+        }
+        let readers = Arc::clone(&self.readers);
+        let first = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            let count = readers.len();
+            for offset in 0..count {
+                if let Ok(reader) = readers[(first + offset) % count].try_lock() {
+                    return work(&reader);
+                }
+            }
+            let reader = readers[first % count]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            work(&reader)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("the blocking pool failed: {e}")))?
+    }
+
     pub async fn migrate(&self) -> Result<Vec<&'static str>> {
         self.run(|connection| {
             let tx = connection
@@ -286,7 +341,7 @@ impl SqliteStore {
     }
 
     pub async fn branch(&self, scope: Scope) -> Result<Option<Branch>> {
-        self.run(move |connection| {
+        self.read(move |connection| {
             connection
                 .query_row(
                     "SELECT bhf_id, last_invc_no FROM branches WHERE id = ?1 AND tenant_id = ?2",
@@ -556,7 +611,7 @@ impl SqliteStore {
         reference: &str,
     ) -> Result<Option<SaleId>> {
         let reference = reference.to_owned();
-        self.run(move |connection| {
+        self.read(move |connection| {
             connection
                 .query_row(
                     "SELECT id FROM sales
@@ -573,7 +628,7 @@ impl SqliteStore {
     }
 
     pub async fn credit_note_original(&self, scope: Scope, note: SaleId) -> Result<Option<SaleId>> {
-        self.run(move |connection| {
+        self.read(move |connection| {
             connection
                 .query_row(
                     "SELECT original_sale_id FROM credit_notes WHERE sale_id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
@@ -588,12 +643,12 @@ impl SqliteStore {
     }
 
     pub async fn sale_lines(&self, scope: Scope, sale: SaleId) -> Result<Vec<SaleLine>> {
-        self.run(move |connection| read_lines(connection, scope, sale))
+        self.read(move |connection| read_lines(connection, scope, sale))
             .await
     }
 
     pub async fn sale(&self, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
-        self.run(move |connection| read_sale(connection, scope, id))
+        self.read(move |connection| read_sale(connection, scope, id))
             .await
     }
 
@@ -673,8 +728,10 @@ impl SqliteStore {
     }
 
     pub async fn exchanges(&self, scope: Scope, sale: SaleId) -> Result<Vec<ExchangeRecord>> {
-        self.run(move |connection| read_exchanges(connection, scope, "sale_id", sale.0, Some(sale)))
-            .await
+        self.read(move |connection| {
+            read_exchanges(connection, scope, "sale_id", sale.0, Some(sale))
+        })
+        .await
     }
 
     pub async fn record_finding(
@@ -707,7 +764,7 @@ impl SqliteStore {
     }
 
     pub async fn findings(&self, scope: Scope) -> Result<Vec<SequenceFinding>> {
-        self.run(move |connection| {
+        self.read(move |connection| {
             let mut statement = connection
                 .prepare(
                     "SELECT sdc_id, kind, expected, found, sale_id FROM sequence_findings
@@ -766,44 +823,54 @@ impl SqliteStore {
 
     pub async fn authenticate(&self, sha256: &str, now: DateTime<Utc>) -> Result<Option<ApiKey>> {
         let sha256 = sha256.to_owned();
-        self.run(move |connection| {
-            let found = connection
-                .query_row(
-                    "SELECT id, tenant_id, branch_id, prefix, name, last_used_at FROM api_keys
+        let found = self
+            .read(move |connection| {
+                let row = connection
+                    .query_row(
+                        "SELECT id, tenant_id, branch_id, prefix, name, last_used_at FROM api_keys
                      WHERE key_sha256 = ?1 AND revoked_at IS NULL",
-                    params![sha256],
-                    |r| {
-                        Ok((
-                            ApiKey {
-                                id: r.get(0)?,
-                                scope: Scope {
-                                    tenant: TenantId(r.get(1)?),
-                                    branch: BranchId(r.get(2)?),
+                        params![sha256],
+                        |r| {
+                            Ok((
+                                ApiKey {
+                                    id: r.get(0)?,
+                                    scope: Scope {
+                                        tenant: TenantId(r.get(1)?),
+                                        branch: BranchId(r.get(2)?),
+                                    },
+                                    prefix: r.get(3)?,
+                                    name: r.get(4)?,
                                 },
-                                prefix: r.get(3)?,
-                                name: r.get(4)?,
-                            },
-                            r.get::<_, Option<String>>(5)?,
-                        ))
-                    },
-                )
-                .optional()
-                .map_err(database)?;
-            let Some((key, last_used)) = found else {
-                return Ok(None);
-            };
-            let last_used = last_used.as_deref().map(parse_timestamp).transpose()?;
-            if last_used_is_stale(last_used, now) {
+                                r.get::<_, Option<String>>(5)?,
+                            ))
+                        },
+                    )
+                    .optional()
+                    .map_err(database)?;
+                let Some((key, last_used)) = row else {
+                    return Ok(None);
+                };
+                let last_used = last_used.as_deref().map(parse_timestamp).transpose()?;
+                Ok(Some((key, last_used_is_stale(last_used, now))))
+            })
+            .await?;
+        let Some((key, stale)) = found else {
+            return Ok(None);
+        };
+        if stale {
+            let id = key.id;
+            self.run(move |connection| {
                 connection
                     .execute(
                         "UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2",
-                        params![timestamp(now), key.id],
+                        params![timestamp(now), id],
                     )
                     .map_err(database)?;
-            }
-            Ok(Some(key))
-        })
-        .await
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(Some(key))
     }
 
     pub async fn revoke_api_key(&self, scope: Scope, id: i64, now: DateTime<Utc>) -> Result<()> {
@@ -934,7 +1001,7 @@ impl SqliteStore {
 impl SqliteStore {
     pub async fn item_registered(&self, scope: Scope, item_cd: &str) -> Result<bool> {
         let item_cd = item_cd.to_owned();
-        self.run(move |connection| {
+        self.read(move |connection| {
             connection
                 .query_row(
                     "SELECT 1 FROM registered_items WHERE tenant_id = ?1 AND branch_id = ?2 AND item_cd = ?3",
@@ -972,7 +1039,7 @@ impl SqliteStore {
 impl SqliteStore {
     pub async fn tenant_by_tin(&self, tin: &str) -> Result<Option<Tenant>> {
         let tin = tin.to_owned();
-        self.run(move |connection| {
+        self.read(move |connection| {
             connection
                 .query_row("SELECT id, name FROM tenants WHERE tin = ?1", [&tin], |r| {
                     Ok(Tenant {
@@ -989,7 +1056,7 @@ impl SqliteStore {
 
     pub async fn branch_by_id(&self, tenant: TenantId, bhf_id: &str) -> Result<Option<Branch>> {
         let bhf_id = bhf_id.to_owned();
-        self.run(move |connection| {
+        self.read(move |connection| {
             let row = connection
                 .query_row(
                     "SELECT id, last_invc_no FROM branches WHERE tenant_id = ?1 AND bhf_id = ?2",
@@ -1027,7 +1094,7 @@ impl SqliteStore {
     }
 
     pub async fn device(&self, scope: Scope) -> Result<Option<DeviceRecord>> {
-        self.run(move |connection| {
+        self.read(move |connection| {
             let row = connection
                 .query_row(
                     "SELECT control_unit_url, control_unit_profile, sdc_id, mrc_no, cmc_key FROM branches WHERE id = ?1 AND tenant_id = ?2",
@@ -1055,7 +1122,7 @@ impl SqliteStore {
     }
 
     pub async fn initialised_branches(&self) -> Result<Vec<InitialisedBranch>> {
-        self.run(move |connection| {
+        self.read(move |connection| {
             let mut statement = connection
                 .prepare(
                     "SELECT b.control_unit_url, b.control_unit_profile, b.sdc_id, b.mrc_no, b.cmc_key,

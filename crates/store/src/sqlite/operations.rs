@@ -172,7 +172,7 @@ impl SqliteStore {
         key: &str,
     ) -> Result<Option<OperationRecord>> {
         let key = key.to_owned();
-        self.run(move |connection| find(connection, scope, "operation_key", &key, Some(kind)))
+        self.read(move |connection| find(connection, scope, "operation_key", &key, Some(kind)))
             .await
     }
 
@@ -181,7 +181,7 @@ impl SqliteStore {
         scope: Scope,
         id: OperationId,
     ) -> Result<Option<OperationRecord>> {
-        self.run(move |connection| find(connection, scope, "id", &id.0, None))
+        self.read(move |connection| find(connection, scope, "id", &id.0, None))
             .await
     }
 
@@ -340,7 +340,7 @@ impl SqliteStore {
         scope: Scope,
         operation: OperationId,
     ) -> Result<Vec<ExchangeRecord>> {
-        self.run(move |connection| {
+        self.read(move |connection| {
             read_exchanges(connection, scope, "operation_id", operation.0, None)
         })
         .await
