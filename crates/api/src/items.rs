@@ -379,7 +379,7 @@ async fn import(
             })),
         }
     }
-    state.pipeline.wake(scope.branch);
+    state.pipeline.wake_operations(scope.branch);
     // Wait for the rows in queue order, all within one sale deadline.
     let give_up = tokio::time::Instant::now() + state.sale_deadline;
     for (slot, id) in queued {

@@ -63,7 +63,7 @@ pub(crate) async fn enqueue_and_wait(
     if record.state != OperationState::Pending {
         return Ok(record);
     }
-    state.pipeline.wake(scope.branch);
+    state.pipeline.wake_operations(scope.branch);
     Ok(state
         .pipeline
         .wait_for_operation(scope, record.id, state.sale_deadline)

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
@@ -36,6 +37,7 @@ pub enum Work {
 pub struct Pipeline {
     store: Store,
     wakers: HashMap<BranchId, Arc<Notify>>,
+    operations: HashMap<BranchId, Arc<AtomicBool>>,
     settled: broadcast::Sender<Settled>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -47,10 +49,12 @@ impl Pipeline {
         let (settled, _) = broadcast::channel(1024);
         let (stop, stopping) = watch::channel(false);
         let mut wakers = HashMap::new();
+        let mut operations = HashMap::new();
         let mut tasks = JoinSet::new();
         for relay in relays {
             let waker = Arc::new(Notify::new());
             wakers.insert(relay.scope().branch, Arc::clone(&waker));
+            operations.insert(relay.scope().branch, relay.operations_signal());
             tasks.spawn(run_branch(
                 relay,
                 waker,
@@ -62,6 +66,7 @@ impl Pipeline {
         Pipeline {
             store,
             wakers,
+            operations,
             settled,
             stop,
             tasks,
@@ -73,6 +78,14 @@ impl Pipeline {
         if let Some(waker) = self.wakers.get(&branch) {
             waker.notify_one();
         }
+    }
+
+    /// Tells a branch's relay an operation (stock, item, customer) was queued.
+    pub fn wake_operations(&self, branch: BranchId) {
+        if let Some(due) = self.operations.get(&branch) {
+            due.store(true, Ordering::Release);
+        }
+        self.wake(branch);
     }
 
     /// Waits until the sale is settled or `deadline` passes, and returns it as it then is
@@ -166,6 +179,7 @@ async fn run_branch(
     poll: Duration,
 ) {
     let scope = relay.scope();
+    let operations_due = relay.operations_signal();
     loop {
         if *stop.borrow() {
             return;
@@ -174,7 +188,9 @@ async fn run_branch(
             Ok(Step::Idle) => {
                 tokio::select! {
                     () = waker.notified() => {}
-                    () = tokio::time::sleep(poll) => {}
+                    // The poll: operations given back with a backoff, or queued by another
+                    // replica, are looked for again.
+                    () = tokio::time::sleep(poll) => operations_due.store(true, Ordering::Release),
                     _ = stop.changed() => return,
                 }
             }

@@ -138,6 +138,10 @@ pub struct Relay {
     clock: Arc<dyn Clock>,
     /// Turns between the two queues, so that neither starves the other under load.
     operations_turn: AtomicBool,
+    /// Set when operations may be waiting (at start, when one is queued, and on every
+    /// poll); cleared when a look finds none. Saves a claim transaction per sale on a
+    /// branch that has no operations.
+    operations_due: Arc<AtomicBool>,
     /// Items known to be registered with the control unit: after the first sale of an
     /// item, its later sales skip the store lookup.
     registered: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -163,6 +167,7 @@ impl Relay {
             backoff: Backoff::default(),
             clock,
             operations_turn: AtomicBool::new(false),
+            operations_due: Arc::new(AtomicBool::new(true)),
             registered: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
@@ -209,14 +214,33 @@ impl Relay {
     /// take turns; either runs alone while the other has nothing ready.
     pub async fn step(&self) -> Result<Step, RelayError> {
         let operations_first = self.operations_turn.fetch_xor(true, Ordering::Relaxed);
-        if operations_first && let Some(step) = self.step_operation().await? {
+        if operations_first && let Some(step) = self.operation_if_due().await? {
             return Ok(step);
         }
         let step = self.step_sale().await?;
         if step != Step::Idle || operations_first {
             return Ok(step);
         }
-        Ok(self.step_operation().await?.unwrap_or(Step::Idle))
+        Ok(self.operation_if_due().await?.unwrap_or(Step::Idle))
+    }
+
+    /// The flag that says operations may be waiting: whoever queues one sets it (the
+    /// pipeline's `wake_operations`, and its poll).
+    pub fn operations_signal(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.operations_due)
+    }
+
+    async fn operation_if_due(&self) -> Result<Option<Step>, RelayError> {
+        // Cleared before looking: a signal raised during the look is kept for the next step.
+        if !self.operations_due.swap(false, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        let step = self.step_operation().await;
+        if !matches!(step, Ok(None)) {
+            // Did something (or failed): there may be more.
+            self.operations_due.store(true, Ordering::Release);
+        }
+        step
     }
 
     /// Claims the branch's next sale and takes it as far as one call allows.

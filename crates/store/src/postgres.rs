@@ -107,6 +107,20 @@ async fn enter(tx: &Transaction<'_>, tenant: TenantId) -> Result<()> {
     Ok(())
 }
 
+/// [`enter`], with this transaction's commit not waiting for the WAL flush. Only for
+/// writes whose loss in a database crash is harmless: the Idempotency-Key bookkeeping
+/// around a sale. A later synchronous commit (the sale's own, phase 1) flushes the WAL up
+/// to it anyway, and a lost answer record falls back to the sale it points at.
+async fn enter_relaxed(tx: &Transaction<'_>, tenant: TenantId) -> Result<()> {
+    tx.execute(
+        "SELECT set_config('ushuru.tenant_id', $1, true), set_config('synchronous_commit', 'off', true)",
+        &[&tenant.0.to_string()],
+    )
+    .await
+    .map_err(query_error)?;
+    Ok(())
+}
+
 impl PostgresStore {
     pub async fn connect(url: &str) -> Result<Self> {
         let config: tokio_postgres::Config = url
@@ -1005,7 +1019,7 @@ impl PostgresStore {
     ) -> Result<IdempotencyStart> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, tenant).await?;
+        enter_relaxed(&tx, tenant).await?;
         let expires = lease_until(now, keep);
         // The first of concurrent requests inserts; the others find its row, locked.
         let inserted = tx
@@ -1071,7 +1085,7 @@ impl PostgresStore {
     ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, tenant).await?;
+        enter_relaxed(&tx, tenant).await?;
         let finished = tx
             .execute(
                 "UPDATE idempotency_keys SET response_status = $1, response_body = $2
