@@ -621,11 +621,12 @@ async fn accept(
         lines: stored_lines,
         idempotency_key,
     };
+    let events = state.pipeline.settlements();
     let accepted = state.store.accept_sale(scope, sale, build).await?;
     state.pipeline.wake(scope.branch);
     let record = state
         .pipeline
-        .wait_for(scope, accepted.sale, state.sale_deadline)
+        .wait_for_accepted(events, scope, accepted.sale, state.sale_deadline)
         .await?;
     Ok(render(&record, branch, state, request_id))
 }

@@ -97,29 +97,66 @@ impl Pipeline {
         deadline: Duration,
     ) -> Result<SaleRecord, StoreError> {
         // Subscribe before looking, so a settlement between the look and the wait is seen.
-        let mut events = self.settled.subscribe();
+        let events = self.settled.subscribe();
+        self.wait_with(events, true, scope, sale, deadline).await
+    }
+
+    /// Settlements from now on: subscribe before accepting a sale, then
+    /// [`Pipeline::wait_for_accepted`], and no settlement can be missed.
+    pub fn settlements(&self) -> broadcast::Receiver<Settled> {
+        self.settled.subscribe()
+    }
+
+    /// [`Pipeline::wait_for`] for a sale accepted after `events` was subscribed: it cannot
+    /// have settled unseen, so the first look at the store is saved.
+    pub async fn wait_for_accepted(
+        &self,
+        events: broadcast::Receiver<Settled>,
+        scope: Scope,
+        sale: SaleId,
+        deadline: Duration,
+    ) -> Result<SaleRecord, StoreError> {
+        self.wait_with(events, false, scope, sale, deadline).await
+    }
+
+    async fn wait_with(
+        &self,
+        mut events: broadcast::Receiver<Settled>,
+        mut look: bool,
+        scope: Scope,
+        sale: SaleId,
+        deadline: Duration,
+    ) -> Result<SaleRecord, StoreError> {
         let give_up = tokio::time::Instant::now() + deadline;
         loop {
-            let record = self
-                .store
-                .sale(scope, sale)
-                .await?
-                .ok_or(StoreError::NotFound("sale"))?;
-            if is_final(record.status) {
-                return Ok(record);
-            }
-            match tokio::time::timeout_at(give_up, events.recv()).await {
-                // The deadline: the sale as it is now, not as it was when the wait began.
-                Err(_) => {
-                    return self
-                        .store
-                        .sale(scope, sale)
-                        .await?
-                        .ok_or(StoreError::NotFound("sale"));
+            if look {
+                let record = self
+                    .store
+                    .sale(scope, sale)
+                    .await?
+                    .ok_or(StoreError::NotFound("sale"))?;
+                if is_final(record.status) {
+                    return Ok(record);
                 }
-                Ok(Ok(event)) if event.work != Work::Sale(sale) => continue,
-                // Ours, or events were missed (lagged): look again.
-                Ok(_) => {}
+            }
+            look = true;
+            // Other sales' settlements pass by without a look at the store: with many
+            // requests waiting, looking on every settlement would cost each settlement a
+            // read per waiting request.
+            loop {
+                match tokio::time::timeout_at(give_up, events.recv()).await {
+                    // The deadline: the sale as it is now, not as it was when the wait began.
+                    Err(_) => {
+                        return self
+                            .store
+                            .sale(scope, sale)
+                            .await?
+                            .ok_or(StoreError::NotFound("sale"));
+                    }
+                    Ok(Ok(event)) if event.work != Work::Sale(sale) => {}
+                    // Ours, or events were missed (lagged): look again.
+                    Ok(_) => break,
+                }
             }
         }
     }
@@ -143,16 +180,19 @@ impl Pipeline {
             if record.state != OperationState::Pending {
                 return Ok(record);
             }
-            match tokio::time::timeout_at(give_up, events.recv()).await {
-                Err(_) => {
-                    return self
-                        .store
-                        .operation_by_id(scope, operation)
-                        .await?
-                        .ok_or(StoreError::NotFound("operation"));
+            loop {
+                match tokio::time::timeout_at(give_up, events.recv()).await {
+                    Err(_) => {
+                        return self
+                            .store
+                            .operation_by_id(scope, operation)
+                            .await?
+                            .ok_or(StoreError::NotFound("operation"));
+                    }
+                    // Others' settlements pass by without a look at the store.
+                    Ok(Ok(event)) if event.work != Work::Operation(operation) => {}
+                    Ok(_) => break,
                 }
-                Ok(Ok(event)) if event.work != Work::Operation(operation) => continue,
-                Ok(_) => {}
             }
         }
     }
