@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use ushuru_kra::types::{
     DayReport, ImportItem, ItemRecord, PurchaseRequest, SaleRequest, SaveCustomerRequest,
     SaveInsuranceRequest, SaveItemCompositionRequest, SaveUserRequest, StockIoRequest,
     StockMasterRequest, StoredReceipt, Taxpayer,
 };
-use ushuru_kra::wire::{Date8, DateTime14};
+use ushuru_kra::wire::{Amount, Date8, DateTime14};
 
 /// A record and when it last changed (for `lastReqDt` lookups).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,7 +58,14 @@ impl std::fmt::Debug for Device {
 }
 
 /// A sale or credit note the device signed.
+///
+/// The request is held as the compact JSON text the state file stores (a third of the
+/// memory of the parsed request) and parsed again by the few lookups that need all of it
+/// ([`SignedSale::request`]); what every sale is scanned for (day reports, purchase lists,
+/// credit notes) is kept beside it, parsed, in [`SaleSummary`]. It serializes exactly as
+/// a [`ParsedSale`] with the same request does, and reads through one.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(try_from = "ParsedSale")]
 pub struct SignedSale {
     pub tin: String,
     pub bhf_id: String,
@@ -69,8 +77,103 @@ pub struct SignedSale {
     pub synced: bool,
     /// SHA-256 (hex) of the request bytes as received; the receipt signature covers it.
     pub payload_sha256: String,
+    /// The request as `serde_json::to_string` writes the parsed [`SaleRequest`].
+    request: Box<RawValue>,
+    pub receipt: StoredReceipt,
+    #[serde(skip)]
+    summary: SaleSummary,
+}
+
+/// The fields of a signed sale's request that scans over every sale read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SaleSummary {
+    pub rcpt_ty: ReceiptType,
+    pub org_invc_no: u64,
+    pub cust_tin: Option<Box<str>>,
+    pub tot_amt: Amount,
+    pub tot_tax_amt: Amount,
+}
+
+/// `rcptTyCd`: signing admits only S and R; a state file could hold anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceiptType {
+    /// `S`
+    Sale,
+    /// `R`
+    CreditNote,
+    Other,
+}
+
+impl ReceiptType {
+    fn of(code: &str) -> Self {
+        match code {
+            "S" => ReceiptType::Sale,
+            "R" => ReceiptType::CreditNote,
+            _ => ReceiptType::Other,
+        }
+    }
+}
+
+/// A signed sale with its request parsed: what signing builds and what the state file's
+/// record of a sale reads as.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ParsedSale {
+    pub tin: String,
+    pub bhf_id: String,
+    pub sdc_id: String,
+    pub mrc_no: String,
+    pub label: String,
+    pub report_no: u64,
+    pub synced: bool,
+    pub payload_sha256: String,
     pub request: SaleRequest,
     pub receipt: StoredReceipt,
+}
+
+impl TryFrom<ParsedSale> for SignedSale {
+    type Error = serde_json::Error;
+
+    fn try_from(sale: ParsedSale) -> Result<Self, serde_json::Error> {
+        let request = &sale.request;
+        let summary = SaleSummary {
+            rcpt_ty: ReceiptType::of(&request.rcpt_ty_cd),
+            org_invc_no: request.org_invc_no.0,
+            cust_tin: request.cust_tin.as_deref().map(Box::from),
+            tot_amt: request.tot_amt,
+            tot_tax_amt: request.tot_tax_amt,
+        };
+        // RawValue::from_string keeps the text in an allocation of its exact length.
+        let request = RawValue::from_string(serde_json::to_string(request)?)?;
+        Ok(SignedSale {
+            tin: sale.tin,
+            bhf_id: sale.bhf_id,
+            sdc_id: sale.sdc_id,
+            mrc_no: sale.mrc_no,
+            label: sale.label,
+            report_no: sale.report_no,
+            synced: sale.synced,
+            payload_sha256: sale.payload_sha256,
+            request,
+            receipt: sale.receipt,
+            summary,
+        })
+    }
+}
+
+impl SignedSale {
+    /// The request, parsed from the stored text.
+    pub fn request(&self) -> Result<SaleRequest, serde_json::Error> {
+        serde_json::from_str(self.request.get())
+    }
+
+    /// The request's JSON text, as stored.
+    pub fn request_json(&self) -> &str {
+        self.request.get()
+    }
+
+    pub fn summary(&self) -> &SaleSummary {
+        &self.summary
+    }
 }
 
 /// The kinds of record, one map each.
