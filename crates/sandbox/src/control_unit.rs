@@ -471,8 +471,11 @@ impl ControlUnit {
             SelectInvoiceDetails => {
                 let request: InvoiceDetailsRequest = parse(value)?;
                 let sale = state.sales.get(&sale_key(&tin, &bhf_id, request.invc_no.0));
-                let found: Vec<StoredSale> =
-                    sale.map(stored_sale).transpose()?.into_iter().collect();
+                let found: Vec<StoredSale> = sale
+                    .map(|s| stored_sale(s))
+                    .transpose()?
+                    .into_iter()
+                    .collect();
                 lookup(found, |list| serde_json::json!({ "salesList": list }))
             }
             SelectTrnsPurchaseSalesList => {
@@ -484,7 +487,7 @@ impl ControlUnit {
                         s.summary().cust_tin.as_deref() == Some(tin.as_str())
                             && s.receipt.sdc_date_time.0 > since
                     })
-                    .map(|s| supplier_sale(s, state.taxpayers.get(&s.tin)))
+                    .map(|s| supplier_sale(s, state.taxpayers.get(&*s.tin)))
                     .collect::<Result<_, _>>()?;
                 lookup(sales, |list| serde_json::json!({ "saleList": list }))
             }
@@ -892,7 +895,7 @@ impl ControlUnit {
         })
         .map_err(|e| Reply::refuse(ResultCode::UnknownError, format!("cannot store: {e}")))?;
         let record_key = sale_key(&tin, &bhf_id, invc_no);
-        state.sales.insert(record_key.clone(), signed);
+        state.insert_sale(record_key.clone(), Box::new(signed));
         changes.touch(Kind::Sale, record_key);
         changes.touch(Kind::Device, device_key);
         Ok(Reply::ok(Some(data)))
@@ -1312,11 +1315,11 @@ fn trade_item(item: &SaleItem) -> TradeItem {
 fn supplier_sale(sale: &SignedSale, supplier: Option<&Taxpayer>) -> Result<SupplierSale, Reply> {
     let r = stored_request(sale)?;
     Ok(SupplierSale {
-        spplr_tin: sale.tin.clone(),
+        spplr_tin: sale.tin.to_string(),
         spplr_nm: supplier.map(|t| t.taxpr_nm.clone()),
-        spplr_bhf_id: sale.bhf_id.clone(),
+        spplr_bhf_id: sale.bhf_id.to_string(),
         spplr_invc_no: r.invc_no,
-        spplr_sdc_id: Some(sale.sdc_id.clone()),
+        spplr_sdc_id: Some(sale.sdc_id.to_string()),
         rcpt_ty_cd: r.rcpt_ty_cd.clone(),
         pmt_ty_cd: r.pmt_ty_cd.clone(),
         cfm_dt: r.cfm_dt,

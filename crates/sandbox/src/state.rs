@@ -2,7 +2,8 @@
 //! record sits in a map under a text key, so the optional state file can write each
 //! changed record through as it changes (see [`crate::persist`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
@@ -67,11 +68,17 @@ impl std::fmt::Debug for Device {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(try_from = "ParsedSale")]
 pub struct SignedSale {
-    pub tin: String,
-    pub bhf_id: String,
-    pub sdc_id: String,
-    pub mrc_no: String,
-    pub label: String,
+    // The device's names and the label: shared by the sales of a device (State::insert_sale).
+    #[serde(serialize_with = "text")]
+    pub tin: Arc<str>,
+    #[serde(serialize_with = "text")]
+    pub bhf_id: Arc<str>,
+    #[serde(serialize_with = "text")]
+    pub sdc_id: Arc<str>,
+    #[serde(serialize_with = "text")]
+    pub mrc_no: Arc<str>,
+    #[serde(serialize_with = "text")]
+    pub label: Arc<str>,
     pub report_no: u64,
     /// VSCU: whether KRA has received it (false while the upstream link is cut).
     pub synced: bool,
@@ -145,11 +152,11 @@ impl TryFrom<ParsedSale> for SignedSale {
         // RawValue::from_string keeps the text in an allocation of its exact length.
         let request = RawValue::from_string(serde_json::to_string(request)?)?;
         Ok(SignedSale {
-            tin: sale.tin,
-            bhf_id: sale.bhf_id,
-            sdc_id: sale.sdc_id,
-            mrc_no: sale.mrc_no,
-            label: sale.label,
+            tin: sale.tin.into(),
+            bhf_id: sale.bhf_id.into(),
+            sdc_id: sale.sdc_id.into(),
+            mrc_no: sale.mrc_no.into(),
+            label: sale.label.into(),
             report_no: sale.report_no,
             synced: sale.synced,
             payload_sha256: sale.payload_sha256,
@@ -174,6 +181,28 @@ impl SignedSale {
     pub fn summary(&self) -> &SaleSummary {
         &self.summary
     }
+
+    /// Replaces the names by equal ones already in `names`, adding those not there yet.
+    fn share_names(&mut self, names: &mut BTreeSet<Arc<str>>) {
+        for name in [
+            &mut self.tin,
+            &mut self.bhf_id,
+            &mut self.sdc_id,
+            &mut self.mrc_no,
+            &mut self.label,
+        ] {
+            match names.get(&**name) {
+                Some(shared) => *name = Arc::clone(shared),
+                None => {
+                    names.insert(Arc::clone(name));
+                }
+            }
+        }
+    }
+}
+
+fn text<S: serde::Serializer>(text: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(text)
 }
 
 /// The kinds of record, one map each.
@@ -259,9 +288,14 @@ pub struct State {
     pub purchases: BTreeMap<String, Stamped<PurchaseRequest>>,
     pub stock_io: BTreeMap<String, Stamped<StockIoRequest>>,
     pub stock_master: BTreeMap<String, Stamped<StockMasterRequest>>,
-    pub sales: BTreeMap<String, SignedSale>,
+    /// Boxed: the map's nodes hold eleven slots and, filled in key order, about six are in
+    /// use; a box keeps the empty slots small.
+    pub sales: BTreeMap<String, Box<SignedSale>>,
     pub day_reports: BTreeMap<String, DayReport>,
     pub settings: Settings,
+    /// The names the signed sales share (tin, branch, sdcId, mrcNo, label).
+    #[serde(skip)]
+    names: BTreeSet<Arc<str>>,
 }
 
 /// The key of a record: its parts joined by `/` (PINs, branch ids and codes never hold one).
@@ -332,13 +366,22 @@ impl State {
             Kind::Purchase => put(&mut self.purchases, key, json),
             Kind::StockIo => put(&mut self.stock_io, key, json),
             Kind::StockMaster => put(&mut self.stock_master, key, json),
-            Kind::Sale => put(&mut self.sales, key, json),
+            Kind::Sale => {
+                self.insert_sale(key, serde_json::from_str(json)?);
+                Ok(())
+            }
             Kind::DayReport => put(&mut self.day_reports, key, json),
             Kind::Settings => {
                 self.settings = serde_json::from_str(json)?;
                 Ok(())
             }
         }
+    }
+
+    /// Adds a signed sale, its names shared with the sales before it.
+    pub fn insert_sale(&mut self, key: String, mut sale: Box<SignedSale>) {
+        sale.share_names(&mut self.names);
+        self.sales.insert(key, sale);
     }
 
     pub fn settings_key() -> &'static str {
