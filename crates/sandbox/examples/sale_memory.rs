@@ -3,7 +3,7 @@
 //! growth of the resident set (`/proc/self/statm`) divided by N. Linux only.
 //!
 //! ```text
-//! cargo run -p ushuru-sandbox --release --example sale_memory -- 50000
+//! cargo run -p ushuru-sandbox --example sale_memory -- 50000
 //! ```
 //!
 //! The requests are serialized before the first measurement, so only what the control
@@ -123,9 +123,9 @@ fn main() {
     assert_eq!(held as u64, n);
     drop(dump);
     println!(
-        "N = {n} sales (request body {mean_body} bytes on average); resident memory {:.1} MB -> {:.1} MB: {} bytes per signed sale",
-        before as f64 / 1e6,
-        after as f64 / 1e6,
+        "N = {n} sales (request body {mean_body} bytes on average); resident memory {} kB -> {} kB: {} bytes per signed sale",
+        before / 1000,
+        after / 1000,
         (after.saturating_sub(before)) / n.max(1),
     );
 }

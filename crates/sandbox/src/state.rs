@@ -60,7 +60,7 @@ impl std::fmt::Debug for Device {
 
 /// A sale or credit note the device signed.
 ///
-/// The request is held as the compact JSON text the state file stores (a third of the
+/// The request is held as the compact JSON text the state file stores (about half the
 /// memory of the parsed request) and parsed again by the few lookups that need all of it
 /// ([`SignedSale::request`]); what every sale is scanned for (day reports, purchase lists,
 /// credit notes) is kept beside it, parsed, in [`SaleSummary`]. It serializes exactly as
@@ -423,4 +423,36 @@ impl Changes {
 
 pub fn stamp(now: NaiveDateTime) -> DateTime14 {
     DateTime14(now)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A stored request that does not read back is an error, never a panic.
+    #[test]
+    fn a_request_that_does_not_read_back_is_an_error() {
+        let rows: Vec<Value> =
+            serde_json::from_str(include_str!("../tests/fixtures/state_rows_v1.json")).unwrap();
+        let row = rows.iter().find(|row| row["kind"] == "sale").unwrap();
+        let mut sale: SignedSale = serde_json::from_str(row["value"].as_str().unwrap()).unwrap();
+        assert_eq!(sale.request().unwrap().invc_no.0, 1);
+
+        // Loading checks the request in full, as it did when it was held parsed.
+        let mut record: Value = serde_json::from_str(row["value"].as_str().unwrap()).unwrap();
+        record["request"] = serde_json::json!({"invcNo": 1});
+        assert!(serde_json::from_value::<SignedSale>(record).is_err());
+
+        sale.request = RawValue::from_string(r#"{"invcNo":1}"#.into()).unwrap();
+        assert!(sale.request().is_err());
+        let reply = crate::control_unit::stored_request(&sale).unwrap_err();
+        assert_eq!(reply.code.code(), "999");
+        assert!(
+            reply.message.contains("does not read back"),
+            "{}",
+            reply.message
+        );
+    }
 }
