@@ -19,7 +19,8 @@ use crate::persist::{PersistError, StateFile};
 use crate::sale_rules;
 use crate::sign::{self, ReceiptData};
 use crate::state::{
-    Changes, Device, Kind, SignedSale, Stamped, State, branch_prefix, key, sale_key, stamp,
+    Changes, Device, Kind, ParsedSale, ReceiptType, SignedSale, Stamped, State, branch_prefix, key,
+    sale_key, stamp,
 };
 
 /// OSCU (KRA's server) or VSCU (a JAR beside the business, signing offline up to 24 h).
@@ -470,7 +471,11 @@ impl ControlUnit {
             SelectInvoiceDetails => {
                 let request: InvoiceDetailsRequest = parse(value)?;
                 let sale = state.sales.get(&sale_key(&tin, &bhf_id, request.invc_no.0));
-                let found: Vec<StoredSale> = sale.map(stored_sale).into_iter().collect();
+                let found: Vec<StoredSale> = sale
+                    .map(|s| stored_sale(s))
+                    .transpose()?
+                    .into_iter()
+                    .collect();
                 lookup(found, |list| serde_json::json!({ "salesList": list }))
             }
             SelectTrnsPurchaseSalesList => {
@@ -479,11 +484,11 @@ impl ControlUnit {
                     .sales
                     .values()
                     .filter(|s| {
-                        s.request.cust_tin.as_deref() == Some(tin.as_str())
+                        s.summary().cust_tin.as_deref() == Some(tin.as_str())
                             && s.receipt.sdc_date_time.0 > since
                     })
-                    .map(|s| supplier_sale(s, state.taxpayers.get(&s.tin)))
-                    .collect();
+                    .map(|s| supplier_sale(s, state.taxpayers.get(&*s.tin)))
+                    .collect::<Result<_, _>>()?;
                 lookup(sales, |list| serde_json::json!({ "saleList": list }))
             }
             InsertTrnsPurchase => {
@@ -876,7 +881,7 @@ impl ControlUnit {
         };
         // The OSCU answer has no sdcId/mrcNo keys at all (kra-protocol.md §2.4).
         let data = strip_nulls(data);
-        let signed = SignedSale {
+        let signed = SignedSale::try_from(ParsedSale {
             tin: tin.clone(),
             bhf_id: bhf_id.clone(),
             sdc_id: device.sdc_id.clone(),
@@ -887,9 +892,10 @@ impl ControlUnit {
             payload_sha256,
             request,
             receipt,
-        };
+        })
+        .map_err(|e| Reply::refuse(ResultCode::UnknownError, format!("cannot store: {e}")))?;
         let record_key = sale_key(&tin, &bhf_id, invc_no);
-        state.sales.insert(record_key.clone(), signed);
+        state.insert_sale(record_key.clone(), Box::new(signed));
         changes.touch(Kind::Sale, record_key);
         changes.touch(Kind::Device, device_key);
         Ok(Reply::ok(Some(data)))
@@ -1245,9 +1251,23 @@ fn sample_import(seq: u64, item: &str) -> ImportItem {
     }
 }
 
-fn stored_sale(sale: &SignedSale) -> StoredSale {
-    let r = &sale.request;
-    StoredSale {
+/// A signed sale's request, parsed from the text it is held as. It was written from a
+/// parsed request, so it reads back; were it ever not to, the call fails as 999, naming it.
+pub(crate) fn stored_request(sale: &SignedSale) -> Result<SaleRequest, Reply> {
+    sale.request().map_err(|e| {
+        Reply::refuse(
+            ResultCode::UnknownError,
+            format!(
+                "the stored request of {}/{} receipt {} does not read back: {e}",
+                sale.tin, sale.bhf_id, sale.receipt.tot_rcpt_no
+            ),
+        )
+    })
+}
+
+fn stored_sale(sale: &SignedSale) -> Result<StoredSale, Reply> {
+    let r = stored_request(sale)?;
+    Ok(StoredSale {
         invc_no: r.invc_no,
         org_invc_no: r.org_invc_no,
         trd_invc_no: r.trd_invc_no.clone(),
@@ -1263,9 +1283,9 @@ fn stored_sale(sale: &SignedSale) -> StoredSale {
         tot_taxbl_amt: r.tot_taxbl_amt,
         tot_tax_amt: r.tot_tax_amt,
         tot_amt: r.tot_amt,
-        item_list: r.item_list.clone(),
+        item_list: r.item_list,
         receipt: sale.receipt.clone(),
-    }
+    })
 }
 
 fn trade_item(item: &SaleItem) -> TradeItem {
@@ -1292,14 +1312,14 @@ fn trade_item(item: &SaleItem) -> TradeItem {
     }
 }
 
-fn supplier_sale(sale: &SignedSale, supplier: Option<&Taxpayer>) -> SupplierSale {
-    let r = &sale.request;
-    SupplierSale {
-        spplr_tin: sale.tin.clone(),
+fn supplier_sale(sale: &SignedSale, supplier: Option<&Taxpayer>) -> Result<SupplierSale, Reply> {
+    let r = stored_request(sale)?;
+    Ok(SupplierSale {
+        spplr_tin: sale.tin.to_string(),
         spplr_nm: supplier.map(|t| t.taxpr_nm.clone()),
-        spplr_bhf_id: sale.bhf_id.clone(),
+        spplr_bhf_id: sale.bhf_id.to_string(),
         spplr_invc_no: r.invc_no,
-        spplr_sdc_id: Some(sale.sdc_id.clone()),
+        spplr_sdc_id: Some(sale.sdc_id.to_string()),
         rcpt_ty_cd: r.rcpt_ty_cd.clone(),
         pmt_ty_cd: r.pmt_ty_cd.clone(),
         cfm_dt: r.cfm_dt,
@@ -1326,7 +1346,7 @@ fn supplier_sale(sale: &SignedSale, supplier: Option<&Taxpayer>) -> SupplierSale
         tot_amt: r.tot_amt,
         remark: r.remark.clone(),
         item_list: r.item_list.iter().map(trade_item).collect(),
-    }
+    })
 }
 
 fn stock_move(tin: &str, io: &StockIoRequest) -> StockMove {
@@ -1372,14 +1392,15 @@ fn read_day(state: &State, device_key: &str, day: Date8) -> DayReport {
         let add = |sum: &mut Amount, amount: Amount| {
             *sum = Amount(sum.0.checked_add(amount.0).unwrap_or(Money::ZERO));
         };
-        if sale.request.rcpt_ty_cd == "R" {
+        let summary = sale.summary();
+        if summary.rcpt_ty == ReceiptType::CreditNote {
             category.refund_cnt.0 += 1;
-            add(&mut category.refund_amt, sale.request.tot_amt);
-            add(&mut category.refund_tax_amt, sale.request.tot_tax_amt);
+            add(&mut category.refund_amt, summary.tot_amt);
+            add(&mut category.refund_tax_amt, summary.tot_tax_amt);
         } else {
             category.sale_cnt.0 += 1;
-            add(&mut category.sale_amt, sale.request.tot_amt);
-            add(&mut category.sale_tax_amt, sale.request.tot_tax_amt);
+            add(&mut category.sale_amt, summary.tot_amt);
+            add(&mut category.sale_tax_amt, summary.tot_tax_amt);
         }
     }
     let mut take = |c: char| categories.remove(&c).unwrap_or_default();

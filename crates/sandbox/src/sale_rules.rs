@@ -10,8 +10,8 @@ use ushuru_kra::types::SaleRequest;
 use ushuru_kra::wire::minor_difference;
 use ushuru_tax::{Money, Quantity, TaxBand};
 
-use crate::control_unit::{Config, Reply, is_pin};
-use crate::state::{State, key, sale_key};
+use crate::control_unit::{Config, Reply, is_pin, stored_request};
+use crate::state::{ReceiptType, State, key, sale_key};
 
 /// KRA's tolerance on sums: one cent.
 const CENT: u128 = 1;
@@ -270,44 +270,49 @@ fn check_credit_note(
     let Some(original) = state
         .sales
         .get(&sale_key(tin, bhf_id, original_no))
-        .filter(|s| s.request.rcpt_ty_cd == "S")
+        .filter(|s| s.summary().rcpt_ty == ReceiptType::Sale)
     else {
         return invalid(format!(
             "orgInvcNo {original_no} is not a signed sale of this branch"
         ));
     };
+    let original = stored_request(original)?;
     // A normal credit note reverses a normal sale, a training one a training sale; a
     // proforma is no sale (its label PR is refused as 834 before this).
     let kind = |r: &SaleRequest| r.sales_ty_cd.clone().unwrap_or_else(|| "N".into());
-    if kind(request) != kind(&original.request) {
+    if kind(request) != kind(&original) {
         return invalid(format!(
             "a credit note of type {} cannot reverse invoice {original_no} of type {}",
             kind(request),
-            kind(&original.request)
+            kind(&original)
         ));
     }
     // KRA requires the buyer of the credit note to be the buyer of the sale (Odoo, live).
     let buyer = |r: &SaleRequest| r.cust_tin.clone().filter(|t| !t.trim().is_empty());
-    if buyer(&original.request).is_some() && buyer(request) != buyer(&original.request) {
+    if buyer(&original).is_some() && buyer(request) != buyer(&original) {
         return invalid(format!(
             "custTin must be the original's buyer, {}",
-            buyer(&original.request).unwrap_or_default()
+            buyer(&original).unwrap_or_default()
         ));
     }
     let mut remaining_qty: BTreeMap<&str, Quantity> = BTreeMap::new();
-    for line in &original.request.item_list {
+    for line in &original.item_list {
         let entry = remaining_qty.entry(&line.item_cd).or_insert(Quantity::ZERO);
         *entry = entry.checked_add(line.qty.0).unwrap_or(*entry);
     }
-    let mut remaining_total = original.request.tot_amt.0;
+    let mut remaining_total = original.tot_amt.0;
     let prefix = format!("{tin}/{bhf_id}/");
     for earlier in state
         .sales
         .range(prefix.clone()..)
         .take_while(|(k, _)| k.starts_with(&prefix))
-        .map(|(_, s)| &s.request)
-        .filter(|r| r.rcpt_ty_cd == "R" && r.org_invc_no.0 == original_no)
+        .map(|(_, s)| s)
+        .filter(|s| {
+            let summary = s.summary();
+            summary.rcpt_ty == ReceiptType::CreditNote && summary.org_invc_no == original_no
+        })
     {
+        let earlier = stored_request(earlier)?;
         for line in &earlier.item_list {
             if let Some(left) = remaining_qty.get_mut(line.item_cd.as_str()) {
                 *left = left.checked_sub(line.qty.0).unwrap_or(*left);

@@ -2,17 +2,19 @@
 //! record sits in a map under a text key, so the optional state file can write each
 //! changed record through as it changes (see [`crate::persist`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use ushuru_kra::types::{
     DayReport, ImportItem, ItemRecord, PurchaseRequest, SaleRequest, SaveCustomerRequest,
     SaveInsuranceRequest, SaveItemCompositionRequest, SaveUserRequest, StockIoRequest,
     StockMasterRequest, StoredReceipt, Taxpayer,
 };
-use ushuru_kra::wire::{Date8, DateTime14};
+use ushuru_kra::wire::{Amount, Date8, DateTime14};
 
 /// A record and when it last changed (for `lastReqDt` lookups).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,20 +59,150 @@ impl std::fmt::Debug for Device {
 }
 
 /// A sale or credit note the device signed.
+///
+/// The request is held as the compact JSON text the state file stores (about half the
+/// memory of the parsed request) and parsed again by the few lookups that need all of it
+/// ([`SignedSale::request`]); what every sale is scanned for (day reports, purchase lists,
+/// credit notes) is kept beside it, parsed, in [`SaleSummary`]. It serializes exactly as
+/// a [`ParsedSale`] with the same request does, and reads through one.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(try_from = "ParsedSale")]
 pub struct SignedSale {
+    // The device's names and the label: shared by the sales of a device (State::insert_sale).
+    #[serde(serialize_with = "text")]
+    pub tin: Arc<str>,
+    #[serde(serialize_with = "text")]
+    pub bhf_id: Arc<str>,
+    #[serde(serialize_with = "text")]
+    pub sdc_id: Arc<str>,
+    #[serde(serialize_with = "text")]
+    pub mrc_no: Arc<str>,
+    #[serde(serialize_with = "text")]
+    pub label: Arc<str>,
+    pub report_no: u64,
+    /// VSCU: whether KRA has received it (false while the upstream link is cut).
+    pub synced: bool,
+    /// SHA-256 (hex) of the request bytes as received; the receipt signature covers it.
+    pub payload_sha256: String,
+    /// The request as `serde_json::to_string` writes the parsed [`SaleRequest`].
+    request: Box<RawValue>,
+    pub receipt: StoredReceipt,
+    #[serde(skip)]
+    summary: SaleSummary,
+}
+
+/// The fields of a signed sale's request that scans over every sale read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SaleSummary {
+    pub rcpt_ty: ReceiptType,
+    pub org_invc_no: u64,
+    pub cust_tin: Option<Box<str>>,
+    pub tot_amt: Amount,
+    pub tot_tax_amt: Amount,
+}
+
+/// `rcptTyCd`: signing admits only S and R; a state file could hold anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReceiptType {
+    /// `S`
+    Sale,
+    /// `R`
+    CreditNote,
+    Other,
+}
+
+impl ReceiptType {
+    fn of(code: &str) -> Self {
+        match code {
+            "S" => ReceiptType::Sale,
+            "R" => ReceiptType::CreditNote,
+            _ => ReceiptType::Other,
+        }
+    }
+}
+
+/// A signed sale with its request parsed: what signing builds and what the state file's
+/// record of a sale reads as.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ParsedSale {
     pub tin: String,
     pub bhf_id: String,
     pub sdc_id: String,
     pub mrc_no: String,
     pub label: String,
     pub report_no: u64,
-    /// VSCU: whether KRA has received it (false while the upstream link is cut).
     pub synced: bool,
-    /// SHA-256 (hex) of the request bytes as received; the receipt signature covers it.
     pub payload_sha256: String,
     pub request: SaleRequest,
     pub receipt: StoredReceipt,
+}
+
+impl TryFrom<ParsedSale> for SignedSale {
+    type Error = serde_json::Error;
+
+    fn try_from(sale: ParsedSale) -> Result<Self, serde_json::Error> {
+        let request = &sale.request;
+        let summary = SaleSummary {
+            rcpt_ty: ReceiptType::of(&request.rcpt_ty_cd),
+            org_invc_no: request.org_invc_no.0,
+            cust_tin: request.cust_tin.as_deref().map(Box::from),
+            tot_amt: request.tot_amt,
+            tot_tax_amt: request.tot_tax_amt,
+        };
+        // RawValue::from_string keeps the text in an allocation of its exact length.
+        let request = RawValue::from_string(serde_json::to_string(request)?)?;
+        Ok(SignedSale {
+            tin: sale.tin.into(),
+            bhf_id: sale.bhf_id.into(),
+            sdc_id: sale.sdc_id.into(),
+            mrc_no: sale.mrc_no.into(),
+            label: sale.label.into(),
+            report_no: sale.report_no,
+            synced: sale.synced,
+            payload_sha256: sale.payload_sha256,
+            request,
+            receipt: sale.receipt,
+            summary,
+        })
+    }
+}
+
+impl SignedSale {
+    /// The request, parsed from the stored text.
+    pub fn request(&self) -> Result<SaleRequest, serde_json::Error> {
+        serde_json::from_str(self.request.get())
+    }
+
+    /// The request's JSON text, as stored.
+    pub fn request_json(&self) -> &str {
+        self.request.get()
+    }
+
+    pub fn summary(&self) -> &SaleSummary {
+        &self.summary
+    }
+
+    /// Replaces the names by equal ones already in `names`, adding those not there yet.
+    fn share_names(&mut self, names: &mut BTreeSet<Arc<str>>) {
+        for name in [
+            &mut self.tin,
+            &mut self.bhf_id,
+            &mut self.sdc_id,
+            &mut self.mrc_no,
+            &mut self.label,
+        ] {
+            match names.get(&**name) {
+                Some(shared) => *name = Arc::clone(shared),
+                None => {
+                    names.insert(Arc::clone(name));
+                }
+            }
+        }
+    }
+}
+
+fn text<S: serde::Serializer>(text: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(text)
 }
 
 /// The kinds of record, one map each.
@@ -156,9 +288,14 @@ pub struct State {
     pub purchases: BTreeMap<String, Stamped<PurchaseRequest>>,
     pub stock_io: BTreeMap<String, Stamped<StockIoRequest>>,
     pub stock_master: BTreeMap<String, Stamped<StockMasterRequest>>,
-    pub sales: BTreeMap<String, SignedSale>,
+    /// Boxed: the map's nodes hold eleven slots and, filled in key order, about six are in
+    /// use; a box keeps the empty slots small.
+    pub sales: BTreeMap<String, Box<SignedSale>>,
     pub day_reports: BTreeMap<String, DayReport>,
     pub settings: Settings,
+    /// The names the signed sales share (tin, branch, sdcId, mrcNo, label).
+    #[serde(skip)]
+    names: BTreeSet<Arc<str>>,
 }
 
 /// The key of a record: its parts joined by `/` (PINs, branch ids and codes never hold one).
@@ -229,13 +366,22 @@ impl State {
             Kind::Purchase => put(&mut self.purchases, key, json),
             Kind::StockIo => put(&mut self.stock_io, key, json),
             Kind::StockMaster => put(&mut self.stock_master, key, json),
-            Kind::Sale => put(&mut self.sales, key, json),
+            Kind::Sale => {
+                self.insert_sale(key, serde_json::from_str(json)?);
+                Ok(())
+            }
             Kind::DayReport => put(&mut self.day_reports, key, json),
             Kind::Settings => {
                 self.settings = serde_json::from_str(json)?;
                 Ok(())
             }
         }
+    }
+
+    /// Adds a signed sale, its names shared with the sales before it.
+    pub fn insert_sale(&mut self, key: String, mut sale: Box<SignedSale>) {
+        sale.share_names(&mut self.names);
+        self.sales.insert(key, sale);
     }
 
     pub fn settings_key() -> &'static str {
@@ -277,4 +423,36 @@ impl Changes {
 
 pub fn stamp(now: NaiveDateTime) -> DateTime14 {
     DateTime14(now)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A stored request that does not read back is an error, never a panic.
+    #[test]
+    fn a_request_that_does_not_read_back_is_an_error() {
+        let rows: Vec<Value> =
+            serde_json::from_str(include_str!("../tests/fixtures/state_rows_v1.json")).unwrap();
+        let row = rows.iter().find(|row| row["kind"] == "sale").unwrap();
+        let mut sale: SignedSale = serde_json::from_str(row["value"].as_str().unwrap()).unwrap();
+        assert_eq!(sale.request().unwrap().invc_no.0, 1);
+
+        // Loading checks the request in full, as it did when it was held parsed.
+        let mut record: Value = serde_json::from_str(row["value"].as_str().unwrap()).unwrap();
+        record["request"] = serde_json::json!({"invcNo": 1});
+        assert!(serde_json::from_value::<SignedSale>(record).is_err());
+
+        sale.request = RawValue::from_string(r#"{"invcNo":1}"#.into()).unwrap();
+        assert!(sale.request().is_err());
+        let reply = crate::control_unit::stored_request(&sale).unwrap_err();
+        assert_eq!(reply.code.code(), "999");
+        assert!(
+            reply.message.contains("does not read back"),
+            "{}",
+            reply.message
+        );
+    }
 }
