@@ -16,6 +16,8 @@
 //!
 //! With `--pid`, the server's resident memory (`VmRSS` in `/proc/<pid>/status`) is sampled
 //! every 100 ms and its peak reported, with the kernel's own high-water mark (`VmHWM`).
+//! Over the measured window the CPU time of the server, of this tool and of the whole
+//! machine is read from `/proc`, so that a run can say who used the cores.
 
 // Rates, percentiles and milliseconds of a benchmark: floating point, never money.
 #![allow(clippy::float_arithmetic)]
@@ -275,6 +277,81 @@ fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
         .and_then(|kb| kb.parse().ok())
 }
 
+/// Linux reports the CPU times of `/proc` in USER_HZ, 100 per second on every architecture
+/// Ushuru runs on.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User + system CPU ticks of a process (`/proc/<pid>/stat` fields 14 and 15).
+fn process_ticks(pid: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let (_, rest) = text.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Busy and total CPU ticks of the whole machine (the `cpu` line of `/proc/stat`), and its
+/// number of CPUs.
+fn machine_ticks() -> Option<(u64, u64, usize)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = values.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th values.
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    let cpus = text
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .count();
+    Some((total.saturating_sub(idle), total, cpus))
+}
+
+/// CPU readings at one instant.
+#[derive(Clone, Copy)]
+struct CpuReading {
+    server: Option<u64>,
+    tool: Option<u64>,
+    machine: Option<(u64, u64, usize)>,
+}
+
+fn read_cpu(pid: Option<u32>) -> CpuReading {
+    CpuReading {
+        server: pid.and_then(|p| process_ticks(&p.to_string())),
+        tool: process_ticks("self"),
+        machine: machine_ticks(),
+    }
+}
+
+/// Cores used over the window between two readings, `seconds` long.
+fn cpu_used(before: CpuReading, after: CpuReading, seconds: f64) -> Value {
+    let cores = |a: Option<u64>, b: Option<u64>| {
+        a.zip(b).map(|(a, b)| {
+            (b.saturating_sub(a) as f64 / TICKS_PER_SECOND / seconds * 100.0).round() / 100.0
+        })
+    };
+    let machine =
+        before
+            .machine
+            .zip(after.machine)
+            .map(|((busy_a, total_a, cpus), (busy_b, total_b, _))| {
+                let share = busy_b.saturating_sub(busy_a) as f64
+                    / total_b.saturating_sub(total_a).max(1) as f64;
+                ((share * cpus as f64 * 100.0).round() / 100.0, cpus)
+            });
+    json!({
+        "server_cores": cores(before.server, after.server),
+        "load_tool_cores": cores(before.tool, after.tool),
+        "machine_busy_cores": machine.map(|(busy, _)| busy),
+        "machine_cores": machine.map(|(_, cpus)| cpus),
+    })
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -326,6 +403,17 @@ async fn main() -> anyhow::Result<()> {
         })
     });
 
+    // CPU use over the measured window, read at its two ends.
+    let pid = args.pid;
+    let (window_start, window_end) = (plan.measure_from, plan.end);
+    let cpu_window = tokio::spawn(async move {
+        tokio::time::sleep_until(window_start.into()).await;
+        let before = read_cpu(pid);
+        tokio::time::sleep_until(window_end.into()).await;
+        let after = read_cpu(pid);
+        cpu_used(before, after, (window_end - window_start).as_secs_f64())
+    });
+
     eprintln!(
         "{} clients over {} branches, {:?}, {} s warm-up + {} s measured",
         args.clients,
@@ -356,6 +444,7 @@ async fn main() -> anyhow::Result<()> {
         sampler.await?;
     }
     let hwm_kb = args.pid.and_then(|pid| proc_status_kb(pid, "VmHWM"));
+    let cpu = cpu_window.await?;
 
     total.latencies.sort_unstable();
     let latencies = &total.latencies;
@@ -384,6 +473,7 @@ async fn main() -> anyhow::Result<()> {
         },
         "server_peak_rss_kb": args.pid.map(|_| peak_rss_kb.load(Ordering::Relaxed)),
         "server_vmhwm_kb": hwm_kb,
+        "cpu_in_window": cpu,
     });
     println!("{result}");
     Ok(())
