@@ -16,8 +16,9 @@
 //!
 //! With `--pid`, the server's resident memory (`VmRSS` in `/proc/<pid>/status`) is sampled
 //! every 100 ms and its peak reported, with the kernel's own high-water mark (`VmHWM`).
-//! Over the measured window the CPU time of the server, of this tool and of the whole
-//! machine is read from `/proc`, so that a run can say who used the cores.
+//! Over the measured window the CPU time of the server, of this tool, of the PostgreSQL
+//! backends (processes named `postgres`) and of the whole machine is read from `/proc`, so
+//! that a run can say who used the cores.
 
 // Rates, percentiles and milliseconds of a benchmark: floating point, never money.
 #![allow(clippy::float_arithmetic)]
@@ -312,11 +313,30 @@ fn machine_ticks() -> Option<(u64, u64, usize)> {
     Some((total.saturating_sub(idle), total, cpus))
 }
 
+/// User + system CPU ticks of every process named `postgres` (the cluster's backends),
+/// by process id, so that only the processes alive at both ends of a window are compared.
+fn postgres_ticks() -> Option<BTreeMap<String, u64>> {
+    let mut ticks = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let is_postgres = std::fs::read_to_string(entry.path().join("comm"))
+            .is_ok_and(|comm| comm.trim_end() == "postgres");
+        if let Some(t) = is_postgres.then(|| process_ticks(&pid)).flatten() {
+            ticks.insert(pid, t);
+        }
+    }
+    Some(ticks)
+}
+
 /// CPU readings at one instant.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct CpuReading {
     server: Option<u64>,
     tool: Option<u64>,
+    postgres: Option<BTreeMap<String, u64>>,
     machine: Option<(u64, u64, usize)>,
 }
 
@@ -324,6 +344,7 @@ fn read_cpu(pid: Option<u32>) -> CpuReading {
     CpuReading {
         server: pid.and_then(|p| process_ticks(&p.to_string())),
         tool: process_ticks("self"),
+        postgres: postgres_ticks(),
         machine: machine_ticks(),
     }
 }
@@ -344,8 +365,17 @@ fn cpu_used(before: CpuReading, after: CpuReading, seconds: f64) -> Value {
                     / total_b.saturating_sub(total_a).max(1) as f64;
                 ((share * cpus as f64 * 100.0).round() / 100.0, cpus)
             });
+    // Backends that lived through the window; one that ended inside it is not counted.
+    let postgres = before.postgres.zip(after.postgres).map(|(a, b)| {
+        let (start, end): (u64, u64) = a
+            .iter()
+            .filter_map(|(pid, t)| b.get(pid).map(|u| (*t, *u)))
+            .fold((0, 0), |(s, e), (t, u)| (s + t, e + u));
+        (start, end)
+    });
     json!({
         "server_cores": cores(before.server, after.server),
+        "postgres_cores": cores(postgres.map(|p| p.0), postgres.map(|p| p.1)),
         "load_tool_cores": cores(before.tool, after.tool),
         "machine_busy_cores": machine.map(|(busy, _)| busy),
         "machine_cores": machine.map(|(_, cpus)| cpus),
