@@ -99,7 +99,9 @@ fn violated_constraint(error: &tokio_postgres::Error) -> Option<&str> {
 /// transaction only: `set_config(…, true)`).
 async fn enter(tx: &Transaction<'_>, tenant: TenantId) -> Result<()> {
     tx.execute(
-        "SELECT set_config('ushuru.tenant_id', $1, true)",
+        &tx.prepare_cached("SELECT set_config('ushuru.tenant_id', $1, true)")
+            .await
+            .map_err(query_error)?,
         &[&tenant.0.to_string()],
     )
     .await
@@ -113,7 +115,7 @@ async fn enter(tx: &Transaction<'_>, tenant: TenantId) -> Result<()> {
 /// to it anyway, and a lost answer record falls back to the sale it points at.
 async fn enter_relaxed(tx: &Transaction<'_>, tenant: TenantId) -> Result<()> {
     tx.execute(
-        "SELECT set_config('ushuru.tenant_id', $1, true), set_config('synchronous_commit', 'off', true)",
+&tx.prepare_cached("SELECT set_config('ushuru.tenant_id', $1, true), set_config('synchronous_commit', 'off', true)").await.map_err(query_error)?,
         &[&tenant.0.to_string()],
     )
     .await
@@ -134,7 +136,7 @@ impl PostgresStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(16)
+            .max_size(32)
             .build()
             .map_err(database)?;
         // Fail now, with the reason, rather than on the first query.
@@ -287,9 +289,14 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         // Replicas starting together migrate one at a time.
-        tx.execute("SELECT pg_advisory_xact_lock(7020301)", &[])
-            .await
-            .map_err(query_error)?;
+        tx.execute(
+            &tx.prepare_cached("SELECT pg_advisory_xact_lock(7020301)")
+                .await
+                .map_err(query_error)?,
+            &[],
+        )
+        .await
+        .map_err(query_error)?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                 version    BIGINT CONSTRAINT schema_migrations_pk PRIMARY KEY,
@@ -303,7 +310,9 @@ impl PostgresStore {
         for migration in MIGRATIONS {
             let done = tx
                 .query_opt(
-                    "SELECT version FROM schema_migrations WHERE version = $1",
+                    &tx.prepare_cached("SELECT version FROM schema_migrations WHERE version = $1")
+                        .await
+                        .map_err(query_error)?,
                     &[&migration.version],
                 )
                 .await
@@ -313,7 +322,11 @@ impl PostgresStore {
                     .await
                     .map_err(query_error)?;
                 tx.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    &tx.prepare_cached(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    )
+                    .await
+                    .map_err(query_error)?,
                     &[&migration.version, &migration.name],
                 )
                 .await
@@ -329,7 +342,10 @@ impl PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "INSERT INTO tenants (tin, name) VALUES ($1, $2) RETURNING id",
+                &client
+                    .prepare_cached("INSERT INTO tenants (tin, name) VALUES ($1, $2) RETURNING id")
+                    .await
+                    .map_err(query_error)?,
                 &[&tin, &name],
             )
             .await
@@ -352,7 +368,11 @@ impl PostgresStore {
         enter(&tx, tenant).await?;
         let row = tx
             .query_one(
-                "INSERT INTO branches (tenant_id, bhf_id) VALUES ($1, $2) RETURNING id",
+                &tx.prepare_cached(
+                    "INSERT INTO branches (tenant_id, bhf_id) VALUES ($1, $2) RETURNING id",
+                )
+                .await
+                .map_err(query_error)?,
                 &[&tenant.0, &bhf_id],
             )
             .await
@@ -383,7 +403,11 @@ impl PostgresStore {
         enter(&tx, scope.tenant).await?;
         let row = tx
             .query_opt(
-                "SELECT bhf_id, last_invc_no FROM branches WHERE id = $1 AND tenant_id = $2",
+                &tx.prepare_cached(
+                    "SELECT bhf_id, last_invc_no FROM branches WHERE id = $1 AND tenant_id = $2",
+                )
+                .await
+                .map_err(query_error)?,
                 &[&scope.branch.0, &scope.tenant.0],
             )
             .await
@@ -437,9 +461,8 @@ impl PostgresStore {
         else {
             return Ok(CreditOutcome::NoSuchSale);
         };
-        let original_payload: String = tx
-            .query_one(
-                "SELECT payload FROM outbox WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3",
+        let original_payload: String = tx.query_one(
+&tx.prepare_cached("SELECT payload FROM outbox WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3").await.map_err(query_error)?,
                 &[&original.0, &scope.tenant.0, &scope.branch.0],
             )
             .await
@@ -447,10 +470,14 @@ impl PostgresStore {
             .get(0);
         let note_ids: Vec<i64> = tx
             .query(
-                "SELECT c.sale_id FROM credit_notes c JOIN sales s ON s.id = c.sale_id
+                &tx.prepare_cached(
+                    "SELECT c.sale_id FROM credit_notes c JOIN sales s ON s.id = c.sale_id
                  WHERE c.original_sale_id = $1 AND c.tenant_id = $2 AND c.branch_id = $3
                    AND s.status <> 'FAILED'
                  ORDER BY c.sale_id",
+                )
+                .await
+                .map_err(query_error)?,
                 &[&original.0, &scope.tenant.0, &scope.branch.0],
             )
             .await
@@ -480,8 +507,8 @@ impl PostgresStore {
         };
         let sale_id = insert_sale(&tx, scope, invc_no, &note.sale, &note.payload, "R").await?;
         tx.execute(
-            "INSERT INTO credit_notes (sale_id, tenant_id, branch_id, original_sale_id, rfd_rsn_cd, reason)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+&tx.prepare_cached("INSERT INTO credit_notes (sale_id, tenant_id, branch_id, original_sale_id, rfd_rsn_cd, reason)
+             VALUES ($1, $2, $3, $4, $5, $6)").await.map_err(query_error)?,
             &[&sale_id, &scope.tenant.0, &scope.branch.0, &original.0, &note.rfd_rsn_cd, &note.reason],
         )
         .await
@@ -516,12 +543,11 @@ impl PostgresStore {
         }
         // Locking the head row (not skipping it) makes a second claimer wait for the first to
         // commit its lease, then see it: only the head is ever eligible, so order holds.
-        let head = tx
-            .query_opt(
-                "SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
+        let head = tx.query_opt(
+&tx.prepare_cached("SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
                         next_attempt_at, maybe_sent
                  FROM outbox WHERE tenant_id = $1 AND branch_id = $2 AND state = 'PENDING'
-                 ORDER BY invc_no LIMIT 1 FOR UPDATE",
+                 ORDER BY invc_no LIMIT 1 FOR UPDATE").await.map_err(query_error)?,
                 &[&scope.tenant.0, &scope.branch.0],
             )
             .await
@@ -583,11 +609,10 @@ impl PostgresStore {
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
         // Only the holder of this claim's lease may finish the row; the sale is the row's own.
-        let sale_id: i64 = tx
-            .query_opt(
-                "UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
+        let sale_id: i64 = tx.query_opt(
+&tx.prepare_cached("UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
                  WHERE id = $1 AND tenant_id = $2 AND branch_id = $3 AND state = 'PENDING' AND lease_owner = $4
-                 RETURNING sale_id",
+                 RETURNING sale_id").await.map_err(query_error)?,
                 &[&claim.outbox_id, &scope.tenant.0, &scope.branch.0, &claim.owner],
             )
             .await
@@ -598,7 +623,11 @@ impl PostgresStore {
         // The sequence auditor: the previous receipt of this control unit should be one less.
         let previous: Option<i64> = tx
             .query_one(
-                "SELECT MAX(rcpt_no) FROM receipts WHERE sdc_id = $1 AND tenant_id = $2",
+                &tx.prepare_cached(
+                    "SELECT MAX(rcpt_no) FROM receipts WHERE sdc_id = $1 AND tenant_id = $2",
+                )
+                .await
+                .map_err(query_error)?,
                 &[&receipt.sdc_id, &scope.tenant.0],
             )
             .await
@@ -608,8 +637,8 @@ impl PostgresStore {
             && rcpt_no > previous + 1
         {
             tx.execute(
-                "INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
-                 VALUES ($1, $2, $3, 'GAP', $4, $5, $6)",
+&tx.prepare_cached("INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
+                 VALUES ($1, $2, $3, 'GAP', $4, $5, $6)").await.map_err(query_error)?,
                 &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &(previous + 1), &rcpt_no, &sale_id],
             )
             .await
@@ -617,7 +646,7 @@ impl PostgresStore {
             tracing::error!(sdc_id = %receipt.sdc_id, expected = previous + 1, found = rcpt_no, "receipt numbers skipped a number");
         }
         tx.execute(
-            "INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id) VALUES ($1, $2, $3, $4, $5)",
+&tx.prepare_cached("INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id) VALUES ($1, $2, $3, $4, $5)").await.map_err(query_error)?,
             &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &rcpt_no, &sale_id],
         )
         .await
@@ -628,9 +657,9 @@ impl PostgresStore {
             _ => database(e),
         })?;
         tx.execute(
-            "UPDATE sales SET status = 'SIGNED', cur_rcpt_no = $1, tot_rcpt_no = $2, intrl_data = $3, rcpt_sign = $4,
+&tx.prepare_cached("UPDATE sales SET status = 'SIGNED', cur_rcpt_no = $1, tot_rcpt_no = $2, intrl_data = $3, rcpt_sign = $4,
                  sdc_date_time = $5, sdc_id = $6, mrc_no = $7, signed_at = $8
-             WHERE id = $9 AND tenant_id = $10 AND branch_id = $11",
+             WHERE id = $9 AND tenant_id = $10 AND branch_id = $11").await.map_err(query_error)?,
             &[
                 &to_i64(receipt.cur_rcpt_no, "cur_rcpt_no")?,
                 &rcpt_no,
@@ -663,9 +692,13 @@ impl PostgresStore {
         enter(&tx, scope.tenant).await?;
         let row = tx
             .query_opt(
-                "SELECT id FROM sales
+                &tx.prepare_cached(
+                    "SELECT id FROM sales
                  WHERE tenant_id = $1 AND branch_id = $2 AND client_reference = $3
                  ORDER BY id DESC LIMIT 1",
+                )
+                .await
+                .map_err(query_error)?,
                 &[&scope.tenant.0, &scope.branch.0, &reference],
             )
             .await
@@ -678,9 +711,8 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let row = tx
-            .query_opt(
-                "SELECT original_sale_id FROM credit_notes WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3",
+        let row = tx.query_opt(
+&tx.prepare_cached("SELECT original_sale_id FROM credit_notes WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3").await.map_err(query_error)?,
                 &[&note.0, &scope.tenant.0, &scope.branch.0],
             )
             .await
@@ -718,10 +750,9 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let released = tx
-            .execute(
-                "UPDATE outbox SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = $1, maybe_sent = $2
-                 WHERE id = $3 AND tenant_id = $4 AND branch_id = $5 AND state = 'PENDING' AND lease_owner = $6",
+        let released = tx.execute(
+&tx.prepare_cached("UPDATE outbox SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = $1, maybe_sent = $2
+                 WHERE id = $3 AND tenant_id = $4 AND branch_id = $5 AND state = 'PENDING' AND lease_owner = $6").await.map_err(query_error)?,
                 &[&clamp_time(retry_at), &maybe_sent, &claim.outbox_id, &scope.tenant.0, &scope.branch.0, &claim.owner],
             )
             .await
@@ -730,7 +761,11 @@ impl PostgresStore {
             return Err(StoreError::NotFound("claimed outbox row"));
         }
         tx.execute(
-            "UPDATE sales SET status = $1 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4",
+            &tx.prepare_cached(
+                "UPDATE sales SET status = $1 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4",
+            )
+            .await
+            .map_err(query_error)?,
             &[
                 &status.as_str(),
                 &claim.sale.0,
@@ -763,16 +798,19 @@ impl PostgresStore {
         if give_back {
             // The branch row first, as phase 1 takes it: no sale is numbered meanwhile.
             tx.execute(
-                "SELECT last_invc_no FROM branches WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+                &tx.prepare_cached(
+                    "SELECT last_invc_no FROM branches WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+                )
+                .await
+                .map_err(query_error)?,
                 &[&scope.branch.0, &scope.tenant.0],
             )
             .await
             .map_err(query_error)?;
         }
-        let settled = tx
-            .execute(
-                "UPDATE outbox SET state = $1, lease_owner = NULL, lease_expires_at = NULL
-                 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4 AND state = 'PENDING' AND lease_owner = $5",
+        let settled = tx.execute(
+&tx.prepare_cached("UPDATE outbox SET state = $1, lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4 AND state = 'PENDING' AND lease_owner = $5").await.map_err(query_error)?,
                 &[&state, &claim.outbox_id, &scope.tenant.0, &scope.branch.0, &claim.owner],
             )
             .await
@@ -781,7 +819,7 @@ impl PostgresStore {
             return Err(StoreError::NotFound("pending outbox row"));
         }
         tx.execute(
-            "UPDATE sales SET status = $1, failure_code = $2, failure_message = $3 WHERE id = $4 AND tenant_id = $5 AND branch_id = $6",
+&tx.prepare_cached("UPDATE sales SET status = $1, failure_code = $2, failure_message = $3 WHERE id = $4 AND tenant_id = $5 AND branch_id = $6").await.map_err(query_error)?,
                         &[&sale_status_of(state), &code, &message, &claim.sale.0, &scope.tenant.0, &scope.branch.0],
         )
         .await
@@ -875,8 +913,8 @@ impl PostgresStore {
             .map(|e| to_i64(e, "expected"))
             .transpose()?;
         tx.execute(
-            "INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+&tx.prepare_cached("INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)").await.map_err(query_error)?,
             &[
                 &scope.tenant.0,
                 &scope.branch.0,
@@ -899,8 +937,12 @@ impl PostgresStore {
         enter(&tx, scope.tenant).await?;
         let rows = tx
             .query(
-                "SELECT sdc_id, kind, expected, found, sale_id FROM sequence_findings
+                &tx.prepare_cached(
+                    "SELECT sdc_id, kind, expected, found, sale_id FROM sequence_findings
                  WHERE tenant_id = $1 AND branch_id = $2 ORDER BY id",
+                )
+                .await
+                .map_err(query_error)?,
                 &[&scope.tenant.0, &scope.branch.0],
             )
             .await
@@ -936,9 +978,8 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let id: i64 = tx
-            .query_one(
-                "INSERT INTO api_keys (tenant_id, branch_id, prefix, key_sha256, name) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        let id: i64 = tx.query_one(
+&tx.prepare_cached("INSERT INTO api_keys (tenant_id, branch_id, prefix, key_sha256, name) VALUES ($1, $2, $3, $4, $5) RETURNING id").await.map_err(query_error)?,
                 &[&scope.tenant.0, &scope.branch.0, &prefix, &sha256, &name],
             )
             .await
@@ -959,8 +1000,13 @@ impl PostgresStore {
         let client = self.client().await?;
         let Some(row) = client
             .query_opt(
-                "SELECT id, tenant_id, branch_id, prefix, name, last_used_at FROM api_keys
+                &client
+                    .prepare_cached(
+                        "SELECT id, tenant_id, branch_id, prefix, name, last_used_at FROM api_keys
                  WHERE key_sha256 = $1 AND revoked_at IS NULL",
+                    )
+                    .await
+                    .map_err(query_error)?,
                 &[&sha256],
             )
             .await
@@ -980,7 +1026,10 @@ impl PostgresStore {
         if last_used_is_stale(row.get(5), now) {
             client
                 .execute(
-                    "UPDATE api_keys SET last_used_at = $1 WHERE id = $2",
+                    &client
+                        .prepare_cached("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
+                        .await
+                        .map_err(query_error)?,
                     &[&clamp_time(now), &key.id],
                 )
                 .await
@@ -993,9 +1042,8 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let revoked = tx
-            .execute(
-                "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4 AND revoked_at IS NULL",
+        let revoked = tx.execute(
+&tx.prepare_cached("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4 AND revoked_at IS NULL").await.map_err(query_error)?,
                 &[&now, &id, &scope.tenant.0, &scope.branch.0],
             )
             .await
@@ -1022,10 +1070,9 @@ impl PostgresStore {
         enter_relaxed(&tx, tenant).await?;
         let expires = lease_until(now, keep);
         // The first of concurrent requests inserts; the others find its row, locked.
-        let inserted = tx
-            .query_opt(
-                "INSERT INTO idempotency_keys (tenant_id, key, request_sha256, created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1",
+        let inserted = tx.query_opt(
+&tx.prepare_cached("INSERT INTO idempotency_keys (tenant_id, key, request_sha256, created_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1").await.map_err(query_error)?,
                 &[&tenant.0, &key, &request_sha256, &now, &expires],
             )
             .await
@@ -1034,12 +1081,11 @@ impl PostgresStore {
             tx.commit().await.map_err(query_error)?;
             return Ok(IdempotencyStart::Started);
         }
-        let row = tx
-            .query_one(
-                "SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
+        let row = tx.query_one(
+&tx.prepare_cached("SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
                         k.sale_id, s.rcpt_ty_cd
                  FROM idempotency_keys k LEFT JOIN sales s ON s.id = k.sale_id AND s.tenant_id = k.tenant_id
-                 WHERE k.tenant_id = $1 AND k.key = $2 FOR UPDATE OF k",
+                 WHERE k.tenant_id = $1 AND k.key = $2 FOR UPDATE OF k").await.map_err(query_error)?,
                 &[&tenant.0, &key],
             )
             .await
@@ -1065,9 +1111,9 @@ impl PostgresStore {
             }
         }
         tx.execute(
-            "UPDATE idempotency_keys SET request_sha256 = $3, response_status = NULL, response_body = NULL,
+&tx.prepare_cached("UPDATE idempotency_keys SET request_sha256 = $3, response_status = NULL, response_body = NULL,
                  created_at = $4, expires_at = $5, sale_id = NULL
-             WHERE tenant_id = $1 AND key = $2",
+             WHERE tenant_id = $1 AND key = $2").await.map_err(query_error)?,
             &[&tenant.0, &key, &request_sha256, &now, &expires],
         )
         .await
@@ -1088,8 +1134,12 @@ impl PostgresStore {
         enter_relaxed(&tx, tenant).await?;
         let finished = tx
             .execute(
-                "UPDATE idempotency_keys SET response_status = $1, response_body = $2
+                &tx.prepare_cached(
+                    "UPDATE idempotency_keys SET response_status = $1, response_body = $2
                  WHERE tenant_id = $3 AND key = $4 AND response_status IS NULL",
+                )
+                .await
+                .map_err(query_error)?,
                 &[&i32::from(status), &body, &tenant.0, &key],
             )
             .await
@@ -1106,7 +1156,8 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, tenant).await?;
-        tx.execute("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND response_status IS NULL", &[&tenant.0, &key])
+        tx.execute(
+&tx.prepare_cached("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND response_status IS NULL").await.map_err(query_error)?, &[&tenant.0, &key])
             .await
             .map_err(query_error)?;
         tx.commit().await.map_err(query_error)
@@ -1116,7 +1167,10 @@ impl PostgresStore {
         let client = self.client().await?;
         client
             .execute(
-                "DELETE FROM idempotency_keys WHERE expires_at <= $1",
+                &client
+                    .prepare_cached("DELETE FROM idempotency_keys WHERE expires_at <= $1")
+                    .await
+                    .map_err(query_error)?,
                 &[&now],
             )
             .await
@@ -1129,9 +1183,8 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let found = tx
-            .query_opt(
-                "SELECT 1 FROM registered_items WHERE tenant_id = $1 AND branch_id = $2 AND item_cd = $3",
+        let found = tx.query_opt(
+&tx.prepare_cached("SELECT 1 FROM registered_items WHERE tenant_id = $1 AND branch_id = $2 AND item_cd = $3").await.map_err(query_error)?,
                 &[&scope.tenant.0, &scope.branch.0, &item_cd],
             )
             .await
@@ -1150,8 +1203,8 @@ impl PostgresStore {
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
         tx.execute(
-            "INSERT INTO registered_items (tenant_id, branch_id, item_cd, registered_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (branch_id, item_cd) DO NOTHING",
+&tx.prepare_cached("INSERT INTO registered_items (tenant_id, branch_id, item_cd, registered_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (branch_id, item_cd) DO NOTHING").await.map_err(query_error)?,
             &[&scope.tenant.0, &scope.branch.0, &item_cd, &now],
         )
         .await
@@ -1164,7 +1217,13 @@ impl PostgresStore {
     pub async fn tenant_by_tin(&self, tin: &str) -> Result<Option<Tenant>> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT id, name FROM tenants WHERE tin = $1", &[&tin])
+            .query_opt(
+                &client
+                    .prepare_cached("SELECT id, name FROM tenants WHERE tin = $1")
+                    .await
+                    .map_err(query_error)?,
+                &[&tin],
+            )
             .await
             .map_err(query_error)?;
         Ok(row.map(|r| Tenant {
@@ -1180,7 +1239,11 @@ impl PostgresStore {
         enter(&tx, tenant).await?;
         let row = tx
             .query_opt(
-                "SELECT id, last_invc_no FROM branches WHERE tenant_id = $1 AND bhf_id = $2",
+                &tx.prepare_cached(
+                    "SELECT id, last_invc_no FROM branches WHERE tenant_id = $1 AND bhf_id = $2",
+                )
+                .await
+                .map_err(query_error)?,
                 &[&tenant.0, &bhf_id],
             )
             .await
@@ -1201,10 +1264,9 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let saved = tx
-            .execute(
-                "UPDATE branches SET control_unit_url = $1, control_unit_profile = $2, sdc_id = $3, mrc_no = $4, cmc_key = $5
-                 WHERE id = $6 AND tenant_id = $7",
+        let saved = tx.execute(
+&tx.prepare_cached("UPDATE branches SET control_unit_url = $1, control_unit_profile = $2, sdc_id = $3, mrc_no = $4, cmc_key = $5
+                 WHERE id = $6 AND tenant_id = $7").await.map_err(query_error)?,
                 &[&device.control_unit_url, &device.profile, &device.sdc_id, &device.mrc_no, &device.cmc_key, &scope.branch.0, &scope.tenant.0],
             )
             .await
@@ -1221,9 +1283,8 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let row = tx
-            .query_opt(
-                "SELECT control_unit_url, control_unit_profile, sdc_id, mrc_no, cmc_key FROM branches WHERE id = $1 AND tenant_id = $2",
+        let row = tx.query_opt(
+&tx.prepare_cached("SELECT control_unit_url, control_unit_profile, sdc_id, mrc_no, cmc_key FROM branches WHERE id = $1 AND tenant_id = $2").await.map_err(query_error)?,
                 &[&scope.branch.0, &scope.tenant.0],
             )
             .await
@@ -1235,13 +1296,12 @@ impl PostgresStore {
 
     pub async fn initialised_branches(&self) -> Result<Vec<InitialisedBranch>> {
         let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT b.control_unit_url, b.control_unit_profile, b.sdc_id, b.mrc_no, b.cmc_key,
+        let rows = client.query(
+&client.prepare_cached("SELECT b.control_unit_url, b.control_unit_profile, b.sdc_id, b.mrc_no, b.cmc_key,
                         b.id, b.tenant_id, t.tin, b.bhf_id
                  FROM branches b JOIN tenants t ON t.id = b.tenant_id
                  WHERE b.cmc_key IS NOT NULL
-                 ORDER BY b.id",
+                 ORDER BY b.id").await.map_err(query_error)?,
                 &[],
             )
             .await
@@ -1287,11 +1347,10 @@ fn device_from_row(r: &tokio_postgres::Row, first: usize) -> Option<DeviceRecord
 
 /// One sale of a scope, read inside the caller's transaction.
 async fn read_sale(tx: &Transaction<'_>, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
-    let row = tx
-        .query_opt(
-                        "SELECT COALESCE(refused_invc_no, invc_no), client_reference, status, tot_amt::text, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
+    let row = tx.query_opt(
+&tx.prepare_cached("SELECT COALESCE(refused_invc_no, invc_no), client_reference, status, tot_amt::text, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
                     intrl_data, rcpt_sign, sdc_date_time, rcpt_ty_cd
-             FROM sales WHERE id = $1 AND tenant_id = $2 AND branch_id = $3",
+             FROM sales WHERE id = $1 AND tenant_id = $2 AND branch_id = $3").await.map_err(query_error)?,
             &[&id.0, &scope.tenant.0, &scope.branch.0],
         )
         .await
@@ -1339,11 +1398,10 @@ async fn read_sale(tx: &Transaction<'_>, scope: Scope, id: SaleId) -> Result<Opt
 
 /// A sale's lines in `itemSeq` order, inside the caller's transaction.
 async fn read_lines(tx: &Transaction<'_>, scope: Scope, sale: SaleId) -> Result<Vec<SaleLine>> {
-    let rows = tx
-        .query(
-            "SELECT item_seq, item_cd, item_nm, tax_ty_cd, qty::text, uprc::text, dc_amt::text, taxbl_amt::text,
+    let rows = tx.query(
+&tx.prepare_cached("SELECT item_seq, item_cd, item_nm, tax_ty_cd, qty::text, uprc::text, dc_amt::text, taxbl_amt::text,
                     tax_amt::text, tot_amt::text, original_item_seq
-             FROM sale_lines WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3 ORDER BY item_seq",
+             FROM sale_lines WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3 ORDER BY item_seq").await.map_err(query_error)?,
             &[&sale.0, &scope.tenant.0, &scope.branch.0],
         )
         .await
@@ -1387,9 +1445,9 @@ async fn insert_exchange_in(
     now: DateTime<Utc>,
 ) -> Result<()> {
     tx.execute(
-        "INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt, request_body,
+&tx.prepare_cached("INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt, request_body,
                                 response_body, http_status, outcome, elapsed_ms, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)").await.map_err(query_error)?,
         &[
             &scope.tenant.0,
             &scope.branch.0,
@@ -1419,10 +1477,14 @@ pub(crate) async fn lock_still_held(
 ) -> Result<bool> {
     Ok(tx
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks
+            &tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks
                WHERE locktype = 'advisory' AND granted AND pid = $1
                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                  AND classid = $2::int4::oid AND objid = $3::int4::oid AND objsubid = 2)",
+            )
+            .await
+            .map_err(query_error)?,
             &[&hold.session_pid, &SIGNER_LOCKS, &lock_key(scope)?],
         )
         .await
@@ -1438,10 +1500,9 @@ async fn release_number(
     sale_id: i64,
     invc_no: u64,
 ) -> Result<()> {
-    let rows = tx
-        .query(
-            "SELECT id, sale_id, invc_no, payload FROM outbox
-             WHERE tenant_id = $1 AND branch_id = $2 AND state = 'PENDING' AND invc_no > $3 ORDER BY invc_no",
+    let rows = tx.query(
+&tx.prepare_cached("SELECT id, sale_id, invc_no, payload FROM outbox
+             WHERE tenant_id = $1 AND branch_id = $2 AND state = 'PENDING' AND invc_no > $3 ORDER BY invc_no").await.map_err(query_error)?,
             &[&scope.tenant.0, &scope.branch.0, &to_i64(invc_no, "invc_no")?],
         )
         .await
@@ -1468,14 +1529,14 @@ async fn release_number(
                 message,
             } => {
                 tx.execute(
-                    "UPDATE outbox SET state = 'FAILED' WHERE id = $1 AND tenant_id = $2 AND branch_id = $3",
+&tx.prepare_cached("UPDATE outbox SET state = 'FAILED' WHERE id = $1 AND tenant_id = $2 AND branch_id = $3").await.map_err(query_error)?,
                     &[outbox_id, &scope.tenant.0, &scope.branch.0],
                 )
                 .await
                 .map_err(query_error)?;
                 tx.execute(
-                    "UPDATE sales SET status = 'FAILED', failure_code = 'ORIGINAL_REFUSED', failure_message = $1
-                     WHERE id = $2 AND tenant_id = $3 AND branch_id = $4",
+&tx.prepare_cached("UPDATE sales SET status = 'FAILED', failure_code = 'ORIGINAL_REFUSED', failure_message = $1
+                     WHERE id = $2 AND tenant_id = $3 AND branch_id = $4").await.map_err(query_error)?,
                     &[message, sale_id, &scope.tenant.0, &scope.branch.0],
                 )
                 .await
@@ -1490,13 +1551,13 @@ async fn release_number(
             } => {
                 let number = to_i64(*invc_no, "invc_no")?;
                 tx.execute(
-                    "UPDATE outbox SET invc_no = $1, payload = $2, payload_sha256 = $3 WHERE id = $4 AND tenant_id = $5 AND branch_id = $6",
+&tx.prepare_cached("UPDATE outbox SET invc_no = $1, payload = $2, payload_sha256 = $3 WHERE id = $4 AND tenant_id = $5 AND branch_id = $6").await.map_err(query_error)?,
                     &[&number, &payload.body, &payload.sha256, outbox_id, &scope.tenant.0, &scope.branch.0],
                 )
                 .await
                 .map_err(query_error)?;
                 tx.execute(
-                    "UPDATE sales SET invc_no = $1 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4",
+&tx.prepare_cached("UPDATE sales SET invc_no = $1 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4").await.map_err(query_error)?,
                     &[&number, sale_id, &scope.tenant.0, &scope.branch.0],
                 )
                 .await
@@ -1505,7 +1566,11 @@ async fn release_number(
         }
     }
     tx.execute(
-        "UPDATE branches SET last_invc_no = last_invc_no - $1 WHERE id = $2 AND tenant_id = $3",
+        &tx.prepare_cached(
+            "UPDATE branches SET last_invc_no = last_invc_no - $1 WHERE id = $2 AND tenant_id = $3",
+        )
+        .await
+        .map_err(query_error)?,
         &[&released_count(&fates), &scope.branch.0, &scope.tenant.0],
     )
     .await
@@ -1522,13 +1587,13 @@ async fn step_out_of_sequence(
     invc_no: u64,
 ) -> Result<()> {
     tx.execute(
-        "UPDATE sales SET refused_invc_no = $1, invc_no = -id WHERE id = $2 AND tenant_id = $3 AND branch_id = $4",
+&tx.prepare_cached("UPDATE sales SET refused_invc_no = $1, invc_no = -id WHERE id = $2 AND tenant_id = $3 AND branch_id = $4").await.map_err(query_error)?,
         &[&to_i64(invc_no, "invc_no")?, &sale_id, &scope.tenant.0, &scope.branch.0],
     )
     .await
     .map_err(query_error)?;
     tx.execute(
-        "UPDATE outbox SET invc_no = -sale_id WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3",
+&tx.prepare_cached("UPDATE outbox SET invc_no = -sale_id WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3").await.map_err(query_error)?,
         &[&sale_id, &scope.tenant.0, &scope.branch.0],
     )
     .await
@@ -1537,9 +1602,8 @@ async fn step_out_of_sequence(
 }
 
 async fn next_invc_no(tx: &Transaction<'_>, scope: Scope) -> Result<u64> {
-    let row = tx
-        .query_opt(
-            "UPDATE branches SET last_invc_no = last_invc_no + 1 WHERE id = $1 AND tenant_id = $2 RETURNING last_invc_no",
+    let row = tx.query_opt(
+&tx.prepare_cached("UPDATE branches SET last_invc_no = last_invc_no + 1 WHERE id = $1 AND tenant_id = $2 RETURNING last_invc_no").await.map_err(query_error)?,
             &[&scope.branch.0, &scope.tenant.0],
         )
         .await
@@ -1558,10 +1622,9 @@ async fn insert_sale(
     rcpt_ty_cd: &str,
 ) -> Result<i64> {
     let number = to_i64(invc_no, "invc_no")?;
-    let sale_id: i64 = tx
-        .query_one(
-            "INSERT INTO sales (tenant_id, branch_id, invc_no, client_reference, status, tot_amt, rcpt_ty_cd)
-             VALUES ($1, $2, $3, $4, 'PENDING_SYNC', $5::text::numeric, $6) RETURNING id",
+    let sale_id: i64 = tx.query_one(
+&tx.prepare_cached("INSERT INTO sales (tenant_id, branch_id, invc_no, client_reference, status, tot_amt, rcpt_ty_cd)
+             VALUES ($1, $2, $3, $4, 'PENDING_SYNC', $5::text::numeric, $6) RETURNING id").await.map_err(query_error)?,
             &[&scope.tenant.0, &scope.branch.0, &number, &sale.client_reference, &money_text(sale.tot_amt), &rcpt_ty_cd],
         )
         .await
@@ -1607,14 +1670,18 @@ async fn insert_sale(
         }
     }
     tx.execute(
-        "INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256) VALUES ($1, $2, $3, $4, $5, $6)",
+&tx.prepare_cached("INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256) VALUES ($1, $2, $3, $4, $5, $6)").await.map_err(query_error)?,
         &[&scope.tenant.0, &scope.branch.0, &sale_id, &number, &payload.body, &payload.sha256],
     )
     .await
     .map_err(query_error)?;
     if let Some(key) = &sale.idempotency_key {
         tx.execute(
-            "UPDATE idempotency_keys SET sale_id = $1 WHERE tenant_id = $2 AND key = $3",
+            &tx.prepare_cached(
+                "UPDATE idempotency_keys SET sale_id = $1 WHERE tenant_id = $2 AND key = $3",
+            )
+            .await
+            .map_err(query_error)?,
             &[&sale_id, &scope.tenant.0, key],
         )
         .await

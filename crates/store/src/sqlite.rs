@@ -42,6 +42,9 @@ pub struct SqliteStore {
 /// How many read-only connections a file database gets.
 const READERS: usize = 4;
 
+/// Prepared statements kept per connection: more than the store has.
+const STATEMENT_CACHE: usize = 128;
+
 /// The database's lock file, once taken, and which relay of this process holds which branch.
 #[derive(Default)]
 struct Signers {
@@ -101,6 +104,9 @@ impl SqliteStore {
                 connection
                     .busy_timeout(Duration::from_secs(5))
                     .map_err(database)?;
+                // Every statement is prepared once per connection (prepare_cached), not per
+                // call.
+                connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
                 let in_memory = path.as_os_str().is_empty() || path.as_os_str() == ":memory:";
                 let mut readers = Vec::new();
                 for _ in 0..if in_memory { 0 } else { READERS } {
@@ -113,6 +119,7 @@ impl SqliteStore {
                     reader
                         .busy_timeout(Duration::from_secs(5))
                         .map_err(database)?;
+                    reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
                     readers.push(Mutex::new(reader));
                 }
                 Ok((connection, readers))
@@ -271,19 +278,18 @@ impl SqliteStore {
             let mut applied = Vec::new();
             for migration in MIGRATIONS {
                 let done: Option<i64> = tx
-                    .query_row(
-                        "SELECT version FROM schema_migrations WHERE version = ?1",
-                        [migration.version],
-                        |r| r.get(0),
-                    )
+                    .prepare_cached("SELECT version FROM schema_migrations WHERE version = ?1")
+                    .map_err(database)?
+                    .query_row([migration.version], |r| r.get(0))
                     .optional()
                     .map_err(database)?;
                 if done.is_none() {
                     tx.execute_batch(migration.sqlite).map_err(database)?;
-                    tx.execute(
+                    tx.prepare_cached(
                         "INSERT INTO schema_migrations (version, name) VALUES (?1, ?2)",
-                        params![migration.version, migration.name],
                     )
+                    .map_err(database)?
+                    .execute(params![migration.version, migration.name])
                     .map_err(database)?;
                     applied.push(migration.name);
                 }
@@ -298,11 +304,9 @@ impl SqliteStore {
         let (tin, name) = (tin.to_owned(), name.to_owned());
         self.run(move |connection| {
             let id = connection
-                .query_row(
-                    "INSERT INTO tenants (tin, name) VALUES (?1, ?2) RETURNING id",
-                    params![tin, name],
-                    |r| r.get(0),
-                )
+                .prepare_cached("INSERT INTO tenants (tin, name) VALUES (?1, ?2) RETURNING id")
+                .map_err(database)?
+                .query_row(params![tin, name], |r| r.get(0))
                 .map_err(|e| {
                     if unique_violation(&e, "tenants.tin") {
                         StoreError::Conflict(format!("a tenant with PIN {tin} exists"))
@@ -322,8 +326,7 @@ impl SqliteStore {
     pub async fn create_branch(&self, tenant: TenantId, bhf_id: &str) -> Result<Branch> {
         let bhf_id = bhf_id.to_owned();
         self.run(move |connection| {
-            let id = connection
-                .query_row("INSERT INTO branches (tenant_id, bhf_id) VALUES (?1, ?2) RETURNING id", params![tenant.0, bhf_id], |r| {
+            let id = connection.prepare_cached("INSERT INTO branches (tenant_id, bhf_id) VALUES (?1, ?2) RETURNING id").map_err(database)?.query_row( params![tenant.0, bhf_id], |r| {
                     r.get(0)
                 })
                 .map_err(|e| {
@@ -343,11 +346,13 @@ impl SqliteStore {
     pub async fn branch(&self, scope: Scope) -> Result<Option<Branch>> {
         self.read(move |connection| {
             connection
-                .query_row(
+                .prepare_cached(
                     "SELECT bhf_id, last_invc_no FROM branches WHERE id = ?1 AND tenant_id = ?2",
-                    params![scope.branch.0, scope.tenant.0],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
                 )
+                .map_err(database)?
+                .query_row(params![scope.branch.0, scope.tenant.0], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
                 .optional()
                 .map_err(database)?
                 .map(|(bhf_id, last)| {
@@ -398,9 +403,7 @@ impl SqliteStore {
             let Some(original_sale) = read_sale(&tx, scope, original)?.filter(|s| s.rcpt_ty_cd == "S") else {
                 return Ok(CreditOutcome::NoSuchSale);
             };
-            let original_payload: String = tx
-                .query_row(
-                    "SELECT payload FROM outbox WHERE sale_id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
+            let original_payload: String = tx.prepare_cached("SELECT payload FROM outbox WHERE sale_id = ?1 AND tenant_id = ?2 AND branch_id = ?3").map_err(database)?.query_row(
                     params![original.0, scope.tenant.0, scope.branch.0],
                     |r| r.get(0),
                 )
@@ -442,9 +445,8 @@ impl SqliteStore {
                 Err(refusal) => return Ok(CreditOutcome::Refused(refusal)),
             };
             let sale_id = insert_sale(&tx, scope, invc_no, &note.sale, &note.payload, "R")?;
-            tx.execute(
-                "INSERT INTO credit_notes (sale_id, tenant_id, branch_id, original_sale_id, rfd_rsn_cd, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            tx.prepare_cached("INSERT INTO credit_notes (sale_id, tenant_id, branch_id, original_sale_id, rfd_rsn_cd, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(database)?.execute(
                 params![sale_id, scope.tenant.0, scope.branch.0, original.0, note.rfd_rsn_cd, note.reason],
             )
             .map_err(database)?;
@@ -466,12 +468,10 @@ impl SqliteStore {
         };
         self.run(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
-            let head = tx
-                .query_row(
-                    "SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
+            let head = tx.prepare_cached("SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
                             next_attempt_at, maybe_sent
                      FROM outbox WHERE tenant_id = ?1 AND branch_id = ?2 AND state = 'PENDING'
-                     ORDER BY invc_no LIMIT 1",
+                     ORDER BY invc_no LIMIT 1").map_err(database)?.query_row(
                     params![scope.tenant.0, scope.branch.0],
                     |r| {
                         Ok((
@@ -506,9 +506,8 @@ impl SqliteStore {
             let expires = lease_until(now, lease);
             let token = hold.lease_token();
             // From this claim on, the payload may reach the control unit.
-            tx.execute(
-                "UPDATE outbox SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1, maybe_sent = TRUE
-                 WHERE id = ?3",
+            tx.prepare_cached("UPDATE outbox SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1, maybe_sent = TRUE
+                 WHERE id = ?3").map_err(database)?.execute(
                                 params![token, timestamp(expires), id],
             )
             .map_err(database)?;
@@ -540,11 +539,9 @@ impl SqliteStore {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
             let scope = claim.scope;
                         // Only the holder of this claim's lease may finish the row; the sale is the row's own.
-            let sale_id: i64 = tx
-                .query_row(
-                    "UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
+            let sale_id: i64 = tx.prepare_cached("UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
                      WHERE id = ?1 AND tenant_id = ?2 AND branch_id = ?3 AND state = 'PENDING' AND lease_owner = ?4
-                     RETURNING sale_id",
+                     RETURNING sale_id").map_err(database)?.query_row(
                     params![claim.outbox_id, scope.tenant.0, scope.branch.0, claim.owner],
                     |r| r.get(0),
                 )
@@ -552,23 +549,20 @@ impl SqliteStore {
                 .map_err(database)?
                 .ok_or(StoreError::NotFound("pending outbox row under this lease"))?;
             // The sequence auditor: the previous receipt of this control unit should be one less.
-            let previous: Option<i64> = tx
-                .query_row("SELECT MAX(rcpt_no) FROM receipts WHERE sdc_id = ?1 AND tenant_id = ?2", params![receipt.sdc_id, scope.tenant.0], |r| r.get(0))
+            let previous: Option<i64> = tx.prepare_cached("SELECT MAX(rcpt_no) FROM receipts WHERE sdc_id = ?1 AND tenant_id = ?2").map_err(database)?.query_row( params![receipt.sdc_id, scope.tenant.0], |r| r.get(0))
                 .map_err(database)?;
             let number = to_i64(receipt.tot_rcpt_no, "rcpt_no")?;
             if let Some(previous) = previous
                 && number > previous + 1
             {
-                tx.execute(
-                    "INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
-                     VALUES (?1, ?2, ?3, 'GAP', ?4, ?5, ?6)",
+                tx.prepare_cached("INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
+                     VALUES (?1, ?2, ?3, 'GAP', ?4, ?5, ?6)").map_err(database)?.execute(
                     params![scope.tenant.0, scope.branch.0, receipt.sdc_id, previous + 1, number, sale_id],
                 )
                 .map_err(database)?;
                 tracing::error!(sdc_id = %receipt.sdc_id, expected = previous + 1, found = number, "receipt numbers skipped a number");
             }
-            tx.execute(
-                "INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id) VALUES (?1, ?2, ?3, ?4, ?5)",
+            tx.prepare_cached("INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id) VALUES (?1, ?2, ?3, ?4, ?5)").map_err(database)?.execute(
                 params![scope.tenant.0, scope.branch.0, receipt.sdc_id, to_i64(receipt.tot_rcpt_no, "rcpt_no")?, sale_id],
             )
             .map_err(|e| {
@@ -578,10 +572,9 @@ impl SqliteStore {
                     database(e)
                 }
             })?;
-            tx.execute(
-                "UPDATE sales SET status = 'SIGNED', cur_rcpt_no = ?1, tot_rcpt_no = ?2, intrl_data = ?3, rcpt_sign = ?4,
+            tx.prepare_cached("UPDATE sales SET status = 'SIGNED', cur_rcpt_no = ?1, tot_rcpt_no = ?2, intrl_data = ?3, rcpt_sign = ?4,
                      sdc_date_time = ?5, sdc_id = ?6, mrc_no = ?7, signed_at = ?8
-                 WHERE id = ?9 AND tenant_id = ?10 AND branch_id = ?11",
+                 WHERE id = ?9 AND tenant_id = ?10 AND branch_id = ?11").map_err(database)?.execute(
                 params![
                     to_i64(receipt.cur_rcpt_no, "cur_rcpt_no")?,
                     to_i64(receipt.tot_rcpt_no, "tot_rcpt_no")?,
@@ -613,13 +606,15 @@ impl SqliteStore {
         let reference = reference.to_owned();
         self.read(move |connection| {
             connection
-                .query_row(
+                .prepare_cached(
                     "SELECT id FROM sales
                      WHERE tenant_id = ?1 AND branch_id = ?2 AND client_reference = ?3
                      ORDER BY id DESC LIMIT 1",
-                    params![scope.tenant.0, scope.branch.0, reference],
-                    |r| r.get::<_, i64>(0),
                 )
+                .map_err(database)?
+                .query_row(params![scope.tenant.0, scope.branch.0, reference], |r| {
+                    r.get::<_, i64>(0)
+                })
                 .optional()
                 .map(|id| id.map(SaleId))
                 .map_err(database)
@@ -629,9 +624,7 @@ impl SqliteStore {
 
     pub async fn credit_note_original(&self, scope: Scope, note: SaleId) -> Result<Option<SaleId>> {
         self.read(move |connection| {
-            connection
-                .query_row(
-                    "SELECT original_sale_id FROM credit_notes WHERE sale_id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
+            connection.prepare_cached("SELECT original_sale_id FROM credit_notes WHERE sale_id = ?1 AND tenant_id = ?2 AND branch_id = ?3").map_err(database)?.query_row(
                     params![note.0, scope.tenant.0, scope.branch.0],
                     |r| r.get::<_, i64>(0),
                 )
@@ -663,18 +656,15 @@ impl SqliteStore {
         self.run(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
             let scope = claim.scope;
-            let released = tx
-                .execute(
-                    "UPDATE outbox SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = ?1, maybe_sent = ?2
-                     WHERE id = ?3 AND tenant_id = ?4 AND branch_id = ?5 AND state = 'PENDING' AND lease_owner = ?6",
+            let released = tx.prepare_cached("UPDATE outbox SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = ?1, maybe_sent = ?2
+                     WHERE id = ?3 AND tenant_id = ?4 AND branch_id = ?5 AND state = 'PENDING' AND lease_owner = ?6").map_err(database)?.execute(
                     params![timestamp(retry_at), maybe_sent, claim.outbox_id, scope.tenant.0, scope.branch.0, claim.owner],
                 )
                 .map_err(database)?;
             if released == 0 {
                 return Err(StoreError::NotFound("claimed outbox row"));
             }
-            tx.execute(
-                "UPDATE sales SET status = ?1 WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4",
+            tx.prepare_cached("UPDATE sales SET status = ?1 WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4").map_err(database)?.execute(
                 params![status.as_str(), claim.sale.0, scope.tenant.0, scope.branch.0],
             )
             .map_err(database)?;
@@ -693,18 +683,15 @@ impl SqliteStore {
                 Settlement::Unresolved { message } => ("RECONCILIATION_REQUIRED", None, message.as_str()),
                 Settlement::Quarantined { message } => ("QUARANTINED", Some("PAYLOAD_MISMATCH"), message.as_str()),
             };
-            let settled = tx
-                .execute(
-                                    "UPDATE outbox SET state = ?1, lease_owner = NULL, lease_expires_at = NULL
-                     WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4 AND state = 'PENDING' AND lease_owner = ?5",
+            let settled = tx.prepare_cached("UPDATE outbox SET state = ?1, lease_owner = NULL, lease_expires_at = NULL
+                     WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4 AND state = 'PENDING' AND lease_owner = ?5").map_err(database)?.execute(
                     params![state, claim.outbox_id, scope.tenant.0, scope.branch.0, claim.owner],
                 )
                 .map_err(database)?;
             if settled == 0 {
                 return Err(StoreError::NotFound("pending outbox row"));
             }
-            tx.execute(
-                "UPDATE sales SET status = ?1, failure_code = ?2, failure_message = ?3 WHERE id = ?4 AND tenant_id = ?5 AND branch_id = ?6",
+            tx.prepare_cached("UPDATE sales SET status = ?1, failure_code = ?2, failure_message = ?3 WHERE id = ?4 AND tenant_id = ?5 AND branch_id = ?6").map_err(database)?.execute(
                                 params![sale_status_of(state), code, message, claim.sale.0, scope.tenant.0, scope.branch.0],
             )
             .map_err(database)?;
@@ -742,10 +729,8 @@ impl SqliteStore {
     ) -> Result<()> {
         let finding = finding.clone();
         self.run(move |connection| {
-            connection
-                .execute(
-                    "INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            connection.prepare_cached("INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)").map_err(database)?.execute(
                     params![
                         scope.tenant.0,
                         scope.branch.0,
@@ -809,9 +794,7 @@ impl SqliteStore {
     ) -> Result<ApiKey> {
         let (name, prefix, sha256) = (name.to_owned(), prefix.to_owned(), sha256.to_owned());
         self.run(move |connection| {
-            let id: i64 = connection
-                .query_row(
-                    "INSERT INTO api_keys (tenant_id, branch_id, prefix, key_sha256, name) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+            let id: i64 = connection.prepare_cached("INSERT INTO api_keys (tenant_id, branch_id, prefix, key_sha256, name) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id").map_err(database)?.query_row(
                     params![scope.tenant.0, scope.branch.0, prefix, sha256, name],
                     |r| r.get(0),
                 )
@@ -826,25 +809,25 @@ impl SqliteStore {
         let found = self
             .read(move |connection| {
                 let row = connection
-                    .query_row(
+                    .prepare_cached(
                         "SELECT id, tenant_id, branch_id, prefix, name, last_used_at FROM api_keys
                      WHERE key_sha256 = ?1 AND revoked_at IS NULL",
-                        params![sha256],
-                        |r| {
-                            Ok((
-                                ApiKey {
-                                    id: r.get(0)?,
-                                    scope: Scope {
-                                        tenant: TenantId(r.get(1)?),
-                                        branch: BranchId(r.get(2)?),
-                                    },
-                                    prefix: r.get(3)?,
-                                    name: r.get(4)?,
-                                },
-                                r.get::<_, Option<String>>(5)?,
-                            ))
-                        },
                     )
+                    .map_err(database)?
+                    .query_row(params![sha256], |r| {
+                        Ok((
+                            ApiKey {
+                                id: r.get(0)?,
+                                scope: Scope {
+                                    tenant: TenantId(r.get(1)?),
+                                    branch: BranchId(r.get(2)?),
+                                },
+                                prefix: r.get(3)?,
+                                name: r.get(4)?,
+                            },
+                            r.get::<_, Option<String>>(5)?,
+                        ))
+                    })
                     .optional()
                     .map_err(database)?;
                 let Some((key, last_used)) = row else {
@@ -861,10 +844,9 @@ impl SqliteStore {
             let id = key.id;
             self.run(move |connection| {
                 connection
-                    .execute(
-                        "UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2",
-                        params![timestamp(now), id],
-                    )
+                    .prepare_cached("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2")
+                    .map_err(database)?
+                    .execute(params![timestamp(now), id])
                     .map_err(database)?;
                 Ok(())
             })
@@ -875,9 +857,7 @@ impl SqliteStore {
 
     pub async fn revoke_api_key(&self, scope: Scope, id: i64, now: DateTime<Utc>) -> Result<()> {
         self.run(move |connection| {
-            let revoked = connection
-                .execute(
-                    "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4 AND revoked_at IS NULL",
+            let revoked = connection.prepare_cached("UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4 AND revoked_at IS NULL").map_err(database)?.execute(
                     params![timestamp(now), id, scope.tenant.0, scope.branch.0],
                 )
                 .map_err(database)?;
@@ -898,12 +878,10 @@ impl SqliteStore {
         let (key, request_sha256) = (key.to_owned(), request_sha256.to_owned());
         self.run(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
-            let stored = tx
-                .query_row(
-                    "SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
+            let stored = tx.prepare_cached("SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
                             k.sale_id, s.rcpt_ty_cd
                      FROM idempotency_keys k LEFT JOIN sales s ON s.id = k.sale_id AND s.tenant_id = k.tenant_id
-                     WHERE k.tenant_id = ?1 AND k.key = ?2",
+                     WHERE k.tenant_id = ?1 AND k.key = ?2").map_err(database)?.query_row(
                     params![tenant.0, key],
                     |r| {
                         Ok((
@@ -934,11 +912,10 @@ impl SqliteStore {
                     return Ok(decision);
                 }
             }
-            tx.execute(
-                "INSERT INTO idempotency_keys (tenant_id, key, request_sha256, response_status, response_body, created_at, expires_at)
+            tx.prepare_cached("INSERT INTO idempotency_keys (tenant_id, key, request_sha256, response_status, response_body, created_at, expires_at)
                  VALUES (?1, ?2, ?3, NULL, NULL, ?4, ?5)
                  ON CONFLICT (tenant_id, key) DO UPDATE SET request_sha256 = excluded.request_sha256, response_status = NULL,
-                     response_body = NULL, created_at = excluded.created_at, expires_at = excluded.expires_at, sale_id = NULL",
+                     response_body = NULL, created_at = excluded.created_at, expires_at = excluded.expires_at, sale_id = NULL").map_err(database)?.execute(
                 params![tenant.0, key, request_sha256, timestamp(now), timestamp(lease_until(now, keep))],
             )
             .map_err(database)?;
@@ -958,11 +935,12 @@ impl SqliteStore {
         let (key, body) = (key.to_owned(), body.to_owned());
         self.run(move |connection| {
             let finished = connection
-                .execute(
+                .prepare_cached(
                     "UPDATE idempotency_keys SET response_status = ?1, response_body = ?2
                      WHERE tenant_id = ?3 AND key = ?4 AND response_status IS NULL",
-                    params![status, body, tenant.0, key],
                 )
+                .map_err(database)?
+                .execute(params![status, body, tenant.0, key])
                 .map_err(database)?;
             if finished == 0 {
                 Err(StoreError::NotFound("running idempotent request"))
@@ -976,8 +954,7 @@ impl SqliteStore {
     pub async fn abandon_idempotent(&self, tenant: TenantId, key: &str) -> Result<()> {
         let key = key.to_owned();
         self.run(move |connection| {
-            connection
-                .execute("DELETE FROM idempotency_keys WHERE tenant_id = ?1 AND key = ?2 AND response_status IS NULL", params![tenant.0, key])
+            connection.prepare_cached("DELETE FROM idempotency_keys WHERE tenant_id = ?1 AND key = ?2 AND response_status IS NULL").map_err(database)?.execute( params![tenant.0, key])
                 .map_err(database)?;
             Ok(())
         })
@@ -987,10 +964,9 @@ impl SqliteStore {
     pub async fn purge_idempotency(&self, now: DateTime<Utc>) -> Result<u64> {
         self.run(move |connection| {
             let purged = connection
-                .execute(
-                    "DELETE FROM idempotency_keys WHERE expires_at <= ?1",
-                    [timestamp(now)],
-                )
+                .prepare_cached("DELETE FROM idempotency_keys WHERE expires_at <= ?1")
+                .map_err(database)?
+                .execute([timestamp(now)])
                 .map_err(database)?;
             Ok(purged as u64)
         })
@@ -1002,9 +978,7 @@ impl SqliteStore {
     pub async fn item_registered(&self, scope: Scope, item_cd: &str) -> Result<bool> {
         let item_cd = item_cd.to_owned();
         self.read(move |connection| {
-            connection
-                .query_row(
-                    "SELECT 1 FROM registered_items WHERE tenant_id = ?1 AND branch_id = ?2 AND item_cd = ?3",
+            connection.prepare_cached("SELECT 1 FROM registered_items WHERE tenant_id = ?1 AND branch_id = ?2 AND item_cd = ?3").map_err(database)?.query_row(
                     params![scope.tenant.0, scope.branch.0, item_cd],
                     |_| Ok(()),
                 )
@@ -1023,10 +997,8 @@ impl SqliteStore {
     ) -> Result<()> {
         let item_cd = item_cd.to_owned();
         self.run(move |connection| {
-            connection
-                .execute(
-                    "INSERT INTO registered_items (tenant_id, branch_id, item_cd, registered_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (branch_id, item_cd) DO NOTHING",
+            connection.prepare_cached("INSERT INTO registered_items (tenant_id, branch_id, item_cd, registered_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (branch_id, item_cd) DO NOTHING").map_err(database)?.execute(
                     params![scope.tenant.0, scope.branch.0, item_cd, timestamp(now)],
                 )
                 .map_err(database)?;
@@ -1041,7 +1013,9 @@ impl SqliteStore {
         let tin = tin.to_owned();
         self.read(move |connection| {
             connection
-                .query_row("SELECT id, name FROM tenants WHERE tin = ?1", [&tin], |r| {
+                .prepare_cached("SELECT id, name FROM tenants WHERE tin = ?1")
+                .map_err(database)?
+                .query_row([&tin], |r| {
                     Ok(Tenant {
                         id: TenantId(r.get(0)?),
                         tin: tin.clone(),
@@ -1058,11 +1032,13 @@ impl SqliteStore {
         let bhf_id = bhf_id.to_owned();
         self.read(move |connection| {
             let row = connection
-                .query_row(
+                .prepare_cached(
                     "SELECT id, last_invc_no FROM branches WHERE tenant_id = ?1 AND bhf_id = ?2",
-                    params![tenant.0, bhf_id],
-                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
                 )
+                .map_err(database)?
+                .query_row(params![tenant.0, bhf_id], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })
                 .optional()
                 .map_err(database)?;
             row.map(|(id, last)| {
@@ -1081,10 +1057,8 @@ impl SqliteStore {
     pub async fn save_device(&self, scope: Scope, device: &DeviceRecord) -> Result<()> {
         let device = device.clone();
         self.run(move |connection| {
-            let saved = connection
-                .execute(
-                    "UPDATE branches SET control_unit_url = ?1, control_unit_profile = ?2, sdc_id = ?3, mrc_no = ?4, cmc_key = ?5
-                     WHERE id = ?6 AND tenant_id = ?7",
+            let saved = connection.prepare_cached("UPDATE branches SET control_unit_url = ?1, control_unit_profile = ?2, sdc_id = ?3, mrc_no = ?4, cmc_key = ?5
+                     WHERE id = ?6 AND tenant_id = ?7").map_err(database)?.execute(
                     params![device.control_unit_url, device.profile, device.sdc_id, device.mrc_no, device.cmc_key, scope.branch.0, scope.tenant.0],
                 )
                 .map_err(database)?;
@@ -1095,9 +1069,7 @@ impl SqliteStore {
 
     pub async fn device(&self, scope: Scope) -> Result<Option<DeviceRecord>> {
         self.read(move |connection| {
-            let row = connection
-                .query_row(
-                    "SELECT control_unit_url, control_unit_profile, sdc_id, mrc_no, cmc_key FROM branches WHERE id = ?1 AND tenant_id = ?2",
+            let row = connection.prepare_cached("SELECT control_unit_url, control_unit_profile, sdc_id, mrc_no, cmc_key FROM branches WHERE id = ?1 AND tenant_id = ?2").map_err(database)?.query_row(
                     params![scope.branch.0, scope.tenant.0],
                     |r| {
                         Ok((
@@ -1177,11 +1149,9 @@ fn try_lock_exclusive(_file: &File) -> std::io::Result<bool> {
 }
 
 fn read_sale(connection: &Connection, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
-    let row = connection
-        .query_row(
-                        "SELECT COALESCE(refused_invc_no, invc_no), client_reference, status, tot_amt, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
+    let row = connection.prepare_cached("SELECT COALESCE(refused_invc_no, invc_no), client_reference, status, tot_amt, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
                     intrl_data, rcpt_sign, sdc_date_time, rcpt_ty_cd
-             FROM sales WHERE id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
+             FROM sales WHERE id = ?1 AND tenant_id = ?2 AND branch_id = ?3").map_err(database)?.query_row(
             params![id.0, scope.tenant.0, scope.branch.0],
             |r| {
                 Ok((
@@ -1315,11 +1285,9 @@ fn insert_exchange(
     operation: Option<i64>,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    connection
-        .execute(
-            "INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt, request_body,
+    connection.prepare_cached("INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt, request_body,
                                     response_body, http_status, outcome, elapsed_ms, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)").map_err(database)?.execute(
             params![
                 scope.tenant.0,
                 scope.branch.0,
@@ -1416,14 +1384,12 @@ fn release_number(tx: &Connection, scope: Scope, sale_id: i64, invc_no: u64) -> 
                 invc_no,
                 message,
             } => {
-                tx.execute(
-                    "UPDATE outbox SET state = 'FAILED' WHERE id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
+                tx.prepare_cached("UPDATE outbox SET state = 'FAILED' WHERE id = ?1 AND tenant_id = ?2 AND branch_id = ?3").map_err(database)?.execute(
                     params![outbox_id, scope.tenant.0, scope.branch.0],
                 )
                 .map_err(database)?;
-                tx.execute(
-                    "UPDATE sales SET status = 'FAILED', failure_code = 'ORIGINAL_REFUSED', failure_message = ?1
-                     WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4",
+                tx.prepare_cached("UPDATE sales SET status = 'FAILED', failure_code = 'ORIGINAL_REFUSED', failure_message = ?1
+                     WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4").map_err(database)?.execute(
                     params![message, sale_id, scope.tenant.0, scope.branch.0],
                 )
                 .map_err(database)?;
@@ -1436,23 +1402,26 @@ fn release_number(tx: &Connection, scope: Scope, sale_id: i64, invc_no: u64) -> 
                 payload,
             } => {
                 let number = to_i64(*invc_no, "invc_no")?;
-                tx.execute(
-                    "UPDATE outbox SET invc_no = ?1, payload = ?2, payload_sha256 = ?3 WHERE id = ?4 AND tenant_id = ?5 AND branch_id = ?6",
+                tx.prepare_cached("UPDATE outbox SET invc_no = ?1, payload = ?2, payload_sha256 = ?3 WHERE id = ?4 AND tenant_id = ?5 AND branch_id = ?6").map_err(database)?.execute(
                     params![number, payload.body, payload.sha256, outbox_id, scope.tenant.0, scope.branch.0],
                 )
                 .map_err(database)?;
-                tx.execute(
-                    "UPDATE sales SET invc_no = ?1 WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4",
+                tx.prepare_cached("UPDATE sales SET invc_no = ?1 WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4").map_err(database)?.execute(
                     params![number, sale_id, scope.tenant.0, scope.branch.0],
                 )
                 .map_err(database)?;
             }
         }
     }
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE branches SET last_invc_no = last_invc_no - ?1 WHERE id = ?2 AND tenant_id = ?3",
-        params![released_count(&fates), scope.branch.0, scope.tenant.0],
     )
+    .map_err(database)?
+    .execute(params![
+        released_count(&fates),
+        scope.branch.0,
+        scope.tenant.0
+    ])
     .map_err(database)?;
     Ok(())
 }
@@ -1460,13 +1429,11 @@ fn release_number(tx: &Connection, scope: Scope, sale_id: i64, invc_no: u64) -> 
 /// Moves a sale and its outbox row out of the numbered sequence (to -id), keeping the
 /// number it was refused under.
 fn step_out_of_sequence(tx: &Connection, scope: Scope, sale_id: i64, invc_no: u64) -> Result<()> {
-    tx.execute(
-        "UPDATE sales SET refused_invc_no = ?1, invc_no = -id WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4",
+    tx.prepare_cached("UPDATE sales SET refused_invc_no = ?1, invc_no = -id WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4").map_err(database)?.execute(
         params![to_i64(invc_no, "invc_no")?, sale_id, scope.tenant.0, scope.branch.0],
     )
     .map_err(database)?;
-    tx.execute(
-        "UPDATE outbox SET invc_no = -sale_id WHERE sale_id = ?1 AND tenant_id = ?2 AND branch_id = ?3",
+    tx.prepare_cached("UPDATE outbox SET invc_no = -sale_id WHERE sale_id = ?1 AND tenant_id = ?2 AND branch_id = ?3").map_err(database)?.execute(
         params![sale_id, scope.tenant.0, scope.branch.0],
     )
     .map_err(database)?;
@@ -1474,9 +1441,7 @@ fn step_out_of_sequence(tx: &Connection, scope: Scope, sale_id: i64, invc_no: u6
 }
 
 fn next_invc_no(tx: &Connection, scope: Scope) -> Result<u64> {
-    let invc_no: i64 = tx
-        .query_row(
-            "UPDATE branches SET last_invc_no = last_invc_no + 1 WHERE id = ?1 AND tenant_id = ?2 RETURNING last_invc_no",
+    let invc_no: i64 = tx.prepare_cached("UPDATE branches SET last_invc_no = last_invc_no + 1 WHERE id = ?1 AND tenant_id = ?2 RETURNING last_invc_no").map_err(database)?.query_row(
             params![scope.branch.0, scope.tenant.0],
             |r| r.get(0),
         )
@@ -1496,10 +1461,8 @@ fn insert_sale(
     rcpt_ty_cd: &str,
 ) -> Result<i64> {
     let number = to_i64(invc_no, "invc_no")?;
-    let sale_id: i64 = tx
-        .query_row(
-            "INSERT INTO sales (tenant_id, branch_id, invc_no, client_reference, status, tot_amt, rcpt_ty_cd)
-             VALUES (?1, ?2, ?3, ?4, 'PENDING_SYNC', ?5, ?6) RETURNING id",
+    let sale_id: i64 = tx.prepare_cached("INSERT INTO sales (tenant_id, branch_id, invc_no, client_reference, status, tot_amt, rcpt_ty_cd)
+             VALUES (?1, ?2, ?3, ?4, 'PENDING_SYNC', ?5, ?6) RETURNING id").map_err(database)?.query_row(
             params![scope.tenant.0, scope.branch.0, number, sale.client_reference, money_text(sale.tot_amt), rcpt_ty_cd],
             |r| r.get(0),
         )
@@ -1531,16 +1494,16 @@ fn insert_sale(
             ])
             .map_err(database)?;
     }
-    tx.execute(
-        "INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    tx.prepare_cached("INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(database)?.execute(
         params![scope.tenant.0, scope.branch.0, sale_id, number, payload.body, payload.sha256],
     )
     .map_err(database)?;
     if let Some(key) = &sale.idempotency_key {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE idempotency_keys SET sale_id = ?1 WHERE tenant_id = ?2 AND key = ?3",
-            params![sale_id, scope.tenant.0, key],
         )
+        .map_err(database)?
+        .execute(params![sale_id, scope.tenant.0, key])
         .map_err(database)?;
     }
     Ok(sale_id)

@@ -90,7 +90,11 @@ impl PostgresStore {
         // per branch, so two first uses of a key cannot both queue.
         let last_sar_no: i64 = tx
             .query_opt(
-                "SELECT last_sar_no FROM branches WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+                &tx.prepare_cached(
+                    "SELECT last_sar_no FROM branches WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+                )
+                .await
+                .map_err(query_error)?,
                 &[&scope.branch.0, &scope.tenant.0],
             )
             .await
@@ -108,7 +112,11 @@ impl PostgresStore {
         let sar_no = if operation.kind.numbered() {
             let next = last_sar_no + 1;
             tx.execute(
-                "UPDATE branches SET last_sar_no = $1 WHERE id = $2 AND tenant_id = $3",
+                &tx.prepare_cached(
+                    "UPDATE branches SET last_sar_no = $1 WHERE id = $2 AND tenant_id = $3",
+                )
+                .await
+                .map_err(query_error)?,
                 &[&next, &scope.branch.0, &scope.tenant.0],
             )
             .await
@@ -120,11 +128,10 @@ impl PostgresStore {
         // A builder that fails rolls the number back with the transaction: no gap.
         let OutboxPayload { body, sha256 } = build_operation_payload(operation.build, sar_no)?;
         let sar_no = sar_no.map(|n| to_i64(n, "sar_no")).transpose()?;
-        let id: i64 = tx
-            .query_one(
-                "INSERT INTO operations (tenant_id, branch_id, kind, operation_key, request_sha256, endpoint, payload,
+        let id: i64 = tx.query_one(
+&tx.prepare_cached("INSERT INTO operations (tenant_id, branch_id, kind, operation_key, request_sha256, endpoint, payload,
                                          payload_sha256, sar_no, summary, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id").await.map_err(query_error)?,
                 &[
                     &scope.tenant.0,
                     &scope.branch.0,
@@ -198,11 +205,10 @@ impl PostgresStore {
         }
         // Only the head is eligible (stock master after the stock moves it follows), locked
         // so that a second claimer waits and then sees the first one's lease.
-        let head = tx
-            .query_opt(
-                "SELECT id, kind, endpoint, payload, payload_sha256, lease_owner, lease_expires_at, next_attempt_at
+        let head = tx.query_opt(
+&tx.prepare_cached("SELECT id, kind, endpoint, payload, payload_sha256, lease_owner, lease_expires_at, next_attempt_at
                  FROM operations WHERE tenant_id = $1 AND branch_id = $2 AND state = 'PENDING'
-                 ORDER BY id LIMIT 1 FOR UPDATE",
+                 ORDER BY id LIMIT 1 FOR UPDATE").await.map_err(query_error)?,
                 &[&scope.tenant.0, &scope.branch.0],
             )
             .await
@@ -222,10 +228,9 @@ impl PostgresStore {
         }
         let id: i64 = head.get(0);
         let token = hold.lease_token();
-        let attempts: i32 = tx
-            .query_one(
-                "UPDATE operations SET lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1
-                 WHERE id = $3 RETURNING attempts",
+        let attempts: i32 = tx.query_one(
+&tx.prepare_cached("UPDATE operations SET lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1
+                 WHERE id = $3 RETURNING attempts").await.map_err(query_error)?,
                 &[&token, &lease_until(now, lease), &id],
             )
             .await
@@ -256,10 +261,9 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, claim.scope.tenant).await?;
-        let released = tx
-            .execute(
-                "UPDATE operations SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = $1
-                 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4 AND state = 'PENDING' AND lease_owner = $5",
+        let released = tx.execute(
+&tx.prepare_cached("UPDATE operations SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = $1
+                 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4 AND state = 'PENDING' AND lease_owner = $5").await.map_err(query_error)?,
                 &[&clamp_time(retry_at), &claim.id.0, &claim.scope.tenant.0, &claim.scope.branch.0, &claim.owner],
             )
             .await
@@ -283,11 +287,10 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, claim.scope.tenant).await?;
-        let settled = tx
-            .execute(
-                "UPDATE operations SET state = $1, result_code = $2, result_message = $3, done_at = $4,
+        let settled = tx.execute(
+&tx.prepare_cached("UPDATE operations SET state = $1, result_code = $2, result_message = $3, done_at = $4,
                         lease_owner = NULL, lease_expires_at = NULL
-                 WHERE id = $5 AND tenant_id = $6 AND branch_id = $7 AND state = 'PENDING' AND lease_owner = $8",
+                 WHERE id = $5 AND tenant_id = $6 AND branch_id = $7 AND state = 'PENDING' AND lease_owner = $8").await.map_err(query_error)?,
                 &[
                     &state.as_str(),
                     &code,

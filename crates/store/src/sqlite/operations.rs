@@ -121,10 +121,8 @@ impl SqliteStore {
                 });
             }
             let sar_no = if operation.kind.numbered() {
-                let next: i64 = tx
-                    .query_row(
-                        "UPDATE branches SET last_sar_no = last_sar_no + 1 WHERE id = ?1 AND tenant_id = ?2
-                         RETURNING last_sar_no",
+                let next: i64 = tx.prepare_cached("UPDATE branches SET last_sar_no = last_sar_no + 1 WHERE id = ?1 AND tenant_id = ?2
+                         RETURNING last_sar_no").map_err(database)?.query_row(
                         params![scope.branch.0, scope.tenant.0],
                         |r| r.get(0),
                     )
@@ -138,10 +136,9 @@ impl SqliteStore {
             // A builder that fails rolls the number back with the transaction: no gap.
             let OutboxPayload { body, sha256 } = build_operation_payload(operation.build, sar_no)?;
             let sar_no = sar_no.map(|n| to_i64(n, "sar_no")).transpose()?;
-            tx.execute(
-                "INSERT INTO operations (tenant_id, branch_id, kind, operation_key, request_sha256, endpoint, payload,
+            tx.prepare_cached("INSERT INTO operations (tenant_id, branch_id, kind, operation_key, request_sha256, endpoint, payload,
                                          payload_sha256, sar_no, summary, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)").map_err(database)?.execute(
                 params![
                     scope.tenant.0,
                     scope.branch.0,
@@ -202,12 +199,10 @@ impl SqliteStore {
                 .map_err(database)?;
             // Operations go in order too (stock master after the stock moves it follows):
             // only the head is eligible.
-            let head = tx
-                .query_row(
-                    "SELECT id, kind, endpoint, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
+            let head = tx.prepare_cached("SELECT id, kind, endpoint, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
                             next_attempt_at
                      FROM operations WHERE tenant_id = ?1 AND branch_id = ?2 AND state = 'PENDING'
-                     ORDER BY id LIMIT 1",
+                     ORDER BY id LIMIT 1").map_err(database)?.query_row(
                     params![scope.tenant.0, scope.branch.0],
                     |r| {
                         Ok((
@@ -238,8 +233,7 @@ impl SqliteStore {
                 return Ok(None);
             }
             let token = hold.lease_token();
-            tx.execute(
-                "UPDATE operations SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1 WHERE id = ?3",
+            tx.prepare_cached("UPDATE operations SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1 WHERE id = ?3").map_err(database)?.execute(
                 params![token, timestamp(lease_until(now, lease)), id],
             )
             .map_err(database)?;
@@ -265,10 +259,8 @@ impl SqliteStore {
     ) -> Result<()> {
         let claim = claim.clone();
         self.run(move |connection| {
-            let released = connection
-                .execute(
-                    "UPDATE operations SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = ?1
-                     WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4 AND state = 'PENDING' AND lease_owner = ?5",
+            let released = connection.prepare_cached("UPDATE operations SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = ?1
+                     WHERE id = ?2 AND tenant_id = ?3 AND branch_id = ?4 AND state = 'PENDING' AND lease_owner = ?5").map_err(database)?.execute(
                     params![timestamp(retry_at), claim.id.0, claim.scope.tenant.0, claim.scope.branch.0, claim.owner],
                 )
                 .map_err(database)?;
@@ -296,11 +288,9 @@ impl SqliteStore {
             ),
         };
         self.run(move |connection| {
-            let settled = connection
-                .execute(
-                    "UPDATE operations SET state = ?1, result_code = ?2, result_message = ?3, done_at = ?4,
+            let settled = connection.prepare_cached("UPDATE operations SET state = ?1, result_code = ?2, result_message = ?3, done_at = ?4,
                             lease_owner = NULL, lease_expires_at = NULL
-                     WHERE id = ?5 AND tenant_id = ?6 AND branch_id = ?7 AND state = 'PENDING' AND lease_owner = ?8",
+                     WHERE id = ?5 AND tenant_id = ?6 AND branch_id = ?7 AND state = 'PENDING' AND lease_owner = ?8").map_err(database)?.execute(
                     params![
                         state.as_str(),
                         code,
