@@ -233,6 +233,21 @@ impl SqliteStore {
         .map_err(|e| StoreError::Database(format!("the blocking pool failed: {e}")))?
     }
 
+    /// Whether `table` (`outbox` or `operations`) has a pending row for the branch, as a
+    /// reader sees it.
+    pub(super) async fn has_pending(&self, scope: Scope, table: &'static str) -> Result<bool> {
+        self.read(move |connection| {
+            connection
+                .prepare_cached(&format!(
+                    "SELECT EXISTS (SELECT 1 FROM {table} WHERE tenant_id = ?1 AND branch_id = ?2 AND state = 'PENDING')"
+                ))
+                .map_err(database)?
+                .query_row(params![scope.tenant.0, scope.branch.0], |r| r.get(0))
+                .map_err(database)
+        })
+        .await
+    }
+
     /// Runs a read on one of the read-only connections (the first free one), or on the
     /// writer's connection for an in-memory database.
     async fn read<T: Send + 'static>(
@@ -466,6 +481,11 @@ impl SqliteStore {
         let Some(hold) = self.hold(scope, owner)? else {
             return Ok(None); // another relay or process signs for this branch
         };
+        // Most looks find nothing (a relay looks again after every sale): a reader says so
+        // without taking the one writer. A row committed after this look wakes the relay.
+        if !self.has_pending(scope, "outbox").await? {
+            return Ok(None);
+        }
         self.run(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
             let head = tx.prepare_cached("SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at,

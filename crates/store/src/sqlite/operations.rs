@@ -193,6 +193,9 @@ impl SqliteStore {
         let Some(hold) = self.hold(scope, owner)? else {
             return Ok(None);
         };
+        if !self.has_pending(scope, "operations").await? {
+            return Ok(None);
+        }
         self.run(move |connection| {
             let tx = connection
                 .transaction_with_behavior(TransactionBehavior::Immediate)
