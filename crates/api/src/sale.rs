@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use ushuru_kra::{DraftLine, SaleDraft};
 use ushuru_store::{
-    IdempotencyStart, NewSale, OutboxPayload, SaleId, SaleLine, SaleRecord, SaleStatus, Scope,
+    IdempotencyStart, IdempotentAccept, IdempotentRequest, NewSale, OutboxPayload, PayloadBuilder,
+    SaleId, SaleLine, SaleRecord, SaleStatus, Scope,
 };
 use ushuru_tax::{
     InvoiceTotals, LineInput, LineText, Money, PricedLine, Pricing, Rounding, TaxBand,
@@ -431,16 +432,24 @@ pub(crate) async fn submit(
         Err(error) => return error.into_response(),
     };
     let request_sha256 = data_encoding::HEXLOWER.encode(&Sha256::digest(&body));
-    with_idempotency(
-        &state,
-        scope,
-        &branch,
-        &headers,
-        request_sha256,
-        &request_id,
-        |key| accept(&state, scope, &branch, &body, key, &request_id),
-    )
-    .await
+    match idempotency_key(&headers) {
+        Some(key) => {
+            accept_once(
+                &state,
+                scope,
+                &branch,
+                &body,
+                key,
+                request_sha256,
+                &request_id,
+            )
+            .await
+        }
+        None => match accept(&state, scope, &branch, &body, &request_id).await {
+            Ok((status, answer)) => respond(status, answer, &request_id),
+            Err(error) => error.into_response(),
+        },
+    }
 }
 
 /// Runs a mutating request under its `Idempotency-Key`, if it has one: the first request
@@ -460,11 +469,7 @@ where
     F: FnOnce(Option<String>) -> Fut,
     Fut: std::future::Future<Output = Result<(StatusCode, Value), ApiError>>,
 {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let Some(key) = key else {
+    let Some(key) = idempotency_key(headers) else {
         return match run(None).await {
             Ok((status, body)) => respond(status, body, request_id),
             Err(error) => error.into_response(),
@@ -484,20 +489,6 @@ where
         .await;
     match started {
         Err(e) => ApiError::from(e).into_response(),
-        Ok(IdempotencyStart::Mismatch) => ApiError::invalid(
-            "IDEMPOTENCY_KEY_REUSED",
-            "this Idempotency-Key was used with a different request",
-        )
-        .into_response(),
-        Ok(IdempotencyStart::InFlight) => ApiError::new(
-            StatusCode::TOO_EARLY,
-            "IDEMPOTENT_REQUEST_IN_FLIGHT",
-            "the first request with this Idempotency-Key is still running; ask again shortly",
-        )
-        .into_response(),
-        Ok(IdempotencyStart::Replay { status, body }) => {
-            replay(state, scope, branch, status, &body, request_id).await
-        }
         Ok(IdempotencyStart::Started) => {
             let outcome = run(Some(key.clone())).await;
             let (status, answer) = match &outcome {
@@ -516,6 +507,44 @@ where
                 tracing::error!(error = %e, "idempotency record not kept");
             }
             respond(status, answer, request_id)
+        }
+        Ok(start) => answer_decided(state, scope, branch, start, request_id).await,
+    }
+}
+
+/// The `Idempotency-Key` header, if the request has one.
+fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The answer when a key's earlier use decides: replay, mismatch or in flight.
+async fn answer_decided(
+    state: &AppState,
+    scope: Scope,
+    branch: &BranchContext,
+    start: IdempotencyStart,
+    request_id: &str,
+) -> Response {
+    match start {
+        IdempotencyStart::Mismatch => ApiError::invalid(
+            "IDEMPOTENCY_KEY_REUSED",
+            "this Idempotency-Key was used with a different request",
+        )
+        .into_response(),
+        IdempotencyStart::InFlight => ApiError::new(
+            StatusCode::TOO_EARLY,
+            "IDEMPOTENT_REQUEST_IN_FLIGHT",
+            "the first request with this Idempotency-Key is still running; ask again shortly",
+        )
+        .into_response(),
+        IdempotencyStart::Replay { status, body } => {
+            replay(state, scope, branch, status, &body, request_id).await
+        }
+        IdempotencyStart::Started => {
+            ApiError::internal("a started request has no decided answer").into_response()
         }
     }
 }
@@ -552,14 +581,12 @@ async fn replay(
 }
 
 /// Prices and accepts a sale (phase 1), then waits for its receipt up to the deadline.
-async fn accept(
+/// Parses and prices a sale body: the sale to store and the builder of its KRA payload.
+fn prepare_sale(
     state: &AppState,
-    scope: Scope,
     branch: &BranchContext,
     body: &[u8],
-    idempotency_key: Option<String>,
-    request_id: &str,
-) -> Result<(StatusCode, Value), ApiError> {
+) -> Result<(NewSale, PayloadBuilder), ApiError> {
     let parsed: SaleBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request("INVALID_BODY", format!("the sale body does not read: {e}"))
     })?;
@@ -619,16 +646,91 @@ async fn accept(
         client_reference: Some(client_reference),
         tot_amt: totals.tot_amt,
         lines: stored_lines,
-        idempotency_key,
+        idempotency_key: None,
     };
+    Ok((sale, build))
+}
+
+/// Accepts a sale without an Idempotency-Key and waits for its receipt.
+async fn accept(
+    state: &AppState,
+    scope: Scope,
+    branch: &BranchContext,
+    body: &[u8],
+    request_id: &str,
+) -> Result<(StatusCode, Value), ApiError> {
+    let (sale, build) = prepare_sale(state, branch, body)?;
     let events = state.pipeline.settlements();
     let accepted = state.store.accept_sale(scope, sale, build).await?;
+    settle_and_render(state, scope, branch, events, accepted.sale, request_id).await
+}
+
+async fn settle_and_render(
+    state: &AppState,
+    scope: Scope,
+    branch: &BranchContext,
+    events: tokio::sync::broadcast::Receiver<ushuru_engine::Settled>,
+    sale: SaleId,
+    request_id: &str,
+) -> Result<(StatusCode, Value), ApiError> {
     state.pipeline.wake(scope.branch);
     let record = state
         .pipeline
-        .wait_for_accepted(events, scope, accepted.sale, state.sale_deadline)
+        .wait_for_accepted(events, scope, sale, state.sale_deadline)
         .await?;
     Ok(render(&record, branch, state, request_id))
+}
+
+/// A sale with an Idempotency-Key: priced first (a body that does not validate accepts
+/// nothing and keeps nothing under its key, so it is refused the same way every time),
+/// then the key's record and the sale are written in one transaction, and the answer is
+/// kept under the key once it is known.
+async fn accept_once(
+    state: &AppState,
+    scope: Scope,
+    branch: &BranchContext,
+    body: &[u8],
+    key: String,
+    request_sha256: String,
+    request_id: &str,
+) -> Response {
+    let (sale, build) = match prepare_sale(state, branch, body) {
+        Ok(prepared) => prepared,
+        Err(error) => return error.into_response(),
+    };
+    let request = IdempotentRequest {
+        key: key.clone(),
+        request_sha256,
+        now: state.clock.now(),
+        in_flight_for: state.in_flight_for,
+        keep: state.idempotency_keep,
+    };
+    let events = state.pipeline.settlements();
+    let accepted = match state
+        .store
+        .accept_sale_once(scope, request, sale, build)
+        .await
+    {
+        Ok(IdempotentAccept::Accepted(accepted)) => accepted,
+        Ok(IdempotentAccept::Decided(start)) => {
+            return answer_decided(state, scope, branch, start, request_id).await;
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    match settle_and_render(state, scope, branch, events, accepted.sale, request_id).await {
+        Ok((status, answer)) => {
+            if let Err(e) = state
+                .store
+                .finish_idempotent(scope.tenant, &key, status.as_u16(), &answer.to_string())
+                .await
+            {
+                tracing::error!(error = %e, "idempotency record not kept");
+            }
+            respond(status, answer, request_id)
+        }
+        // The sale is accepted and its key's record points at it: a retry finds it.
+        Err(error) => error.into_response(),
+    }
 }
 
 /// `GET /v2/etims/sales/{id}/status`: the sale as it is now.

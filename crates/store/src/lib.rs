@@ -415,6 +415,19 @@ impl Store {
         dispatch!(self, s => s.begin_idempotent(tenant, key, request_sha256, now, in_flight_for, keep))
     }
 
+    /// [`Store::begin_idempotent`] and [`Store::accept_sale`] in one transaction: the key's
+    /// record is written with the sale it accepts (one commit instead of two), or the key's
+    /// earlier use decides and nothing is accepted.
+    pub async fn accept_sale_once(
+        &self,
+        scope: Scope,
+        request: IdempotentRequest,
+        sale: NewSale,
+        build: PayloadBuilder,
+    ) -> Result<IdempotentAccept> {
+        dispatch!(self, s => s.accept_sale_once(scope, request, sale, build))
+    }
+
     /// Records the answer of a request started with [`Store::begin_idempotent`].
     pub async fn finish_idempotent(
         &self,

@@ -452,3 +452,24 @@ pub struct OperationClaim {
     pub attempts: u32,
     pub owner: String,
 }
+
+/// An Idempotency-Key request, for [`crate::Store::accept_sale_once`].
+#[derive(Clone, Debug)]
+pub struct IdempotentRequest {
+    pub key: String,
+    pub request_sha256: String,
+    pub now: DateTime<Utc>,
+    /// How long a first request counts as still running (425 for repeats).
+    pub in_flight_for: std::time::Duration,
+    /// How long its answer is kept.
+    pub keep: std::time::Duration,
+}
+
+/// What [`crate::Store::accept_sale_once`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdempotentAccept {
+    /// First use of the key: the sale is accepted, its key's record points at it.
+    Accepted(AcceptedSale),
+    /// The key was used before: replay, mismatch or in flight; nothing accepted.
+    Decided(IdempotencyStart),
+}

@@ -20,11 +20,12 @@ use crate::signer::Hold;
 use crate::{
     AcceptedSale, ApiKey, Behind, Branch, BranchId, Claim, CreditContext, CreditOutcome,
     CreditPlanner, DeviceRecord, ExchangeRecord, Fate, FindingKind, IdempotencyStart,
-    InitialisedBranch, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
-    SaleLine, SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant,
-    TenantId, attempt_number, build_payload, clamp_time, gives_number_back, idempotency_decision,
-    last_used_is_stale, lease_until, money_from_text, money_text, plan_credit_note, plan_release,
-    quantity_from_text, released_count, sale_status_of, to_i64, to_u64,
+    IdempotentAccept, IdempotentRequest, InitialisedBranch, MIGRATIONS, NewSale, OutboxPayload,
+    PayloadBuilder, Receipt, Result, SaleId, SaleLine, SaleRecord, SaleStatus, Scope,
+    SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number, build_payload,
+    clamp_time, gives_number_back, idempotency_decision, last_used_is_stale, lease_until,
+    money_from_text, money_text, plan_credit_note, plan_release, quantity_from_text,
+    released_count, sale_status_of, to_i64, to_u64,
 };
 
 /// The advisory-lock namespace (first key) of the branch signer locks ("USHR"); the second
@@ -1068,58 +1069,44 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter_relaxed(&tx, tenant).await?;
-        let expires = lease_until(now, keep);
-        // The first of concurrent requests inserts; the others find its row, locked.
-        let inserted = tx.query_opt(
-&tx.prepare_cached("INSERT INTO idempotency_keys (tenant_id, key, request_sha256, created_at, expires_at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1").await.map_err(query_error)?,
-                &[&tenant.0, &key, &request_sha256, &now, &expires],
-            )
-            .await
-            .map_err(query_error)?;
-        if inserted.is_some() {
-            tx.commit().await.map_err(query_error)?;
-            return Ok(IdempotencyStart::Started);
-        }
-        let row = tx.query_one(
-&tx.prepare_cached("SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
-                        k.sale_id, s.rcpt_ty_cd
-                 FROM idempotency_keys k LEFT JOIN sales s ON s.id = k.sale_id AND s.tenant_id = k.tenant_id
-                 WHERE k.tenant_id = $1 AND k.key = $2 FOR UPDATE OF k").await.map_err(query_error)?,
-                &[&tenant.0, &key],
-            )
-            .await
-            .map_err(query_error)?;
-        let stored_expiry: DateTime<Utc> = row.get(4);
-        if stored_expiry > now {
-            let answer = row
-                .get::<_, Option<i32>>(1)
-                .zip(row.get::<_, Option<String>>(2))
-                .map(|(s, b)| (u16::try_from(s).unwrap_or(500), b));
-            if let Some(decision) = idempotency_decision(
-                row.get(0),
-                request_sha256,
-                answer,
-                row.get(3),
-                now,
-                in_flight_for,
-                row.get::<_, Option<i64>>(5)
-                    .zip(row.get::<_, Option<String>>(6)),
-            ) {
-                tx.commit().await.map_err(query_error)?;
-                return Ok(decision);
-            }
-        }
-        tx.execute(
-&tx.prepare_cached("UPDATE idempotency_keys SET request_sha256 = $3, response_status = NULL, response_body = NULL,
-                 created_at = $4, expires_at = $5, sale_id = NULL
-             WHERE tenant_id = $1 AND key = $2").await.map_err(query_error)?,
-            &[&tenant.0, &key, &request_sha256, &now, &expires],
-        )
-        .await
-        .map_err(query_error)?;
+        let start = begin_in(&tx, tenant, key, request_sha256, now, in_flight_for, keep).await?;
         tx.commit().await.map_err(query_error)?;
-        Ok(IdempotencyStart::Started)
+        Ok(start)
+    }
+
+    pub async fn accept_sale_once(
+        &self,
+        scope: Scope,
+        request: IdempotentRequest,
+        mut sale: NewSale,
+        build: PayloadBuilder,
+    ) -> Result<IdempotentAccept> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        let start = begin_in(
+            &tx,
+            scope.tenant,
+            &request.key,
+            &request.request_sha256,
+            request.now,
+            request.in_flight_for,
+            request.keep,
+        )
+        .await?;
+        if start != IdempotencyStart::Started {
+            tx.commit().await.map_err(query_error)?;
+            return Ok(IdempotentAccept::Decided(start));
+        }
+        sale.idempotency_key = Some(request.key);
+        let invc_no = next_invc_no(&tx, scope).await?;
+        let payload = build_payload(build, invc_no)?;
+        let sale_id = insert_sale(&tx, scope, invc_no, &sale, &payload, "S").await?;
+        tx.commit().await.map_err(query_error)?;
+        Ok(IdempotentAccept::Accepted(AcceptedSale {
+            sale: SaleId(sale_id),
+            invc_no,
+        }))
     }
 
     pub async fn finish_idempotent(
@@ -1490,6 +1477,68 @@ pub(crate) async fn lock_still_held(
         .await
         .map_err(query_error)?
         .get(0))
+}
+
+/// The start of an Idempotency-Key request in the caller's transaction: the key's earlier
+/// use decides, or the record is written (Started) for the caller to commit.
+async fn begin_in(
+    tx: &Transaction<'_>,
+    tenant: TenantId,
+    key: &str,
+    request_sha256: &str,
+    now: DateTime<Utc>,
+    in_flight_for: Duration,
+    keep: Duration,
+) -> Result<IdempotencyStart> {
+    let expires = lease_until(now, keep);
+    // The first of concurrent requests inserts; the others find its row, locked.
+    let inserted = tx.query_opt(
+&tx.prepare_cached("INSERT INTO idempotency_keys (tenant_id, key, request_sha256, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1").await.map_err(query_error)?,
+            &[&tenant.0, &key, &request_sha256, &now, &expires],
+        )
+        .await
+        .map_err(query_error)?;
+    if inserted.is_some() {
+        return Ok(IdempotencyStart::Started);
+    }
+    let row = tx.query_one(
+&tx.prepare_cached("SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
+                    k.sale_id, s.rcpt_ty_cd
+             FROM idempotency_keys k LEFT JOIN sales s ON s.id = k.sale_id AND s.tenant_id = k.tenant_id
+             WHERE k.tenant_id = $1 AND k.key = $2 FOR UPDATE OF k").await.map_err(query_error)?,
+            &[&tenant.0, &key],
+        )
+        .await
+        .map_err(query_error)?;
+    let stored_expiry: DateTime<Utc> = row.get(4);
+    if stored_expiry > now {
+        let answer = row
+            .get::<_, Option<i32>>(1)
+            .zip(row.get::<_, Option<String>>(2))
+            .map(|(s, b)| (u16::try_from(s).unwrap_or(500), b));
+        if let Some(decision) = idempotency_decision(
+            row.get(0),
+            request_sha256,
+            answer,
+            row.get(3),
+            now,
+            in_flight_for,
+            row.get::<_, Option<i64>>(5)
+                .zip(row.get::<_, Option<String>>(6)),
+        ) {
+            return Ok(decision);
+        }
+    }
+    tx.execute(
+&tx.prepare_cached("UPDATE idempotency_keys SET request_sha256 = $3, response_status = NULL, response_body = NULL,
+             created_at = $4, expires_at = $5, sale_id = NULL
+         WHERE tenant_id = $1 AND key = $2").await.map_err(query_error)?,
+        &[&tenant.0, &key, &request_sha256, &now, &expires],
+    )
+    .await
+    .map_err(query_error)?;
+    Ok(IdempotencyStart::Started)
 }
 
 /// Gives a refused sale's number back (see `plan_release`), in the caller's transaction,

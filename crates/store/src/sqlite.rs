@@ -20,11 +20,12 @@ use crate::signer::Hold;
 use crate::{
     AcceptedSale, ApiKey, Behind, Branch, BranchId, Claim, CreditContext, CreditOutcome,
     CreditPlanner, DeviceRecord, ExchangeRecord, Fate, FindingKind, IdempotencyStart,
-    InitialisedBranch, MIGRATIONS, NewSale, OutboxPayload, PayloadBuilder, Receipt, Result, SaleId,
-    SaleLine, SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant,
-    TenantId, attempt_number, build_payload, clamp_time, gives_number_back, idempotency_decision,
-    last_used_is_stale, lease_until, money_from_text, money_text, plan_credit_note, plan_release,
-    quantity_from_text, released_count, sale_status_of, to_i64, to_u64,
+    IdempotentAccept, IdempotentRequest, InitialisedBranch, MIGRATIONS, NewSale, OutboxPayload,
+    PayloadBuilder, Receipt, Result, SaleId, SaleLine, SaleRecord, SaleStatus, Scope,
+    SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number, build_payload,
+    clamp_time, gives_number_back, idempotency_decision, last_used_is_stale, lease_until,
+    money_from_text, money_text, plan_credit_note, plan_release, quantity_from_text,
+    released_count, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -897,50 +898,50 @@ impl SqliteStore {
     ) -> Result<IdempotencyStart> {
         let (key, request_sha256) = (key.to_owned(), request_sha256.to_owned());
         self.run(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
-            let stored = tx.prepare_cached("SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
-                            k.sale_id, s.rcpt_ty_cd
-                     FROM idempotency_keys k LEFT JOIN sales s ON s.id = k.sale_id AND s.tenant_id = k.tenant_id
-                     WHERE k.tenant_id = ?1 AND k.key = ?2").map_err(database)?.query_row(
-                    params![tenant.0, key],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, Option<i64>>(1)?,
-                            r.get::<_, Option<String>>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, String>(4)?,
-                            r.get::<_, Option<i64>>(5)?.zip(r.get::<_, Option<String>>(6)?),
-                        ))
-                    },
-                )
-                .optional()
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(database)?;
-            if let Some((stored_sha256, status, body, created, expires, accepted)) = stored
-                && parse_timestamp(&expires)? > now
-            {
-                let answer = status.zip(body).map(|(s, b)| (u16::try_from(s).unwrap_or(500), b));
-                if let Some(decision) = idempotency_decision(
-                    &stored_sha256,
-                    &request_sha256,
-                    answer,
-                    parse_timestamp(&created)?,
-                    now,
-                    in_flight_for,
-                    accepted,
-                ) {
-                    return Ok(decision);
-                }
+            let start = begin_in(&tx, tenant, &key, &request_sha256, now, in_flight_for, keep)?;
+            if start == IdempotencyStart::Started {
+                tx.commit().map_err(database)?;
             }
-            tx.prepare_cached("INSERT INTO idempotency_keys (tenant_id, key, request_sha256, response_status, response_body, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, NULL, NULL, ?4, ?5)
-                 ON CONFLICT (tenant_id, key) DO UPDATE SET request_sha256 = excluded.request_sha256, response_status = NULL,
-                     response_body = NULL, created_at = excluded.created_at, expires_at = excluded.expires_at, sale_id = NULL").map_err(database)?.execute(
-                params![tenant.0, key, request_sha256, timestamp(now), timestamp(lease_until(now, keep))],
-            )
-            .map_err(database)?;
+            Ok(start)
+        })
+        .await
+    }
+
+    pub async fn accept_sale_once(
+        &self,
+        scope: Scope,
+        request: IdempotentRequest,
+        mut sale: NewSale,
+        build: PayloadBuilder,
+    ) -> Result<IdempotentAccept> {
+        self.run(move |connection| {
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(database)?;
+            let start = begin_in(
+                &tx,
+                scope.tenant,
+                &request.key,
+                &request.request_sha256,
+                request.now,
+                request.in_flight_for,
+                request.keep,
+            )?;
+            if start != IdempotencyStart::Started {
+                return Ok(IdempotentAccept::Decided(start));
+            }
+            sale.idempotency_key = Some(request.key);
+            let invc_no = next_invc_no(&tx, scope)?;
+            let payload = build_payload(build, invc_no)?;
+            let sale_id = insert_sale(&tx, scope, invc_no, &sale, &payload, "S")?;
             tx.commit().map_err(database)?;
-            Ok(IdempotencyStart::Started)
+            Ok(IdempotentAccept::Accepted(AcceptedSale {
+                sale: SaleId(sale_id),
+                invc_no,
+            }))
         })
         .await
     }
@@ -1358,6 +1359,63 @@ fn read_exchanges(
         .map_err(database)?;
     rows.collect::<std::result::Result<Vec<_>, _>>()
         .map_err(database)
+}
+
+/// The start of an Idempotency-Key request in the caller's transaction: the key's earlier
+/// use decides, or the record is written (Started) for the caller to commit.
+fn begin_in(
+    tx: &Connection,
+    tenant: TenantId,
+    key: &str,
+    request_sha256: &str,
+    now: DateTime<Utc>,
+    in_flight_for: Duration,
+    keep: Duration,
+) -> Result<IdempotencyStart> {
+    let stored = tx.prepare_cached("SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
+                    k.sale_id, s.rcpt_ty_cd
+             FROM idempotency_keys k LEFT JOIN sales s ON s.id = k.sale_id AND s.tenant_id = k.tenant_id
+             WHERE k.tenant_id = ?1 AND k.key = ?2").map_err(database)?.query_row(
+            params![tenant.0, key],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<i64>>(5)?.zip(r.get::<_, Option<String>>(6)?),
+                ))
+            },
+        )
+        .optional()
+        .map_err(database)?;
+    if let Some((stored_sha256, status, body, created, expires, accepted)) = stored
+        && parse_timestamp(&expires)? > now
+    {
+        let answer = status
+            .zip(body)
+            .map(|(s, b)| (u16::try_from(s).unwrap_or(500), b));
+        if let Some(decision) = idempotency_decision(
+            &stored_sha256,
+            request_sha256,
+            answer,
+            parse_timestamp(&created)?,
+            now,
+            in_flight_for,
+            accepted,
+        ) {
+            return Ok(decision);
+        }
+    }
+    tx.prepare_cached("INSERT INTO idempotency_keys (tenant_id, key, request_sha256, response_status, response_body, created_at, expires_at)
+         VALUES (?1, ?2, ?3, NULL, NULL, ?4, ?5)
+         ON CONFLICT (tenant_id, key) DO UPDATE SET request_sha256 = excluded.request_sha256, response_status = NULL,
+             response_body = NULL, created_at = excluded.created_at, expires_at = excluded.expires_at, sale_id = NULL").map_err(database)?.execute(
+        params![tenant.0, key, request_sha256, timestamp(now), timestamp(lease_until(now, keep))],
+    )
+    .map_err(database)?;
+    Ok(IdempotencyStart::Started)
 }
 
 /// Gives a refused sale's number back (see `plan_release`), in the caller's transaction.
