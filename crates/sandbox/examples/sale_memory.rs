@@ -137,7 +137,11 @@ fn main() {
     drop(dump);
     println!(
         "N = {n} sales (request body {mean_body} bytes on average), {}: resident memory {} kB -> {} kB: {} bytes per signed sale; {:.0} sales/s",
-        if with_file { "with a state file" } else { "in memory" },
+        if with_file {
+            "with a state file"
+        } else {
+            "in memory"
+        },
         before / 1000,
         after / 1000,
         (after.saturating_sub(before)) / n.max(1),
