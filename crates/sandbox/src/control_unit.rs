@@ -1053,6 +1053,11 @@ impl ControlUnit {
         dump
     }
 
+    /// How many signed sales are held in memory in full (see [`crate::sales::Sales::held`]).
+    pub fn sales_held_in_memory(&self) -> usize {
+        self.lock().state.sales.held()
+    }
+
     /// Checks a receipt against what this sandbox signed for `tin`/`bhf_id`/`invc_no`.
     pub fn verify(
         &self,

@@ -180,6 +180,15 @@ impl Sales {
         self.count == 0
     }
 
+    /// How many sales are held in memory in full: all of them without a state file, with
+    /// one only those the operation under way changed (none between operations).
+    pub fn held(&self) -> usize {
+        match &self.backing {
+            Backing::Memory { sales, .. } => sales.len(),
+            Backing::File { pending, .. } => pending.len(),
+        }
+    }
+
     /// Adds a sale signed now: kept until [`Sales::flush`] when backed by a file.
     pub fn insert(&mut self, key: String, mut sale: Box<SignedSale>) {
         self.index(&key, &sale);
@@ -285,7 +294,7 @@ impl Sales {
     /// The sale's record as the state file is to hold it; `None` when there is none.
     pub fn record(&self, key: &str) -> Option<Result<String, serde_json::Error>> {
         match &self.backing {
-            Backing::Memory { sales, .. } => sales.get(key).map(|s| serde_json::to_string(s)),
+            Backing::Memory { sales, .. } => sales.get(key).map(serde_json::to_string),
             Backing::File { reader, pending } => match pending.get(key) {
                 Some(sale) => Some(serde_json::to_string(sale)),
                 // Not changed by this operation: the file has it as it is.
