@@ -1024,9 +1024,8 @@ impl ControlUnit {
         self.clock.set_offset_ms(0);
         match file {
             Some(file) => {
-                *state = State::default();
                 file.clear()?;
-                // Empty now, with its sales kept in the file again.
+                // Empty now, its sales kept in the file as before.
                 *state = file.load()?;
             }
             None => *state = State::default(),
