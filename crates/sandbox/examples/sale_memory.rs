@@ -1,18 +1,21 @@
 //! Resident memory per signed sale, measured: signs N valid sales (two lines each, one
-//! with a buyer PIN every third sale) through an in-memory `ControlUnit` and prints the
-//! growth of the resident set (`/proc/self/statm`) divided by N. Linux only.
+//! with a buyer PIN every third sale) through a `ControlUnit` and prints the growth of the
+//! resident set (`/proc/self/statm`) divided by N, and the signing rate. Linux only.
 //!
 //! ```text
-//! cargo run -p ushuru-sandbox --example sale_memory -- 50000
+//! cargo run --release -p ushuru-sandbox --example sale_memory -- 50000
+//! cargo run --release -p ushuru-sandbox --example sale_memory -- 50000 --state
 //! ```
 //!
-//! The requests are serialized before the first measurement, so only what the control
-//! unit keeps (and the allocator's overhead for it) is counted.
+//! `--state` gives the unit a state file (a fresh one in the temporary directory), as
+//! `ushuru serve` does. The requests are serialized before the first measurement, so only
+//! what the control unit keeps (and the allocator's overhead for it) is counted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use ushuru_kra::types::SaleRequest;
 use ushuru_kra::{DraftLine, EndpointName, Profile, SaleDraft};
+use ushuru_sandbox::persist::StateFile;
 use ushuru_sandbox::{Caller, Config, ControlUnit};
 use ushuru_tax::{LineInput, LineText, Pricing, TaxRates, calculate_line};
 
@@ -75,11 +78,19 @@ fn request(invc_no: u64) -> SaleRequest {
 }
 
 fn main() {
-    let n: u64 = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let with_file = args.iter().any(|a| a == "--state");
+    let n: u64 = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
         .map(|a| a.parse().expect("N, a whole number"))
         .unwrap_or(50_000);
-    let unit = ControlUnit::new(Config::default(), None).unwrap();
+    let dir = std::env::temp_dir().join(format!("ushuru-sale-memory-{}", std::process::id()));
+    let file = with_file.then(|| {
+        std::fs::create_dir_all(&dir).unwrap();
+        StateFile::open(&dir.join("state.sqlite")).unwrap()
+    });
+    let unit = ControlUnit::new(Config::default(), file).unwrap();
     let init = unit.handle(
         EndpointName::SelectInitOsdcInfo,
         Profile::Oscu,
@@ -112,10 +123,12 @@ fn main() {
     let mean_body = bodies.iter().map(Vec::len).sum::<usize>() as u64 / n.max(1);
     // The bodies are built before measuring: only what signing keeps is counted.
     let before = rss();
+    let started = std::time::Instant::now();
     for body in &bodies {
         let reply = unit.handle(EndpointName::SaveTrnsSalesOsdc, Profile::Oscu, caller, body);
         assert_eq!(reply.code.code(), "000", "{:?}", reply.message);
     }
+    let elapsed = started.elapsed();
     let after = rss();
     // The sales are still held: the unit is alive until here.
     let dump = unit.dump();
@@ -123,9 +136,17 @@ fn main() {
     assert_eq!(held as u64, n);
     drop(dump);
     println!(
-        "N = {n} sales (request body {mean_body} bytes on average); resident memory {} kB -> {} kB: {} bytes per signed sale",
+        "N = {n} sales (request body {mean_body} bytes on average), {}: resident memory {} kB -> {} kB: {} bytes per signed sale; {} sales/s",
+        if with_file {
+            "with a state file"
+        } else {
+            "in memory"
+        },
         before / 1000,
         after / 1000,
         (after.saturating_sub(before)) / n.max(1),
+        u128::from(n) * 1000 / elapsed.as_millis().max(1),
     );
+    drop(unit);
+    let _ = std::fs::remove_dir_all(&dir);
 }

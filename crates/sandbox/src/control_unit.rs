@@ -11,7 +11,7 @@ use serde_json::Value;
 use ushuru_kra::types::*;
 use ushuru_kra::wire::{Amount, Date8, DateTime14, Int, from_value_lenient};
 use ushuru_kra::{EndpointName, Profile, ResultCode};
-use ushuru_tax::{Money, TaxRates};
+use ushuru_tax::TaxRates;
 
 use crate::catalog;
 use crate::clock::SandboxClock;
@@ -19,8 +19,8 @@ use crate::persist::{PersistError, StateFile};
 use crate::sale_rules;
 use crate::sign::{self, ReceiptData};
 use crate::state::{
-    Changes, Device, Kind, ParsedSale, ReceiptType, SignedSale, Stamped, State, branch_prefix, key,
-    sale_key, stamp,
+    Changes, Device, Kind, ParsedSale, SignedSale, Stamped, State, branch_prefix, key, sale_key,
+    stamp,
 };
 
 /// OSCU (KRA's server) or VSCU (a JAR beside the business, signing offline up to 24 h).
@@ -213,18 +213,21 @@ impl ControlUnit {
         let mut changes = Changes::default();
         let result = change(&mut inner.state, &mut changes);
         let Inner { state, file } = &mut *inner;
-        if let Some(file) = file
-            && let Err(e) = file.write(state, &changes)
-        {
-            // Memory must not run ahead of the file: go back to what the file holds, so the
-            // refused call leaves no trace (a resend is not a duplicate, a restart agrees).
-            match file.load() {
-                Ok(stored) => *state = stored,
-                Err(reload) => {
-                    tracing::error!(error = %reload, "sandbox state could not be reloaded")
+        if let Some(file) = file {
+            if let Err(e) = file.write(state, &changes) {
+                // Memory must not run ahead of the file: go back to what the file holds, so
+                // the refused call leaves no trace (a resend is not a duplicate, a restart
+                // agrees).
+                match file.load() {
+                    Ok(stored) => *state = stored,
+                    Err(reload) => {
+                        tracing::error!(error = %reload, "sandbox state could not be reloaded")
+                    }
                 }
+                return Err(e);
             }
-            return Err(e);
+            // The file holds the sales now: they are read back from it when needed.
+            state.sales.flush();
         }
         Ok(result)
     }
@@ -470,9 +473,12 @@ impl ControlUnit {
             SaveTrnsSalesOsdc => self.sign_sale(state, changes, device, value, body, now),
             SelectInvoiceDetails => {
                 let request: InvoiceDetailsRequest = parse(value)?;
-                let sale = state.sales.get(&sale_key(&tin, &bhf_id, request.invc_no.0));
+                let sale = state
+                    .sales
+                    .get(&sale_key(&tin, &bhf_id, request.invc_no.0))
+                    .map_err(unreadable)?;
                 let found: Vec<StoredSale> = sale
-                    .map(|s| stored_sale(s))
+                    .map(|s| stored_sale(&s))
                     .transpose()?
                     .into_iter()
                     .collect();
@@ -480,15 +486,12 @@ impl ControlUnit {
             }
             SelectTrnsPurchaseSalesList => {
                 let since = since(value)?;
-                let sales = state
-                    .sales
-                    .values()
-                    .filter(|s| {
-                        s.summary().cust_tin.as_deref() == Some(tin.as_str())
-                            && s.receipt.sdc_date_time.0 > since
-                    })
-                    .map(|s| supplier_sale(s, state.taxpayers.get(&*s.tin)))
-                    .collect::<Result<_, _>>()?;
+                let mut sales = Vec::new();
+                for sale_key in state.sales.bought_by(&tin, since) {
+                    if let Some(s) = state.sales.get(&sale_key).map_err(unreadable)? {
+                        sales.push(supplier_sale(&s, state.taxpayers.get(&*s.tin))?);
+                    }
+                }
                 lookup(sales, |list| serde_json::json!({ "saleList": list }))
             }
             InsertTrnsPurchase => {
@@ -779,7 +782,7 @@ impl ControlUnit {
         let invc_no = request.invc_no.0;
 
         // A number already signed is a duplicate, whatever else the request says (§6).
-        if state.sales.contains_key(&sale_key(&tin, &bhf_id, invc_no)) {
+        if state.sales.contains(device_key, invc_no) {
             return refuse(
                 ResultCode::OverlappedData,
                 format!("invcNo {invc_no} was already signed"),
@@ -941,14 +944,10 @@ impl ControlUnit {
             );
         }
         // A day with receipts may not be skipped: its Z could never be issued afterwards.
-        let prefix = branch_prefix(&device.tin, &device.bhf_id);
         let skipped = state
             .sales
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(_, s)| Date8(s.receipt.sdc_date_time.0.date()))
-            .filter(|d| *d < day && device.last_closed_day.is_none_or(|last| *d > last))
-            .min();
+            .first_day_between(device_key, device.last_closed_day.map(|d| d.0), day.0)
+            .map(Date8);
         if let Some(skipped) = skipped {
             return refuse(
                 ResultCode::RequestParameterError,
@@ -982,27 +981,28 @@ impl ControlUnit {
             changes.touch(Kind::Settings, State::settings_key());
             if cut {
                 if was_cut {
-                    return 0; // already cut: the last contact stays where it was
+                    return Ok(0); // already cut: the last contact stays where it was
                 }
                 // The link was up until now: that is every device's last contact.
                 for (device_key, device) in &mut state.devices {
                     device.last_upstream_contact = stamp(now);
                     changes.touch(Kind::Device, device_key.clone());
                 }
-                return 0;
+                return Ok(0);
             }
             let mut synced = 0;
-            for (record_key, sale) in state.sales.iter_mut().filter(|(_, s)| !s.synced) {
-                sale.synced = true;
-                synced += 1;
-                changes.touch(Kind::Sale, record_key.clone());
+            for record_key in state.sales.unsynced() {
+                if state.sales.set_synced(&record_key)? {
+                    synced += 1;
+                    changes.touch(Kind::Sale, record_key);
+                }
             }
             for (device_key, device) in &mut state.devices {
                 device.last_upstream_contact = stamp(now);
                 changes.touch(Kind::Device, device_key.clone());
             }
-            synced
-        })
+            Ok(synced)
+        })?
     }
 
     pub fn upstream_cut(&self) -> bool {
@@ -1020,13 +1020,18 @@ impl ControlUnit {
 
     pub fn reset(&self) -> Result<(), PersistError> {
         let mut inner = self.lock();
-        inner.state = State::default();
-        for taxpayer in catalog::registered_taxpayers() {
-            inner.state.taxpayers.insert(taxpayer.tin.clone(), taxpayer);
-        }
+        let Inner { state, file } = &mut *inner;
         self.clock.set_offset_ms(0);
-        if let Some(file) = &mut inner.file {
-            file.clear()?;
+        match file {
+            Some(file) => {
+                file.clear()?;
+                // Empty now, its sales kept in the file as before.
+                *state = file.load()?;
+            }
+            None => *state = State::default(),
+        }
+        for taxpayer in catalog::registered_taxpayers() {
+            state.taxpayers.insert(taxpayer.tin.clone(), taxpayer);
         }
         Ok(())
     }
@@ -1041,10 +1046,15 @@ impl ControlUnit {
                 "clock".into(),
                 Value::String(DateTime14(self.clock.now()).digits()),
             );
-            let unsynced = inner.state.sales.values().filter(|s| !s.synced).count();
+            let unsynced = inner.state.sales.unsynced_count();
             map.insert("unsynced_sales".into(), serde_json::json!(unsynced));
         }
         dump
+    }
+
+    /// How many signed sales are held in memory in full (see [`crate::sales::Sales::held`]).
+    pub fn sales_held_in_memory(&self) -> usize {
+        self.lock().state.sales.held()
     }
 
     /// Checks a receipt against what this sandbox signed for `tin`/`bhf_id`/`invc_no`.
@@ -1057,7 +1067,11 @@ impl ControlUnit {
         rcpt_sign: &str,
     ) -> Option<bool> {
         let inner = self.lock();
-        let sale = inner.state.sales.get(&sale_key(tin, bhf_id, invc_no))?;
+        let sale = inner
+            .state
+            .sales
+            .get(&sale_key(tin, bhf_id, invc_no))
+            .ok()??;
         let device = inner.state.devices.get(&key(&[tin, bhf_id]))?;
         let secret = data_encoding::HEXLOWER
             .decode(device.signing_secret.as_bytes())
@@ -1251,6 +1265,14 @@ fn sample_import(seq: u64, item: &str) -> ImportItem {
     }
 }
 
+/// A stored sale that cannot be read back (the state file failing): 999.
+pub(crate) fn unreadable(error: crate::sales::SaleReadError) -> Reply {
+    Reply::refuse(
+        ResultCode::UnknownError,
+        format!("the sandbox could not read a stored sale: {error}"),
+    )
+}
+
 /// A signed sale's request, parsed from the text it is held as. It was written from a
 /// parsed request, so it reads back; were it ever not to, the call fails as 999, naming it.
 pub(crate) fn stored_request(sale: &SignedSale) -> Result<SaleRequest, Reply> {
@@ -1374,35 +1396,12 @@ fn read_day(state: &State, device_key: &str, day: Date8) -> DayReport {
         return closed.clone();
     }
     let device = &state.devices[device_key];
-    let prefix = branch_prefix(&device.tin, &device.bhf_id);
-    let mut categories: BTreeMap<char, ReportCategory> = BTreeMap::new();
-    for sale in state
+    // The running totals of the day's receipts, kept as they are signed.
+    let mut categories = state
         .sales
-        .range(prefix.clone()..)
-        .take_while(|(k, _)| k.starts_with(&prefix))
-        .map(|(_, s)| s)
-        .filter(|s| s.receipt.sdc_date_time.0.date() == day.0)
-    {
-        let category = categories
-            .entry(sale.label.chars().next().unwrap_or('N'))
-            .or_default();
-        let number = sale.receipt.tot_rcpt_no;
-        category.opening_rcpt_no = Some(category.opening_rcpt_no.map_or(number, |n| n.min(number)));
-        category.closing_rcpt_no = Some(category.closing_rcpt_no.map_or(number, |n| n.max(number)));
-        let add = |sum: &mut Amount, amount: Amount| {
-            *sum = Amount(sum.0.checked_add(amount.0).unwrap_or(Money::ZERO));
-        };
-        let summary = sale.summary();
-        if summary.rcpt_ty == ReceiptType::CreditNote {
-            category.refund_cnt.0 += 1;
-            add(&mut category.refund_amt, summary.tot_amt);
-            add(&mut category.refund_tax_amt, summary.tot_tax_amt);
-        } else {
-            category.sale_cnt.0 += 1;
-            add(&mut category.sale_amt, summary.tot_amt);
-            add(&mut category.sale_tax_amt, summary.tot_tax_amt);
-        }
-    }
+        .day(device_key, day.0)
+        .cloned()
+        .unwrap_or_default();
     let mut take = |c: char| categories.remove(&c).unwrap_or_default();
     DayReport {
         rpt_de: day,

@@ -10,6 +10,7 @@ pub mod control_unit;
 pub mod faults;
 pub mod persist;
 mod sale_rules;
+pub mod sales;
 pub mod server;
 pub mod sign;
 pub mod state;

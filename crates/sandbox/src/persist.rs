@@ -1,10 +1,11 @@
 //! The optional state file: SQLite, one row per record, written through as records change,
 //! so that a sandbox restarted on the same file carries on where it stopped.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, params};
 
+use crate::sales::{SaleReadError, Sales};
 use crate::state::{Changes, Kind, State};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +22,12 @@ pub enum PersistError {
     Encode(#[from] serde_json::Error),
     #[error("cannot start the checkpoint thread: {0}")]
     Thread(String),
+    #[error(transparent)]
+    Read(#[from] SaleReadError),
 }
 
 pub struct StateFile {
+    path: PathBuf,
     connection: Connection,
     checkpointer: Option<Checkpointer>,
 }
@@ -85,6 +89,7 @@ impl StateFile {
             })
             .map_err(|e| PersistError::Thread(e.to_string()))?;
         Ok(StateFile {
+            path: path.to_owned(),
             connection,
             checkpointer: Some(Checkpointer {
                 stop,
@@ -93,8 +98,15 @@ impl StateFile {
         })
     }
 
+    /// The state the file holds. Its sales stay in the file (only an index of them is
+    /// loaded, see [`crate::sales`]) and are read back through a connection of their own.
     pub fn load(&self) -> Result<State, PersistError> {
-        let mut state = State::default();
+        let reader = Connection::open(&self.path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(1))?;
+        let mut state = State {
+            sales: Sales::in_file(reader),
+            ..State::default()
+        };
         let mut statement = self
             .connection
             .prepare("SELECT kind, key, value FROM records")?;

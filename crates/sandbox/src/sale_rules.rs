@@ -10,7 +10,7 @@ use ushuru_kra::types::SaleRequest;
 use ushuru_kra::wire::minor_difference;
 use ushuru_tax::{Money, Quantity, TaxBand};
 
-use crate::control_unit::{Config, Reply, is_pin, stored_request};
+use crate::control_unit::{Config, Reply, is_pin, stored_request, unreadable};
 use crate::state::{ReceiptType, State, key, sale_key};
 
 /// KRA's tolerance on sums: one cent.
@@ -270,13 +270,14 @@ fn check_credit_note(
     let Some(original) = state
         .sales
         .get(&sale_key(tin, bhf_id, original_no))
+        .map_err(unreadable)?
         .filter(|s| s.summary().rcpt_ty == ReceiptType::Sale)
     else {
         return invalid(format!(
             "orgInvcNo {original_no} is not a signed sale of this branch"
         ));
     };
-    let original = stored_request(original)?;
+    let original = stored_request(&original)?;
     // A normal credit note reverses a normal sale, a training one a training sale; a
     // proforma is no sale (its label PR is refused as 834 before this).
     let kind = |r: &SaleRequest| r.sales_ty_cd.clone().unwrap_or_else(|| "N".into());
@@ -301,18 +302,16 @@ fn check_credit_note(
         *entry = entry.checked_add(line.qty.0).unwrap_or(*entry);
     }
     let mut remaining_total = original.tot_amt.0;
-    let prefix = format!("{tin}/{bhf_id}/");
-    for earlier in state
-        .sales
-        .range(prefix.clone()..)
-        .take_while(|(k, _)| k.starts_with(&prefix))
-        .map(|(_, s)| s)
-        .filter(|s| {
-            let summary = s.summary();
-            summary.rcpt_ty == ReceiptType::CreditNote && summary.org_invc_no == original_no
-        })
-    {
-        let earlier = stored_request(earlier)?;
+    // The credit notes already signed against the original (the index knows which).
+    for &number in state.sales.credit_notes(&key(&[tin, bhf_id]), original_no) {
+        let Some(earlier) = state
+            .sales
+            .get(&sale_key(tin, bhf_id, number))
+            .map_err(unreadable)?
+        else {
+            continue;
+        };
+        let earlier = stored_request(&earlier)?;
         for line in &earlier.item_list {
             if let Some(left) = remaining_qty.get_mut(line.item_cd.as_str()) {
                 *left = left.checked_sub(line.qty.0).unwrap_or(*left);

@@ -16,6 +16,8 @@ use ushuru_kra::types::{
 };
 use ushuru_kra::wire::{Amount, Date8, DateTime14};
 
+use crate::sales::Sales;
+
 /// A record and when it last changed (for `lastReqDt` lookups).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Stamped<T> {
@@ -183,7 +185,7 @@ impl SignedSale {
     }
 
     /// Replaces the names by equal ones already in `names`, adding those not there yet.
-    fn share_names(&mut self, names: &mut BTreeSet<Arc<str>>) {
+    pub(crate) fn share_names(&mut self, names: &mut BTreeSet<Arc<str>>) {
         for name in [
             &mut self.tin,
             &mut self.bhf_id,
@@ -275,7 +277,7 @@ pub struct Settings {
 }
 
 /// Everything the control unit knows.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct State {
     pub devices: BTreeMap<String, Device>,
     pub taxpayers: BTreeMap<String, Taxpayer>,
@@ -288,14 +290,10 @@ pub struct State {
     pub purchases: BTreeMap<String, Stamped<PurchaseRequest>>,
     pub stock_io: BTreeMap<String, Stamped<StockIoRequest>>,
     pub stock_master: BTreeMap<String, Stamped<StockMasterRequest>>,
-    /// Boxed: the map's nodes hold eleven slots and, filled in key order, about six are in
-    /// use; a box keeps the empty slots small.
-    pub sales: BTreeMap<String, Box<SignedSale>>,
+    /// In memory, or (with a state file) read back from it as needed.
+    pub sales: Sales,
     pub day_reports: BTreeMap<String, DayReport>,
     pub settings: Settings,
-    /// The names the signed sales share (tin, branch, sdcId, mrcNo, label).
-    #[serde(skip)]
-    names: BTreeSet<Arc<str>>,
 }
 
 /// The key of a record: its parts joined by `/` (PINs, branch ids and codes never hold one).
@@ -333,7 +331,7 @@ impl State {
             Kind::Purchase => json(self.purchases.get(key)),
             Kind::StockIo => json(self.stock_io.get(key)),
             Kind::StockMaster => json(self.stock_master.get(key)),
-            Kind::Sale => json(self.sales.get(key)),
+            Kind::Sale => self.sales.record(key),
             Kind::DayReport => json(self.day_reports.get(key)),
             Kind::Settings => json(Some(&self.settings)),
         }
@@ -367,7 +365,7 @@ impl State {
             Kind::StockIo => put(&mut self.stock_io, key, json),
             Kind::StockMaster => put(&mut self.stock_master, key, json),
             Kind::Sale => {
-                self.insert_sale(key, serde_json::from_str(json)?);
+                self.sales.restore(key, serde_json::from_str(json)?);
                 Ok(())
             }
             Kind::DayReport => put(&mut self.day_reports, key, json),
@@ -378,9 +376,8 @@ impl State {
         }
     }
 
-    /// Adds a signed sale, its names shared with the sales before it.
-    pub fn insert_sale(&mut self, key: String, mut sale: Box<SignedSale>) {
-        sale.share_names(&mut self.names);
+    /// Adds a signed sale.
+    pub fn insert_sale(&mut self, key: String, sale: Box<SignedSale>) {
         self.sales.insert(key, sale);
     }
 
