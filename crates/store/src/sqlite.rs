@@ -1,6 +1,11 @@
-//! The SQLite backend: one file, one connection, used by one process. Each operation runs
-//! on the blocking pool with the connection, in an immediate transaction (SQLite's writer
-//! lock is taken at BEGIN, so two operations never interleave their reads and writes).
+//! The SQLite backend: one file, used by one process. Every write runs on one writer
+//! thread that owns the read-write connection. The writer takes the operations queued for
+//! it in batches: one `BEGIN IMMEDIATE`, each operation in turn (an operation that needs
+//! to be atomic on its own runs in a savepoint, so its failure undoes only itself), one
+//! `COMMIT`, and only then is any operation's result handed back. So a result means
+//! committed, and under load many operations share one commit (group commit). Reads run
+//! on a few read-only connections, each on a thread of its own (in WAL mode readers do
+//! not wait for the writer).
 //!
 //! "One process" is enforced: claiming (and serving) takes an exclusive `flock` on
 //! `<database>.lock`, which the operating system releases when the process dies. So no other
@@ -14,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use crate::signer::Hold;
 use crate::{
@@ -30,18 +35,29 @@ use crate::{
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    connection: Arc<Mutex<Connection>>,
-    /// Read-only connections: in WAL mode readers do not wait for the writer, so reads
-    /// (authentication, a sale's status, lookups) do not queue behind every commit. Empty
+    /// The writer thread's queue. The thread, and its connection, end when the last clone
+    /// of the store is dropped.
+    writer: crossbeam_channel::Sender<WriteJob>,
+    /// The reader threads' shared queue: read-only connections, so that reads
+    /// (authentication, a sale's status, lookups) do not queue behind every commit. `None`
     /// for an in-memory database, which only the writer's connection can see.
-    readers: Arc<Vec<Mutex<Connection>>>,
-    next_reader: Arc<std::sync::atomic::AtomicUsize>,
+    readers: Option<crossbeam_channel::Sender<ReadJob>>,
     lock_path: PathBuf,
     signers: Arc<Mutex<Signers>>,
 }
 
-/// How many read-only connections a file database gets.
+/// An operation for the writer thread: it runs in the batch's transaction and returns
+/// what hands its result over, given whether the batch committed.
+type WriteJob = Box<dyn FnOnce(&mut Connection) -> Deliver + Send>;
+type Deliver = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// How many read-only connections (and reader threads) a file database gets.
 const READERS: usize = 4;
+
+/// The most operations one write transaction takes: enough to share a commit among all the
+/// requests a busy server has waiting, few enough that none waits long behind the others.
+const WRITE_BATCH: usize = 64;
 
 /// Prepared statements kept per connection: more than the store has.
 const STATEMENT_CACHE: usize = 128;
@@ -78,13 +94,91 @@ fn parse_timestamp(text: &str) -> Result<DateTime<Utc>> {
         .map_err(|e| StoreError::Corrupt(format!("time {text:?}: {e}")))
 }
 
+fn writer_gone() -> StoreError {
+    StoreError::Database("the database thread stopped".into())
+}
+
+/// Starts the writer thread that owns `connection` (see the module's comment).
+fn spawn_writer(mut connection: Connection) -> Result<crossbeam_channel::Sender<WriteJob>> {
+    let (queue, jobs) = crossbeam_channel::unbounded::<WriteJob>();
+    std::thread::Builder::new()
+        .name("sqlite-writer".into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(WRITE_BATCH);
+            let mut deliveries = Vec::with_capacity(WRITE_BATCH);
+            while let Ok(first) = jobs.recv() {
+                batch.push(first);
+                while batch.len() < WRITE_BATCH {
+                    match jobs.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = connection.execute_batch("BEGIN IMMEDIATE") {
+                    // Each operation is told; none ran.
+                    for job in batch.drain(..) {
+                        drop(job);
+                    }
+                    tracing::error!(error = %e, "the SQLite writer could not begin a transaction");
+                    continue;
+                }
+                for job in batch.drain(..) {
+                    // A panicking operation drops its answer (its caller gets an error); the
+                    // others in the batch go on.
+                    if let Ok(deliver) =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            job(&mut connection)
+                        }))
+                    {
+                        deliveries.push(deliver);
+                    }
+                }
+                let committed = connection
+                    .execute_batch("COMMIT")
+                    .map_err(|e| format!("the transaction did not commit: {e}"));
+                if committed.is_err() {
+                    let _ = connection.execute_batch("ROLLBACK");
+                }
+                for deliver in deliveries.drain(..) {
+                    deliver(committed.clone());
+                }
+            }
+        })
+        .map_err(|e| StoreError::Database(format!("cannot start the SQLite writer: {e}")))?;
+    Ok(queue)
+}
+
+/// Starts a thread for each read-only connection, all taking jobs from one queue; `None`
+/// when there are none (an in-memory database).
+fn spawn_readers(readers: Vec<Connection>) -> Result<Option<crossbeam_channel::Sender<ReadJob>>> {
+    if readers.is_empty() {
+        return Ok(None);
+    }
+    let (queue, jobs) = crossbeam_channel::unbounded::<ReadJob>();
+    for (n, connection) in readers.into_iter().enumerate() {
+        let jobs = jobs.clone();
+        std::thread::Builder::new()
+            .name(format!("sqlite-reader-{n}"))
+            .spawn(move || {
+                while let Ok(job) = jobs.recv() {
+                    // A panicking read drops its answer (its caller gets an error).
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        job(&connection);
+                    }));
+                }
+            })
+            .map_err(|e| StoreError::Database(format!("cannot start a SQLite reader: {e}")))?;
+    }
+    Ok(Some(queue))
+}
+
 impl SqliteStore {
     pub async fn open(path: &Path) -> Result<Self> {
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
         let path = path.to_owned();
         let connection =
-            tokio::task::spawn_blocking(move || -> Result<(Connection, Vec<Mutex<Connection>>)> {
+            tokio::task::spawn_blocking(move || -> Result<(Connection, Vec<Connection>)> {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| {
                         StoreError::Database(format!("cannot create {}: {e}", dir.display()))
@@ -121,7 +215,7 @@ impl SqliteStore {
                         .busy_timeout(Duration::from_secs(5))
                         .map_err(database)?;
                     reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-                    readers.push(Mutex::new(reader));
+                    readers.push(reader);
                 }
                 Ok((connection, readers))
             })
@@ -129,9 +223,8 @@ impl SqliteStore {
             .map_err(|e| StoreError::Database(format!("the blocking pool failed: {e}")))??;
         let (connection, readers) = connection;
         Ok(SqliteStore {
-            readers: Arc::new(readers),
-            next_reader: Arc::default(),
-            connection: Arc::new(Mutex::new(connection)),
+            writer: spawn_writer(connection)?,
+            readers: spawn_readers(readers)?,
             lock_path: lock_path.into(),
             signers: Arc::default(),
         })
@@ -219,19 +312,26 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Runs `work` on the writer thread, inside the current batch's transaction, and
+    /// returns its result once that transaction has committed.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let connection = Arc::clone(&self.connection);
-        tokio::task::spawn_blocking(move || {
-            let mut connection = connection
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            work(&mut connection)
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("the blocking pool failed: {e}")))?
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: WriteJob = Box::new(move |connection| {
+            let result = work(connection);
+            Box::new(move |committed| {
+                let _ = answer.send(match committed {
+                    Ok(()) => result,
+                    // Whatever the operation did was undone with the batch.
+                    Err(e) if result.is_ok() => Err(StoreError::Database(e)),
+                    Err(_) => result,
+                });
+            })
+        });
+        self.writer.send(job).map_err(|_| writer_gone())?;
+        answered.await.map_err(|_| writer_gone())?
     }
 
     /// Whether `table` (`outbox` or `operations`) has a pending row for the branch, as a
@@ -249,40 +349,26 @@ impl SqliteStore {
         .await
     }
 
-    /// Runs a read on one of the read-only connections (the first free one), or on the
-    /// writer's connection for an in-memory database.
+    /// Runs a read on one of the read-only connections (whichever reader thread is free),
+    /// or on the writer for an in-memory database.
     async fn read<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        if self.readers.is_empty() {
+        let Some(readers) = &self.readers else {
             return self.run(move |connection| work(connection)).await;
-        }
-        let readers = Arc::clone(&self.readers);
-        let first = self
-            .next_reader
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || {
-            let count = readers.len();
-            for offset in 0..count {
-                if let Ok(reader) = readers[(first + offset) % count].try_lock() {
-                    return work(&reader);
-                }
-            }
-            let reader = readers[first % count]
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            work(&reader)
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("the blocking pool failed: {e}")))?
+        };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: ReadJob = Box::new(move |connection| {
+            let _ = answer.send(work(connection));
+        });
+        readers.send(job).map_err(|_| writer_gone())?;
+        answered.await.map_err(|_| writer_gone())?
     }
 
     pub async fn migrate(&self) -> Result<Vec<&'static str>> {
         self.run(|connection| {
-            let tx = connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(database)?;
+            let tx = connection.savepoint().map_err(database)?;
             tx.execute_batch(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (
                     version    INTEGER CONSTRAINT schema_migrations_pk PRIMARY KEY,
@@ -391,9 +477,7 @@ impl SqliteStore {
         build: PayloadBuilder,
     ) -> Result<AcceptedSale> {
         self.run(move |connection| {
-            let tx = connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(database)?;
+            let tx = connection.savepoint().map_err(database)?;
             let invc_no = next_invc_no(&tx, scope)?;
             let payload = build_payload(build, invc_no)?;
             let sale_id = insert_sale(&tx, scope, invc_no, &sale, &payload, "S")?;
@@ -415,7 +499,7 @@ impl SqliteStore {
         self.run(move |connection| {
             // IMMEDIATE: the write lock is taken now, so the remainder read below cannot
             // change before this note commits.
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let tx = connection.savepoint().map_err(database)?;
             let Some(original_sale) = read_sale(&tx, scope, original)?.filter(|s| s.rcpt_ty_cd == "S") else {
                 return Ok(CreditOutcome::NoSuchSale);
             };
@@ -488,7 +572,7 @@ impl SqliteStore {
             return Ok(None);
         }
         self.run(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let tx = connection.savepoint().map_err(database)?;
             let head = tx.prepare_cached("SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
                             next_attempt_at, maybe_sent
                      FROM outbox WHERE tenant_id = ?1 AND branch_id = ?2 AND state = 'PENDING'
@@ -557,7 +641,7 @@ impl SqliteStore {
     ) -> Result<()> {
         let (claim, receipt, exchange) = (claim.clone(), receipt.clone(), exchange.cloned());
         self.run(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let tx = connection.savepoint().map_err(database)?;
             let scope = claim.scope;
                         // Only the holder of this claim's lease may finish the row; the sale is the row's own.
             let sale_id: i64 = tx.prepare_cached("UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
@@ -675,7 +759,7 @@ impl SqliteStore {
     ) -> Result<()> {
         let claim = claim.clone();
         self.run(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let tx = connection.savepoint().map_err(database)?;
             let scope = claim.scope;
             let released = tx.prepare_cached("UPDATE outbox SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = ?1, maybe_sent = ?2
                      WHERE id = ?3 AND tenant_id = ?4 AND branch_id = ?5 AND state = 'PENDING' AND lease_owner = ?6").map_err(database)?.execute(
@@ -697,7 +781,7 @@ impl SqliteStore {
     pub async fn settle(&self, claim: &Claim, settlement: &Settlement) -> Result<()> {
         let (claim, settlement) = (claim.clone(), settlement.clone());
         self.run(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(database)?;
+            let tx = connection.savepoint().map_err(database)?;
             let scope = claim.scope;
             let (state, code, message) = match &settlement {
                 Settlement::Failed { code, message } => ("FAILED", Some(code.as_str()), message.as_str()),
@@ -898,9 +982,7 @@ impl SqliteStore {
     ) -> Result<IdempotencyStart> {
         let (key, request_sha256) = (key.to_owned(), request_sha256.to_owned());
         self.run(move |connection| {
-            let tx = connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(database)?;
+            let tx = connection.savepoint().map_err(database)?;
             let start = begin_in(&tx, tenant, &key, &request_sha256, now, in_flight_for, keep)?;
             if start == IdempotencyStart::Started {
                 tx.commit().map_err(database)?;
@@ -918,9 +1000,7 @@ impl SqliteStore {
         build: PayloadBuilder,
     ) -> Result<IdempotentAccept> {
         self.run(move |connection| {
-            let tx = connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(database)?;
+            let tx = connection.savepoint().map_err(database)?;
             let start = begin_in(
                 &tx,
                 scope.tenant,

@@ -989,6 +989,64 @@ async fn a_panicking_payload_builder_uses_no_number(store: Store) {
     assert_eq!(accept(&store, scope, "A").await.invc_no, 1);
 }
 
+/// Many sales accepted at once, every third one refused by its payload builder (an error or
+/// a panic): on SQLite they share write transactions (group commit), and a refusal must undo
+/// only itself. The accepted get every number exactly once, the refused use none.
+async fn refusals_among_concurrent_sales_undo_only_themselves(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let builder: PayloadBuilder = match i % 6 {
+                    2 => Box::new(|_| Err("bad line".into())),
+                    5 => Box::new(|_| panic!("a bug in the builder")),
+                    _ => payload(),
+                };
+                let sale = NewSale {
+                    client_reference: Some(format!("G{i}")),
+                    tot_amt: money("5800.00"),
+                    lines: sample_lines(),
+                    idempotency_key: None,
+                };
+                (i, store.accept_sale(scope, sale, builder).await)
+            })
+        })
+        .collect();
+    let mut numbers = Vec::new();
+    for task in tasks {
+        let (i, result) = task.await.unwrap();
+        if i % 3 == 2 {
+            assert!(
+                matches!(result, Err(StoreError::Payload(_))),
+                "{i}: {result:?}"
+            );
+        } else {
+            let accepted = result.unwrap();
+            let sale = store.sale(scope, accepted.sale).await.unwrap().unwrap();
+            assert_eq!(
+                sale.client_reference.as_deref(),
+                Some(format!("G{i}").as_str())
+            );
+            assert_eq!(
+                store.sale_lines(scope, accepted.sale).await.unwrap().len(),
+                2
+            );
+            numbers.push(accepted.invc_no);
+        }
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=40).collect::<Vec<u64>>());
+    assert_eq!(store.branch(scope).await.unwrap().unwrap().last_invc_no, 40);
+    // The head of the queue is the first number.
+    let claim = store
+        .claim_next(scope, "relay", Duration::from_secs(60), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.invc_no, 1);
+}
+
 async fn api_keys_are_kept_as_hashes_and_can_be_revoked(store: Store) {
     let a = branch(&store, "P051234567A").await;
     let b = branch(&store, "P000000001Z").await;
@@ -1807,6 +1865,7 @@ conformance!(
     writes_cannot_cross_tenants,
     times_keep_their_microseconds_and_far_futures,
     a_panicking_payload_builder_uses_no_number,
+    refusals_among_concurrent_sales_undo_only_themselves,
     api_keys_are_kept_as_hashes_and_can_be_revoked,
     idempotency_keys_replay_refuse_and_expire,
     concurrent_first_uses_of_a_key_start_once,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, database, insert_exchange, parse_timestamp, read_exchanges, timestamp};
 use crate::{
@@ -111,7 +111,7 @@ impl SqliteStore {
     ) -> Result<Enqueued> {
         self.run(move |connection| {
             let tx = connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .savepoint()
                 .map_err(database)?;
             if let Some(existing) = find(&tx, scope, "operation_key", &operation.key, Some(operation.kind))? {
                 return Ok(if existing.request_sha256 == operation.request_sha256 {
@@ -198,7 +198,7 @@ impl SqliteStore {
         }
         self.run(move |connection| {
             let tx = connection
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .savepoint()
                 .map_err(database)?;
             // Operations go in order too (stock master after the stock moves it follows):
             // only the head is eligible.
