@@ -719,10 +719,13 @@ async fn accept_once(
     };
     match settle_and_render(state, scope, branch, events, accepted.sale, request_id).await {
         Ok((status, answer)) => {
-            if let Err(e) = state
-                .store
-                .finish_idempotent(scope.tenant, &key, status.as_u16(), &answer.to_string())
-                .await
+            // A settled sale (200) is its own answer: the key's record already points at
+            // it. A 202 is kept, so that a retry is answered rather than told to wait.
+            if status != StatusCode::OK
+                && let Err(e) = state
+                    .store
+                    .finish_idempotent(scope.tenant, &key, status.as_u16(), &answer.to_string())
+                    .await
             {
                 tracing::error!(error = %e, "idempotency record not kept");
             }

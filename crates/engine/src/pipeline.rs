@@ -21,10 +21,12 @@ use crate::relay::{Relay, Step};
 
 /// A sale that reached a final state (signed, failed, or needing reconciliation), or an
 /// operation that did (synced or rejected).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settled {
     pub scope: Scope,
     pub work: Work,
+    /// A signed sale as recorded, so that the request waiting for it need not read it.
+    pub record: Option<Arc<SaleRecord>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +156,11 @@ impl Pipeline {
                             .ok_or(StoreError::NotFound("sale"));
                     }
                     Ok(Ok(event)) if event.work != Work::Sale(sale) => {}
+                    // Ours, signed: the relay recorded it just now.
+                    Ok(Ok(Settled {
+                        record: Some(record),
+                        ..
+                    })) => return Ok(SaleRecord::clone(&record)),
                     // Ours, or events were missed (lagged): look again.
                     Ok(_) => break,
                 }
@@ -234,21 +241,37 @@ async fn run_branch(
                     _ = stop.changed() => return,
                 }
             }
+            Ok(Step::Signed { sale, .. }) => {
+                let _ = settled.send(Settled {
+                    scope,
+                    work: Work::Sale(sale),
+                    record: relay.take_signed().map(Arc::new),
+                });
+                // Nothing was ready when the receipt was recorded: a look now would most
+                // likely find nothing again, so wait as an idle relay does (a sale accepted
+                // since has woken, or will wake, the relay; operations raise their flag).
+                if !relay.has_next() && !operations_due.load(Ordering::Acquire) {
+                    tokio::select! {
+                        () = waker.notified() => {}
+                        () = tokio::time::sleep(poll) => operations_due.store(true, Ordering::Release),
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
             Ok(
-                Step::Signed { sale, .. }
-                | Step::Failed { sale, .. }
-                | Step::Unresolved { sale }
-                | Step::Quarantined { sale },
+                Step::Failed { sale, .. } | Step::Unresolved { sale } | Step::Quarantined { sale },
             ) => {
                 let _ = settled.send(Settled {
                     scope,
                     work: Work::Sale(sale),
+                    record: None,
                 });
             }
             Ok(Step::Operation { operation, .. }) => {
                 let _ = settled.send(Settled {
                     scope,
                     work: Work::Operation(operation),
+                    record: None,
                 });
             }
             // Backing off: the claim says when; the poll brings the relay back then.

@@ -32,8 +32,8 @@ use ushuru_kra::types::{
 use ushuru_kra::wire::{Int, from_slice_lenient};
 use ushuru_kra::{Call, EndpointName, Exchange, KraClient, Outcome, ResultClass};
 use ushuru_store::{
-    Claim, ExchangeRecord, FindingKind, OperationId, OperationState, Receipt, SaleId, SaleStatus,
-    Scope, SequenceFinding, Settlement, Store, StoreError,
+    Claim, ExchangeRecord, FindingKind, OperationId, OperationState, Receipt, SaleId, SaleRecord,
+    SaleStatus, Scope, SequenceFinding, Settlement, Store, StoreError,
 };
 
 use crate::clock::Clock;
@@ -145,6 +145,18 @@ pub struct Relay {
     /// Items known to be registered with the control unit: after the first sale of an
     /// item, its later sales skip the store lookup.
     registered: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The branch's next sale, claimed in the transaction that recorded the previous
+    /// receipt: the next step sends it without a claim transaction of its own.
+    carried: std::sync::Mutex<Option<Claim>>,
+    /// The sale the last `Signed` step recorded, as the store returned it, for the pipeline
+    /// to hand to the request waiting for it (see [`Relay::take_signed`]).
+    signed: std::sync::Mutex<Option<SaleRecord>>,
+}
+
+fn locked<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Relay {
@@ -169,6 +181,8 @@ impl Relay {
             operations_turn: AtomicBool::new(false),
             operations_due: Arc::new(AtomicBool::new(true)),
             registered: std::sync::Mutex::new(std::collections::HashSet::new()),
+            carried: std::sync::Mutex::new(None),
+            signed: std::sync::Mutex::new(None),
         }
     }
 
@@ -182,17 +196,24 @@ impl Relay {
     }
 
     fn known_item(&self, item_cd: &str) -> bool {
-        self.registered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(item_cd)
+        locked(&self.registered).contains(item_cd)
     }
 
     fn remember_item(&self, item_cd: &str) {
-        self.registered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(item_cd.to_owned());
+        locked(&self.registered).insert(item_cd.to_owned());
+    }
+
+    /// Whether the last step claimed the branch's next sale for the step after it. After a
+    /// `Signed` step without one, the branch had nothing ready when the receipt was
+    /// recorded: anything accepted since wakes the relay, so it may wait for that.
+    pub fn has_next(&self) -> bool {
+        locked(&self.carried).is_some()
+    }
+
+    /// The sale the last `Signed` step recorded (once): what a request waiting for it is
+    /// answered with, without reading it again.
+    pub fn take_signed(&self) -> Option<SaleRecord> {
+        locked(&self.signed).take()
     }
 
     /// The branch this relay sends for.
@@ -245,12 +266,17 @@ impl Relay {
 
     /// Claims the branch's next sale and takes it as far as one call allows.
     async fn step_sale(&self) -> Result<Step, RelayError> {
-        let Some(claim) = self
-            .store
-            .claim_next(self.scope, &self.owner, self.lease, self.clock.now())
-            .await?
-        else {
-            return Ok(Step::Idle);
+        let carried = locked(&self.carried).take();
+        let claim = match carried {
+            Some(claim) => claim,
+            None => match self
+                .store
+                .claim_next(self.scope, &self.owner, self.lease, self.clock.now())
+                .await?
+            {
+                Some(claim) => claim,
+                None => return Ok(Step::Idle),
+            },
         };
         let actual = data_encoding::HEXLOWER.encode(&Sha256::digest(claim.payload.body.as_bytes()));
         if actual != claim.payload.sha256 {
@@ -449,14 +475,16 @@ impl Relay {
         exchange: Option<&ExchangeRecord>,
     ) -> Result<Step, RelayError> {
         let now = self.clock.now();
-        let recorded = match exchange {
-            Some(exchange) => {
-                self.store
-                    .record_receipt_and_exchange(claim, &receipt, exchange, now)
-                    .await
-            }
-            None => self.store.record_receipt(claim, &receipt, now).await,
-        };
+        let recorded = self
+            .store
+            .record_and_claim_next(
+                claim,
+                &receipt,
+                exchange,
+                now,
+                Some((&self.owner, self.lease)),
+            )
+            .await;
         if recorded.is_err()
             && let Some(exchange) = exchange
         {
@@ -464,10 +492,14 @@ impl Relay {
             self.write_journal(claim, exchange).await;
         }
         match recorded {
-            Ok(()) => Ok(Step::Signed {
-                sale: claim.sale,
-                invc_no: claim.invc_no,
-            }),
+            Ok(recorded) => {
+                *locked(&self.carried) = recorded.next;
+                *locked(&self.signed) = Some(recorded.sale);
+                Ok(Step::Signed {
+                    sale: claim.sale,
+                    invc_no: claim.invc_no,
+                })
+            }
             Err(StoreError::DuplicateReceipt { sdc_id, rcpt_no }) => {
                 // The control unit gave a number it gave another sale: keep it visible.
                 tracing::error!(%sdc_id, rcpt_no, sale = claim.sale.0, "receipt number already recorded for another sale");

@@ -281,19 +281,23 @@ impl Store {
         receipt: &Receipt,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        dispatch!(self, s => s.record_receipt(claim, receipt, None, now))
+        dispatch!(self, s => s.record_receipt(claim, receipt, None, now, None)).map(|_| ())
     }
 
     /// [`Store::record_receipt`], with the call that brought the receipt written to the
-    /// exchange journal in the same transaction (one commit instead of two per sale).
-    pub async fn record_receipt_and_exchange(
+    /// exchange journal in the same transaction (one commit instead of two per sale), and,
+    /// when `next` names the relay (`owner`) and its lease, the branch's next sale claimed
+    /// in that transaction too, exactly as [`Store::claim_next`] would claim it. Returns
+    /// the signed sale and that claim.
+    pub async fn record_and_claim_next(
         &self,
         claim: &Claim,
         receipt: &Receipt,
-        exchange: &ExchangeRecord,
+        exchange: Option<&ExchangeRecord>,
         now: DateTime<Utc>,
-    ) -> Result<()> {
-        dispatch!(self, s => s.record_receipt(claim, receipt, Some(exchange), now))
+        next: Option<(&str, Duration)>,
+    ) -> Result<Recorded> {
+        dispatch!(self, s => s.record_receipt(claim, receipt, exchange, now, next))
     }
 
     /// The branch's latest sale carrying the POS's own reference.
@@ -492,7 +496,7 @@ pub(crate) fn idempotency_decision(
     started: DateTime<Utc>,
     now: DateTime<Utc>,
     in_flight_for: Duration,
-    accepted: Option<(i64, String)>,
+    accepted: Option<AcceptedUnderKey>,
 ) -> Option<IdempotencyStart> {
     if stored_sha256 != request_sha256 {
         return Some(IdempotencyStart::Mismatch);
@@ -500,25 +504,43 @@ pub(crate) fn idempotency_decision(
     let running_until = chrono::Duration::from_std(in_flight_for)
         .ok()
         .and_then(|d| started.checked_add_signed(d));
+    let sale_answer = |accepted: AcceptedUnderKey, status: u16| {
+        let id = if accepted.rcpt_ty_cd == "R" {
+            "creditNoteId"
+        } else {
+            "purchaseId"
+        };
+        IdempotencyStart::Replay {
+            status,
+            body: format!("{{\"{id}\":{}}}", accepted.sale),
+        }
+    };
     match answer {
         Some((status, body)) => Some(IdempotencyStart::Replay { status, body }),
+        // A settled sale is its own answer (a signed sale's answer is not written under
+        // its key: the sale says it all).
+        None if accepted.as_ref().is_some_and(|a| a.settled) => {
+            accepted.map(|a| sale_answer(a, 200))
+        }
         None if running_until.is_none_or(|until| until > now) => Some(IdempotencyStart::InFlight),
         // The first request died after its sale was accepted: that sale is the answer
         // (202 until its status says more), never a second sale. If it died before
         // accepting anything (None), the request may run again.
-        None => accepted.map(|(sale, rcpt_ty_cd)| {
-            let id = if rcpt_ty_cd == "R" {
-                "creditNoteId"
-            } else {
-                "purchaseId"
-            };
-            IdempotencyStart::Replay {
-                status: 202,
-                body: format!("{{\"{id}\":{sale}}}"),
-            }
-        }),
+        None => accepted.map(|a| sale_answer(a, 202)),
     }
 }
+
+/// The sale a key's first request accepted, as the key's record finds it.
+pub(crate) struct AcceptedUnderKey {
+    pub sale: i64,
+    pub rcpt_ty_cd: String,
+    /// SIGNED, FAILED or RECONCILIATION_REQUIRED: its answer will not change.
+    pub settled: bool,
+}
+
+/// SQL for whether a sale (aliased `s`) is settled, for [`AcceptedUnderKey::settled`].
+pub(crate) const SALE_SETTLED_SQL: &str =
+    "s.status IN ('SIGNED', 'FAILED', 'RECONCILIATION_REQUIRED')";
 
 /// A migration: its version, name and SQL for each backend.
 pub(crate) struct Migration {

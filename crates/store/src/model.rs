@@ -143,6 +143,14 @@ pub struct Claim {
     pub lease_expires_at: DateTime<Utc>,
 }
 
+/// What recording a receipt gave: the sale as it now is (SIGNED), and the branch's next
+/// sale when the caller asked to claim it in the same transaction.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub sale: SaleRecord,
+    pub next: Option<Claim>,
+}
+
 /// What the control unit signed (phase 3).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Receipt {

@@ -18,14 +18,14 @@ use tokio_postgres::error::SqlState;
 
 use crate::signer::Hold;
 use crate::{
-    AcceptedSale, ApiKey, Behind, Branch, BranchId, Claim, CreditContext, CreditOutcome,
-    CreditPlanner, DeviceRecord, ExchangeRecord, Fate, FindingKind, IdempotencyStart,
-    IdempotentAccept, IdempotentRequest, InitialisedBranch, MIGRATIONS, NewSale, OutboxPayload,
-    PayloadBuilder, Receipt, Result, SaleId, SaleLine, SaleRecord, SaleStatus, Scope,
-    SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number, build_payload,
-    clamp_time, gives_number_back, idempotency_decision, last_used_is_stale, lease_until,
-    money_from_text, money_text, plan_credit_note, plan_release, quantity_from_text,
-    released_count, sale_status_of, to_i64, to_u64,
+    AcceptedSale, AcceptedUnderKey, ApiKey, Behind, Branch, BranchId, Claim, CreditContext,
+    CreditOutcome, CreditPlanner, DeviceRecord, ExchangeRecord, Fate, FindingKind,
+    IdempotencyStart, IdempotentAccept, IdempotentRequest, InitialisedBranch, MIGRATIONS, NewSale,
+    OutboxPayload, PayloadBuilder, Receipt, Recorded, Result, SALE_SETTLED_SQL, SaleId, SaleLine,
+    SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId,
+    attempt_number, build_payload, clamp_time, gives_number_back, idempotency_decision,
+    last_used_is_stale, lease_until, money_from_text, money_text, plan_credit_note, plan_release,
+    quantity_from_text, released_count, sale_status_of, to_i64, to_u64,
 };
 
 /// The advisory-lock namespace (first key) of the branch signer locks ("USHR"); the second
@@ -50,9 +50,19 @@ struct Signers {
     holds: HashMap<BranchId, Hold>,
 }
 
+/// How long the server's word that the lock session holds its locks is taken as current.
+/// Every claim needs it; asking `pg_locks` on every claim was the most expensive statement
+/// of a sale (it copies the server's whole lock table), so one look serves all branches
+/// for this long. A lock lost in between is no different from one lost just after a look:
+/// the successor finds the row leased, takes it over, and a second send of the same
+/// invoice is answered as a duplicate and its receipt adopted (kra-protocol.md §6).
+const LOCK_CHECK_FRESH: Duration = Duration::from_millis(100);
+
 struct LockSession {
     client: tokio_postgres::Client,
     pid: i32,
+    /// The branch locks the server last showed this session holding, and when.
+    seen: Option<(std::time::Instant, std::collections::HashSet<i32>)>,
 }
 
 impl Signers {
@@ -182,7 +192,11 @@ impl PostgresStore {
                 .await
                 .map_err(query_error)?
                 .get(0);
-            Ok::<_, StoreError>(LockSession { client, pid })
+            Ok::<_, StoreError>(LockSession {
+                client,
+                pid,
+                seen: None,
+            })
         })
         .await;
         connected.unwrap_or_else(|_| {
@@ -224,12 +238,68 @@ impl PostgresStore {
         signers.session = Some(session);
         match locked {
             Ok(Ok(row)) if row.get::<_, bool>(0) => {
+                // The server just said so: the last look at its locks is updated, not
+                // discarded.
+                if let Some((_, held)) = signers.session.as_mut().and_then(|s| s.seen.as_mut()) {
+                    held.insert(key);
+                }
                 let hold = Hold::new(owner, Some(pid));
                 signers.holds.insert(scope.branch, hold.clone());
                 tracing::info!(branch = scope.branch.0, owner, "now signing for the branch");
                 Ok(Some(hold))
             }
             Ok(Ok(_)) => Ok(None),
+            Ok(Err(e)) => {
+                signers.drop_session("a query on the lock connection failed");
+                Err(query_error(e))
+            }
+            Err(_) => {
+                signers.drop_session("the lock connection did not answer");
+                Err(StoreError::Database(
+                    "the branch-lock connection did not answer within 5 s".into(),
+                ))
+            }
+        }
+    }
+
+    /// Whether the hold's lock session still holds the branch's advisory lock as the server
+    /// sees it (within [`LOCK_CHECK_FRESH`]): one look at `pg_locks`, on the lock
+    /// connection, for all of this process's branches.
+    pub(super) async fn still_held(&self, hold: &Hold, scope: Scope) -> Result<bool> {
+        let key = lock_key(scope)?;
+        let mut signers = self.signers.lock().await;
+        let Some(session) = signers
+            .session
+            .as_mut()
+            .filter(|s| Some(s.pid) == hold.session_pid && !s.client.is_closed())
+        else {
+            return Ok(false);
+        };
+        if let Some((at, held)) = &session.seen
+            && at.elapsed() < LOCK_CHECK_FRESH
+        {
+            return Ok(held.contains(&key));
+        }
+        let looked = tokio::time::timeout(
+            LOCK_QUERY_TIMEOUT,
+            session.client.query(
+                "SELECT objid::int8 FROM pg_locks
+                 WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+                   AND classid = $1::int4::oid AND objsubid = 2",
+                &[&SIGNER_LOCKS],
+            ),
+        )
+        .await;
+        match looked {
+            Ok(Ok(rows)) => {
+                let held: std::collections::HashSet<i32> = rows
+                    .iter()
+                    .filter_map(|row| i32::try_from(row.get::<_, i64>(0)).ok())
+                    .collect();
+                let answer = held.contains(&key);
+                session.seen = Some((std::time::Instant::now(), held));
+                Ok(answer)
+            }
             Ok(Err(e)) => {
                 signers.drop_session("a query on the lock connection failed");
                 Err(query_error(e))
@@ -263,6 +333,9 @@ impl PostgresStore {
             return Ok(());
         }
         signers.holds.remove(&scope.branch);
+        if let Some((_, held)) = signers.session.as_mut().and_then(|s| s.seen.as_mut()) {
+            held.remove(&key);
+        }
         let unlocked = match &signers.session {
             Some(session) => {
                 tokio::time::timeout(
@@ -531,71 +604,16 @@ impl PostgresStore {
         let Some(hold) = self.hold(scope, owner).await? else {
             return Ok(None); // another relay or replica signs for this branch
         };
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
-        // The hold as the server sees it, not as this process remembers it: a lock
-        // connection that died (and whose locks another replica may hold by now) is caught
-        // here, before any claim.
-        if !lock_still_held(&tx, &hold, scope).await? {
-            tx.commit().await.map_err(query_error)?;
+        if !self.still_held(&hold, scope).await? {
             self.lost(&hold).await;
             return Ok(None);
         }
-        // Locking the head row (not skipping it) makes a second claimer wait for the first to
-        // commit its lease, then see it: only the head is ever eligible, so order holds.
-        let head = tx.query_opt(
-&tx.prepare_cached("SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
-                        next_attempt_at, maybe_sent
-                 FROM outbox WHERE tenant_id = $1 AND branch_id = $2 AND state = 'PENDING'
-                 ORDER BY invc_no LIMIT 1 FOR UPDATE").await.map_err(query_error)?,
-                &[&scope.tenant.0, &scope.branch.0],
-            )
-            .await
-            .map_err(query_error)?;
-        let Some(head) = head else {
-            tx.commit().await.map_err(query_error)?;
-            return Ok(None);
-        };
-        let next_attempt: Option<DateTime<Utc>> = head.get(8);
-        if next_attempt.is_some_and(|at| at > now) {
-            tx.commit().await.map_err(query_error)?;
-            return Ok(None); // backing off after a call that was not sent
-        }
-        let holder: Option<String> = head.get(6);
-        let held_until: Option<DateTime<Utc>> = head.get(7);
-        if !hold.may_claim(holder.as_deref(), held_until, now) {
-            tx.commit().await.map_err(query_error)?;
-            return Ok(None);
-        }
-        let id: i64 = head.get(0);
-        let expires = lease_until(now, lease);
-        let token = hold.lease_token();
-        let attempts: i32 = tx
-            .query_one(
-                // From this claim on, the payload may reach the control unit.
-                "UPDATE outbox SET lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, maybe_sent = TRUE
-                 WHERE id = $3 RETURNING attempts",
-                                &[&token, &expires, &id],
-            )
-            .await
-            .map_err(query_error)?
-            .get(0);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        let claim = claim_in(&tx, scope, &hold, lease, now).await?;
         tx.commit().await.map_err(query_error)?;
-        Ok(Some(Claim {
-            outbox_id: id,
-            scope,
-            sale: SaleId(head.get(1)),
-            invc_no: to_u64(head.get(2), "invc_no")?,
-            payload: OutboxPayload {
-                body: head.get(3),
-                sha256: head.get(4),
-            },
-            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-            maybe_sent: head.get(9),
-            owner: token,
-            lease_expires_at: expires,
-        }))
+        Ok(claim)
     }
 
     pub async fn record_receipt(
@@ -604,8 +622,22 @@ impl PostgresStore {
         receipt: &Receipt,
         exchange: Option<&ExchangeRecord>,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+        next: Option<(&str, Duration)>,
+    ) -> Result<Recorded> {
         let scope = claim.scope;
+        // The next claim's hold, known before the transaction (it may open the lock
+        // connection).
+        let hold = match next {
+            Some((owner, _)) => match self.hold(scope, owner).await? {
+                Some(hold) if self.still_held(&hold, scope).await? => Some(hold),
+                Some(hold) => {
+                    self.lost(&hold).await;
+                    None
+                }
+                None => None,
+            },
+            None => None,
+        };
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
@@ -657,10 +689,10 @@ impl PostgresStore {
             }
             _ => database(e),
         })?;
-        tx.execute(
-&tx.prepare_cached("UPDATE sales SET status = 'SIGNED', cur_rcpt_no = $1, tot_rcpt_no = $2, intrl_data = $3, rcpt_sign = $4,
+        let signed = tx.query_one(
+&tx.prepare_cached(&format!("UPDATE sales SET status = 'SIGNED', cur_rcpt_no = $1, tot_rcpt_no = $2, intrl_data = $3, rcpt_sign = $4,
                  sdc_date_time = $5, sdc_id = $6, mrc_no = $7, signed_at = $8
-             WHERE id = $9 AND tenant_id = $10 AND branch_id = $11").await.map_err(query_error)?,
+             WHERE id = $9 AND tenant_id = $10 AND branch_id = $11 RETURNING {SALE_COLUMNS}")).await.map_err(query_error)?,
             &[
                 &to_i64(receipt.cur_rcpt_no, "cur_rcpt_no")?,
                 &rcpt_no,
@@ -677,10 +709,18 @@ impl PostgresStore {
         )
         .await
         .map_err(query_error)?;
+        let sale = sale_from_row(&signed, SaleId(sale_id), scope)?;
         if let Some(exchange) = exchange {
             insert_exchange_in(&tx, scope, exchange, None, now).await?;
         }
-        tx.commit().await.map_err(query_error)
+        // The branch's next sale, claimed in the same transaction: a busy relay goes
+        // straight on, an idle one finds out it is idle without another transaction.
+        let next = match (&hold, next) {
+            (Some(hold), Some((_, lease))) => claim_in(&tx, scope, hold, lease, now).await?,
+            _ => None,
+        };
+        tx.commit().await.map_err(query_error)?;
+        Ok(Recorded { sale, next })
     }
 
     pub async fn latest_sale_id_by_reference(
@@ -1333,16 +1373,28 @@ fn device_from_row(r: &tokio_postgres::Row, first: usize) -> Option<DeviceRecord
 }
 
 /// One sale of a scope, read inside the caller's transaction.
+/// The columns [`sale_from_row`] reads, in its order.
+const SALE_COLUMNS: &str =
+    "COALESCE(refused_invc_no, invc_no), client_reference, status, tot_amt::text, sdc_id, mrc_no,
+    cur_rcpt_no, tot_rcpt_no, intrl_data, rcpt_sign, sdc_date_time, rcpt_ty_cd";
+
 async fn read_sale(tx: &Transaction<'_>, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
-    let row = tx.query_opt(
-&tx.prepare_cached("SELECT COALESCE(refused_invc_no, invc_no), client_reference, status, tot_amt::text, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
-                    intrl_data, rcpt_sign, sdc_date_time, rcpt_ty_cd
-             FROM sales WHERE id = $1 AND tenant_id = $2 AND branch_id = $3").await.map_err(query_error)?,
+    let row = tx
+        .query_opt(
+            &tx.prepare_cached(&format!(
+                "SELECT {SALE_COLUMNS} FROM sales WHERE id = $1 AND tenant_id = $2 AND branch_id = $3"
+            ))
+            .await
+            .map_err(query_error)?,
             &[&id.0, &scope.tenant.0, &scope.branch.0],
         )
         .await
         .map_err(query_error)?;
-    let Some(row) = row else { return Ok(None) };
+    row.map(|row| sale_from_row(&row, id, scope)).transpose()
+}
+
+/// A sale from a row of [`SALE_COLUMNS`].
+fn sale_from_row(row: &tokio_postgres::Row, id: SaleId, scope: Scope) -> Result<SaleRecord> {
     let status: String = row.get(2);
     let receipt = match (
         row.get::<_, Option<String>>(4),
@@ -1370,7 +1422,7 @@ async fn read_sale(tx: &Transaction<'_>, scope: Scope, id: SaleId) -> Result<Opt
         }),
         _ => None,
     };
-    Ok(Some(SaleRecord {
+    Ok(SaleRecord {
         id,
         scope,
         invc_no: to_u64(row.get(0), "invc_no")?,
@@ -1380,6 +1432,72 @@ async fn read_sale(tx: &Transaction<'_>, scope: Scope, id: SaleId) -> Result<Opt
         tot_amt: money_from_text(row.get::<_, &str>(3))?,
         receipt,
         rcpt_ty_cd: row.get(11),
+    })
+}
+
+/// Claims the branch's head row for `hold`, in the caller's transaction, if it is ready:
+/// not backing off and not under a live lease of this same hold. The caller has checked
+/// that the hold's lock is still held ([`PostgresStore::still_held`]).
+async fn claim_in(
+    tx: &Transaction<'_>,
+    scope: Scope,
+    hold: &Hold,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<Option<Claim>> {
+    // Locking the head row (not skipping it) makes a second claimer wait for the first to
+    // commit its lease, then see it: only the head is ever eligible, so order holds.
+    let head = tx.query_opt(
+&tx.prepare_cached("SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
+                    next_attempt_at, maybe_sent
+             FROM outbox WHERE tenant_id = $1 AND branch_id = $2 AND state = 'PENDING'
+             ORDER BY invc_no LIMIT 1 FOR UPDATE").await.map_err(query_error)?,
+            &[&scope.tenant.0, &scope.branch.0],
+        )
+        .await
+        .map_err(query_error)?;
+    let Some(head) = head else {
+        return Ok(None);
+    };
+    let next_attempt: Option<DateTime<Utc>> = head.get(8);
+    if next_attempt.is_some_and(|at| at > now) {
+        return Ok(None); // backing off after a call that was not sent
+    }
+    let holder: Option<String> = head.get(6);
+    let held_until: Option<DateTime<Utc>> = head.get(7);
+    if !hold.may_claim(holder.as_deref(), held_until, now) {
+        return Ok(None);
+    }
+    let id: i64 = head.get(0);
+    let expires = lease_until(now, lease);
+    let token = hold.lease_token();
+    let attempts: i32 = tx
+        .query_one(
+            // From this claim on, the payload may reach the control unit.
+            &tx.prepare_cached(
+                "UPDATE outbox SET lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, maybe_sent = TRUE
+                 WHERE id = $3 RETURNING attempts",
+            )
+            .await
+            .map_err(query_error)?,
+            &[&token, &expires, &id],
+        )
+        .await
+        .map_err(query_error)?
+        .get(0);
+    Ok(Some(Claim {
+        outbox_id: id,
+        scope,
+        sale: SaleId(head.get(1)),
+        invc_no: to_u64(head.get(2), "invc_no")?,
+        payload: OutboxPayload {
+            body: head.get(3),
+            sha256: head.get(4),
+        },
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        maybe_sent: head.get(9),
+        owner: token,
+        lease_expires_at: expires,
     }))
 }
 
@@ -1455,30 +1573,6 @@ async fn insert_exchange_in(
     Ok(())
 }
 
-/// Whether the hold's lock connection still holds the branch's advisory lock, as the server
-/// sees it, inside the claim's own transaction.
-pub(crate) async fn lock_still_held(
-    tx: &Transaction<'_>,
-    hold: &Hold,
-    scope: Scope,
-) -> Result<bool> {
-    Ok(tx
-        .query_one(
-            &tx.prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks
-               WHERE locktype = 'advisory' AND granted AND pid = $1
-                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                 AND classid = $2::int4::oid AND objid = $3::int4::oid AND objsubid = 2)",
-            )
-            .await
-            .map_err(query_error)?,
-            &[&hold.session_pid, &SIGNER_LOCKS, &lock_key(scope)?],
-        )
-        .await
-        .map_err(query_error)?
-        .get(0))
-}
-
 /// The start of an Idempotency-Key request in the caller's transaction: the key's earlier
 /// use decides, or the record is written (Started) for the caller to commit.
 async fn begin_in(
@@ -1503,10 +1597,10 @@ async fn begin_in(
         return Ok(IdempotencyStart::Started);
     }
     let row = tx.query_one(
-&tx.prepare_cached("SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
-                    k.sale_id, s.rcpt_ty_cd
+&tx.prepare_cached(&format!("SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
+                    k.sale_id, s.rcpt_ty_cd, {SALE_SETTLED_SQL}
              FROM idempotency_keys k LEFT JOIN sales s ON s.id = k.sale_id AND s.tenant_id = k.tenant_id
-             WHERE k.tenant_id = $1 AND k.key = $2 FOR UPDATE OF k").await.map_err(query_error)?,
+             WHERE k.tenant_id = $1 AND k.key = $2 FOR UPDATE OF k")).await.map_err(query_error)?,
             &[&tenant.0, &key],
         )
         .await
@@ -1525,7 +1619,12 @@ async fn begin_in(
             now,
             in_flight_for,
             row.get::<_, Option<i64>>(5)
-                .zip(row.get::<_, Option<String>>(6)),
+                .zip(row.get::<_, Option<String>>(6))
+                .map(|(sale, rcpt_ty_cd)| AcceptedUnderKey {
+                    sale,
+                    rcpt_ty_cd,
+                    settled: row.get::<_, Option<bool>>(7).unwrap_or(false),
+                }),
         ) {
             return Ok(decision);
         }

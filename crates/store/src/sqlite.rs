@@ -23,14 +23,14 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use crate::signer::Hold;
 use crate::{
-    AcceptedSale, ApiKey, Behind, Branch, BranchId, Claim, CreditContext, CreditOutcome,
-    CreditPlanner, DeviceRecord, ExchangeRecord, Fate, FindingKind, IdempotencyStart,
-    IdempotentAccept, IdempotentRequest, InitialisedBranch, MIGRATIONS, NewSale, OutboxPayload,
-    PayloadBuilder, Receipt, Result, SaleId, SaleLine, SaleRecord, SaleStatus, Scope,
-    SequenceFinding, Settlement, StoreError, Tenant, TenantId, attempt_number, build_payload,
-    clamp_time, gives_number_back, idempotency_decision, last_used_is_stale, lease_until,
-    money_from_text, money_text, plan_credit_note, plan_release, quantity_from_text,
-    released_count, sale_status_of, to_i64, to_u64,
+    AcceptedSale, AcceptedUnderKey, ApiKey, Behind, Branch, BranchId, Claim, CreditContext,
+    CreditOutcome, CreditPlanner, DeviceRecord, ExchangeRecord, Fate, FindingKind,
+    IdempotencyStart, IdempotentAccept, IdempotentRequest, InitialisedBranch, MIGRATIONS, NewSale,
+    OutboxPayload, PayloadBuilder, Receipt, Recorded, Result, SALE_SETTLED_SQL, SaleId, SaleLine,
+    SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId,
+    attempt_number, build_payload, clamp_time, gives_number_back, idempotency_decision,
+    last_used_is_stale, lease_until, money_from_text, money_text, plan_credit_note, plan_release,
+    quantity_from_text, released_count, sale_status_of, to_i64, to_u64,
 };
 
 #[derive(Clone)]
@@ -573,61 +573,9 @@ impl SqliteStore {
         }
         self.run(move |connection| {
             let tx = connection.savepoint().map_err(database)?;
-            let head = tx.prepare_cached("SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
-                            next_attempt_at, maybe_sent
-                     FROM outbox WHERE tenant_id = ?1 AND branch_id = ?2 AND state = 'PENDING'
-                     ORDER BY invc_no LIMIT 1").map_err(database)?.query_row(
-                    params![scope.tenant.0, scope.branch.0],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, String>(4)?,
-                            r.get::<_, i64>(5)?,
-                            r.get::<_, Option<String>>(6)?,
-                            r.get::<_, Option<String>>(7)?,
-                            r.get::<_, Option<String>>(8)?,
-                            r.get::<_, bool>(9)?,
-                        ))
-                    },
-                )
-                .optional()
-                .map_err(database)?;
-            let Some((id, sale_id, invc_no, body, sha256, attempts, lease_owner, lease_expires, next_attempt, maybe_sent)) = head
-            else {
-                return Ok(None);
-            };
-            if let Some(next_attempt) = next_attempt
-                && parse_timestamp(&next_attempt)? > now
-            {
-                return Ok(None); // backing off after a call that was not sent
-            }
-            let held_until = lease_expires.as_deref().map(parse_timestamp).transpose()?;
-            if !hold.may_claim(lease_owner.as_deref(), held_until, now) {
-                return Ok(None); // the branch's head row is being sent under this hold's live lease
-            }
-            let expires = lease_until(now, lease);
-            let token = hold.lease_token();
-            // From this claim on, the payload may reach the control unit.
-            tx.prepare_cached("UPDATE outbox SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1, maybe_sent = TRUE
-                 WHERE id = ?3").map_err(database)?.execute(
-                                params![token, timestamp(expires), id],
-            )
-            .map_err(database)?;
+            let claim = claim_in(&tx, scope, &hold, lease, now)?;
             tx.commit().map_err(database)?;
-            Ok(Some(Claim {
-                outbox_id: id,
-                scope,
-                sale: SaleId(sale_id),
-                invc_no: to_u64(invc_no, "invc_no")?,
-                payload: OutboxPayload { body, sha256 },
-                attempts: u32::try_from(attempts + 1).unwrap_or(u32::MAX),
-                maybe_sent,
-                owner: token,
-                lease_expires_at: expires,
-            }))
+            Ok(claim)
         })
         .await
     }
@@ -638,8 +586,13 @@ impl SqliteStore {
         receipt: &Receipt,
         exchange: Option<&ExchangeRecord>,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+        next: Option<(&str, Duration)>,
+    ) -> Result<Recorded> {
         let (claim, receipt, exchange) = (claim.clone(), receipt.clone(), exchange.cloned());
+        let next = match next {
+            Some((owner, lease)) => self.hold(claim.scope, owner)?.map(|hold| (hold, lease)),
+            None => None,
+        };
         self.run(move |connection| {
             let tx = connection.savepoint().map_err(database)?;
             let scope = claim.scope;
@@ -698,7 +651,15 @@ impl SqliteStore {
             if let Some(exchange) = &exchange {
                 insert_exchange(&tx, scope, exchange, None, now)?;
             }
-            tx.commit().map_err(database)
+            let sale = read_sale(&tx, scope, SaleId(sale_id))?.ok_or(StoreError::NotFound("sale"))?;
+            // The branch's next sale, claimed in the same transaction: a busy relay goes
+            // straight on, an idle one finds out it is idle without another transaction.
+            let next = match &next {
+                Some((hold, lease)) => claim_in(&tx, scope, hold, *lease, now)?,
+                None => None,
+            };
+            tx.commit().map_err(database)?;
+            Ok(Recorded { sale, next })
         })
         .await
     }
@@ -1249,6 +1210,82 @@ fn try_lock_exclusive(_file: &File) -> std::io::Result<bool> {
     Ok(true)
 }
 
+/// Claims the branch's head row for `hold`, in the caller's transaction, if it is ready:
+/// not backing off and not under a live lease of this same hold.
+fn claim_in(
+    tx: &Connection,
+    scope: Scope,
+    hold: &Hold,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<Option<Claim>> {
+    let head = tx.prepare_cached("SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
+                            next_attempt_at, maybe_sent
+                     FROM outbox WHERE tenant_id = ?1 AND branch_id = ?2 AND state = 'PENDING'
+                     ORDER BY invc_no LIMIT 1").map_err(database)?.query_row(
+                    params![scope.tenant.0, scope.branch.0],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, i64>(5)?,
+                            r.get::<_, Option<String>>(6)?,
+                            r.get::<_, Option<String>>(7)?,
+                            r.get::<_, Option<String>>(8)?,
+                            r.get::<_, bool>(9)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(database)?;
+    let Some((
+        id,
+        sale_id,
+        invc_no,
+        body,
+        sha256,
+        attempts,
+        lease_owner,
+        lease_expires,
+        next_attempt,
+        maybe_sent,
+    )) = head
+    else {
+        return Ok(None);
+    };
+    if let Some(next_attempt) = next_attempt
+        && parse_timestamp(&next_attempt)? > now
+    {
+        return Ok(None); // backing off after a call that was not sent
+    }
+    let held_until = lease_expires.as_deref().map(parse_timestamp).transpose()?;
+    if !hold.may_claim(lease_owner.as_deref(), held_until, now) {
+        return Ok(None); // the branch's head row is being sent under this hold's live lease
+    }
+    let expires = lease_until(now, lease);
+    let token = hold.lease_token();
+    // From this claim on, the payload may reach the control unit.
+    tx.prepare_cached("UPDATE outbox SET lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1, maybe_sent = TRUE
+                 WHERE id = ?3").map_err(database)?.execute(
+                                params![token, timestamp(expires), id],
+            )
+            .map_err(database)?;
+    Ok(Some(Claim {
+        outbox_id: id,
+        scope,
+        sale: SaleId(sale_id),
+        invc_no: to_u64(invc_no, "invc_no")?,
+        payload: OutboxPayload { body, sha256 },
+        attempts: u32::try_from(attempts + 1).unwrap_or(u32::MAX),
+        maybe_sent,
+        owner: token,
+        lease_expires_at: expires,
+    }))
+}
+
 fn read_sale(connection: &Connection, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
     let row = connection.prepare_cached("SELECT COALESCE(refused_invc_no, invc_no), client_reference, status, tot_amt, sdc_id, mrc_no, cur_rcpt_no, tot_rcpt_no,
                     intrl_data, rcpt_sign, sdc_date_time, rcpt_ty_cd
@@ -1452,10 +1489,10 @@ fn begin_in(
     in_flight_for: Duration,
     keep: Duration,
 ) -> Result<IdempotencyStart> {
-    let stored = tx.prepare_cached("SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
-                    k.sale_id, s.rcpt_ty_cd
+    let stored = tx.prepare_cached(&format!("SELECT k.request_sha256, k.response_status, k.response_body, k.created_at, k.expires_at,
+                    k.sale_id, s.rcpt_ty_cd, {SALE_SETTLED_SQL}
              FROM idempotency_keys k LEFT JOIN sales s ON s.id = k.sale_id AND s.tenant_id = k.tenant_id
-             WHERE k.tenant_id = ?1 AND k.key = ?2").map_err(database)?.query_row(
+             WHERE k.tenant_id = ?1 AND k.key = ?2")).map_err(database)?.query_row(
             params![tenant.0, key],
             |r| {
                 Ok((
@@ -1464,13 +1501,20 @@ fn begin_in(
                     r.get::<_, Option<String>>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, String>(4)?,
-                    r.get::<_, Option<i64>>(5)?.zip(r.get::<_, Option<String>>(6)?),
+                    r.get::<_, Option<i64>>(5)?.zip(r.get::<_, Option<String>>(6)?).map(
+                        |(sale, rcpt_ty_cd)| AcceptedUnderKey {
+                            sale,
+                            rcpt_ty_cd,
+                            settled: false,
+                        },
+                    ),
+                    r.get::<_, Option<bool>>(7)?.unwrap_or(false),
                 ))
             },
         )
         .optional()
         .map_err(database)?;
-    if let Some((stored_sha256, status, body, created, expires, accepted)) = stored
+    if let Some((stored_sha256, status, body, created, expires, accepted, settled)) = stored
         && parse_timestamp(&expires)? > now
     {
         let answer = status
@@ -1483,7 +1527,7 @@ fn begin_in(
             parse_timestamp(&created)?,
             now,
             in_flight_for,
-            accepted,
+            accepted.map(|a| AcceptedUnderKey { settled, ..a }),
         ) {
             return Ok(decision);
         }

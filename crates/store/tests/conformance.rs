@@ -1047,6 +1047,88 @@ async fn refusals_among_concurrent_sales_undo_only_themselves(store: Store) {
     assert_eq!(claim.invc_no, 1);
 }
 
+/// Recording a receipt can claim the branch's next sale in the same transaction, exactly
+/// as `claim_next` would, and returns the sale as it now is.
+async fn a_receipt_and_the_next_claim_share_a_transaction(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let first = accept(&store, scope, "A").await;
+    let second = accept(&store, scope, "B").await;
+    let lease = Duration::from_secs(60);
+    let claim = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.sale, first.sale);
+    let recorded = store
+        .record_and_claim_next(
+            &claim,
+            &receipt("KRACU0000000001", 1),
+            None,
+            now(),
+            Some(("relay", lease)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded.sale.id, first.sale);
+    assert_eq!(recorded.sale.status, SaleStatus::Signed);
+    assert_eq!(
+        recorded.sale.receipt.as_ref().map(|r| r.tot_rcpt_no),
+        Some(1)
+    );
+    assert_eq!(
+        Some(recorded.sale.clone()),
+        store.sale(scope, first.sale).await.unwrap()
+    );
+    let next = recorded
+        .next
+        .expect("the second sale, claimed with the first receipt");
+    assert_eq!(
+        (next.sale, next.invc_no, next.attempts),
+        (second.sale, 2, 1)
+    );
+    // It is leased: a plain look finds nothing to claim while the lease lives.
+    assert_eq!(
+        store
+            .claim_next(scope, "relay", lease, now())
+            .await
+            .unwrap(),
+        None
+    );
+    // A relay that does not hold the branch records, but claims nothing.
+    let third = accept(&store, scope, "C").await;
+    let recorded = store
+        .record_and_claim_next(
+            &next,
+            &receipt("KRACU0000000001", 2),
+            None,
+            now(),
+            Some(("someone-else", lease)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded.sale.status, SaleStatus::Signed);
+    assert!(recorded.next.is_none());
+    let last = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.sale, third.sale);
+    // Nothing left: the record says so.
+    let recorded = store
+        .record_and_claim_next(
+            &last,
+            &receipt("KRACU0000000001", 3),
+            None,
+            now(),
+            Some(("relay", lease)),
+        )
+        .await
+        .unwrap();
+    assert!(recorded.next.is_none());
+}
+
 async fn api_keys_are_kept_as_hashes_and_can_be_revoked(store: Store) {
     let a = branch(&store, "P051234567A").await;
     let b = branch(&store, "P000000001Z").await;
@@ -1866,6 +1948,7 @@ conformance!(
     times_keep_their_microseconds_and_far_futures,
     a_panicking_payload_builder_uses_no_number,
     refusals_among_concurrent_sales_undo_only_themselves,
+    a_receipt_and_the_next_claim_share_a_transaction,
     api_keys_are_kept_as_hashes_and_can_be_revoked,
     idempotency_keys_replay_refuse_and_expire,
     concurrent_first_uses_of_a_key_start_once,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 
-use super::{PostgresStore, enter, lock_still_held, query_error};
+use super::{PostgresStore, enter, query_error};
 use crate::{
     Enqueued, ExchangeRecord, NewOperation, OperationClaim, OperationId, OperationKind,
     OperationRecord, OperationState, OutboxPayload, Result, Scope, StoreError,
@@ -195,14 +195,13 @@ impl PostgresStore {
         let Some(hold) = self.hold(scope, owner).await? else {
             return Ok(None);
         };
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
-        if !lock_still_held(&tx, &hold, scope).await? {
-            tx.commit().await.map_err(query_error)?;
+        if !self.still_held(&hold, scope).await? {
             self.lost(&hold).await;
             return Ok(None);
         }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
         // Only the head is eligible (stock master after the stock moves it follows), locked
         // so that a second claimer waits and then sees the first one's lease.
         let head = tx.query_opt(
