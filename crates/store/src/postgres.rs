@@ -78,6 +78,21 @@ impl Signers {
         }
         self.holds.clear();
     }
+
+    /// A query on the lock connection that failed (`Some`) or did not answer in time
+    /// (`None`): the session is given up, its locks with it, and the reason returned.
+    fn lock_query_failed(&mut self, failure: Option<tokio_postgres::Error>) -> StoreError {
+        match failure {
+            Some(e) => {
+                self.drop_session("a query on the lock connection failed");
+                query_error(e)
+            }
+            None => {
+                self.drop_session("the lock connection did not answer");
+                StoreError::Database("the branch-lock connection did not answer within 5 s".into())
+            }
+        }
+    }
 }
 
 fn database(error: impl std::fmt::Display) -> StoreError {
@@ -249,16 +264,8 @@ impl PostgresStore {
                 Ok(Some(hold))
             }
             Ok(Ok(_)) => Ok(None),
-            Ok(Err(e)) => {
-                signers.drop_session("a query on the lock connection failed");
-                Err(query_error(e))
-            }
-            Err(_) => {
-                signers.drop_session("the lock connection did not answer");
-                Err(StoreError::Database(
-                    "the branch-lock connection did not answer within 5 s".into(),
-                ))
-            }
+            Ok(Err(e)) => Err(signers.lock_query_failed(Some(e))),
+            Err(_) => Err(signers.lock_query_failed(None)),
         }
     }
 
@@ -300,16 +307,8 @@ impl PostgresStore {
                 session.seen = Some((std::time::Instant::now(), held));
                 Ok(answer)
             }
-            Ok(Err(e)) => {
-                signers.drop_session("a query on the lock connection failed");
-                Err(query_error(e))
-            }
-            Err(_) => {
-                signers.drop_session("the lock connection did not answer");
-                Err(StoreError::Database(
-                    "the branch-lock connection did not answer within 5 s".into(),
-                ))
-            }
+            Ok(Err(e)) => Err(signers.lock_query_failed(Some(e))),
+            Err(_) => Err(signers.lock_query_failed(None)),
         }
     }
 
