@@ -640,31 +640,86 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        // Only the holder of this claim's lease may finish the row; the sale is the row's own.
-        let sale_id: i64 = tx.query_opt(
-&tx.prepare_cached("UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
-                 WHERE id = $1 AND tenant_id = $2 AND branch_id = $3 AND state = 'PENDING' AND lease_owner = $4
-                 RETURNING sale_id").await.map_err(query_error)?,
-                &[&claim.outbox_id, &scope.tenant.0, &scope.branch.0, &claim.owner],
-            )
-            .await
-            .map_err(query_error)?
-            .ok_or(StoreError::NotFound("pending outbox row under this lease"))?
-            .get(0);
         let rcpt_no = to_i64(receipt.tot_rcpt_no, "rcpt_no")?;
-        // The sequence auditor: the previous receipt of this control unit should be one less.
-        let previous: Option<i64> = tx
-            .query_one(
-                &tx.prepare_cached(
-                    "SELECT MAX(rcpt_no) FROM receipts WHERE sdc_id = $1 AND tenant_id = $2",
-                )
-                .await
-                .map_err(query_error)?,
-                &[&receipt.sdc_id, &scope.tenant.0],
-            )
+        // One statement: only the holder of this claim's lease may finish the row (no row,
+        // nothing written); the sequence auditor's look at the control unit's previous
+        // receipt (the snapshot before this one's insert); the receipt under its UNIQUE
+        // constraint; the sale, returned as it now is; and the call that brought it.
+        let journal = if exchange.is_some() {
+            ", journal AS (INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt,
+                                request_body, response_body, http_status, outcome, elapsed_ms, created_at)
+                 SELECT $2, $3, sale_id, NULL, $13, $14, $15, $16, $17, $18, $19, $12 FROM done)"
+        } else {
+            ""
+        };
+        let statement = tx
+            .prepare_cached(&format!(
+                "WITH done AS (
+                    UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
+                    WHERE id = $1 AND tenant_id = $2 AND branch_id = $3 AND state = 'PENDING' AND lease_owner = $4
+                    RETURNING sale_id),
+                 previous AS (SELECT MAX(rcpt_no) AS rcpt_no FROM receipts WHERE sdc_id = $5 AND tenant_id = $2),
+                 receipt AS (
+                    INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
+                    SELECT $2, $3, $5, $6, sale_id FROM done),
+                 signed AS (
+                    UPDATE sales SET status = 'SIGNED', cur_rcpt_no = $7, tot_rcpt_no = $6, intrl_data = $8,
+                                     rcpt_sign = $9, sdc_date_time = $10, sdc_id = $5, mrc_no = $11, signed_at = $12
+                    WHERE id = (SELECT sale_id FROM done) AND tenant_id = $2 AND branch_id = $3
+                    RETURNING id, {SALE_COLUMNS}){journal}
+                 SELECT signed.*, (SELECT rcpt_no FROM previous) FROM signed"
+            ))
             .await
-            .map_err(query_error)?
-            .get(0);
+            .map_err(query_error)?;
+        let cur_rcpt_no = to_i64(receipt.cur_rcpt_no, "cur_rcpt_no")?;
+        let now = clamp_time(now);
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &claim.outbox_id,
+            &scope.tenant.0,
+            &scope.branch.0,
+            &claim.owner,
+            &receipt.sdc_id,
+            &rcpt_no,
+            &cur_rcpt_no,
+            &receipt.intrl_data,
+            &receipt.rcpt_sign,
+            &receipt.sdc_date_time,
+            &receipt.mrc_no,
+            &now,
+        ];
+        let journal_values = exchange
+            .map(|e| {
+                Ok::<_, StoreError>((
+                    attempt_number(e.attempt),
+                    e.http_status.map(i32::from),
+                    to_i64(e.elapsed_ms, "elapsed_ms")?,
+                ))
+            })
+            .transpose()?;
+        if let (Some(e), Some((attempt, http_status, elapsed_ms))) = (exchange, &journal_values) {
+            params.extend_from_slice(&[
+                &e.endpoint,
+                attempt,
+                &e.request_body,
+                &e.response_body,
+                http_status,
+                &e.outcome,
+                elapsed_ms,
+            ]);
+        }
+        let signed = tx
+            .query_opt(&statement, &params)
+            .await
+            .map_err(|e| match violated_constraint(&e) {
+                Some("receipts_sdc_rcpt_unique") => StoreError::DuplicateReceipt {
+                    sdc_id: receipt.sdc_id.clone(),
+                    rcpt_no: receipt.tot_rcpt_no,
+                },
+                _ => database(e),
+            })?
+            .ok_or(StoreError::NotFound("pending outbox row under this lease"))?;
+        let sale_id: i64 = signed.get(0);
+        let previous: Option<i64> = signed.get(13);
         if let Some(previous) = previous
             && rcpt_no > previous + 1
         {
@@ -677,41 +732,7 @@ impl PostgresStore {
             .map_err(query_error)?;
             tracing::error!(sdc_id = %receipt.sdc_id, expected = previous + 1, found = rcpt_no, "receipt numbers skipped a number");
         }
-        tx.execute(
-&tx.prepare_cached("INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id) VALUES ($1, $2, $3, $4, $5)").await.map_err(query_error)?,
-            &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &rcpt_no, &sale_id],
-        )
-        .await
-        .map_err(|e| match violated_constraint(&e) {
-            Some("receipts_sdc_rcpt_unique") => {
-                StoreError::DuplicateReceipt { sdc_id: receipt.sdc_id.clone(), rcpt_no: receipt.tot_rcpt_no }
-            }
-            _ => database(e),
-        })?;
-        let signed = tx.query_one(
-&tx.prepare_cached(&format!("UPDATE sales SET status = 'SIGNED', cur_rcpt_no = $1, tot_rcpt_no = $2, intrl_data = $3, rcpt_sign = $4,
-                 sdc_date_time = $5, sdc_id = $6, mrc_no = $7, signed_at = $8
-             WHERE id = $9 AND tenant_id = $10 AND branch_id = $11 RETURNING {SALE_COLUMNS}")).await.map_err(query_error)?,
-            &[
-                &to_i64(receipt.cur_rcpt_no, "cur_rcpt_no")?,
-                &rcpt_no,
-                &receipt.intrl_data,
-                &receipt.rcpt_sign,
-                &receipt.sdc_date_time,
-                &receipt.sdc_id,
-                &receipt.mrc_no,
-                &now,
-                &sale_id,
-                &scope.tenant.0,
-                &scope.branch.0,
-            ],
-        )
-        .await
-        .map_err(query_error)?;
-        let sale = sale_from_row(&signed, SaleId(sale_id), scope)?;
-        if let Some(exchange) = exchange {
-            insert_exchange_in(&tx, scope, exchange, None, now).await?;
-        }
+        let sale = sale_from_row_at(&signed, 1, SaleId(sale_id), scope)?;
         // The branch's next sale, claimed in the same transaction: a busy relay goes
         // straight on, an idle one finds out it is idle without another transaction.
         let next = match (&hold, next) {
@@ -1123,22 +1144,61 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let start = begin_in(
-            &tx,
-            scope.tenant,
-            &request.key,
-            &request.request_sha256,
-            request.now,
-            request.in_flight_for,
-            request.keep,
-        )
-        .await?;
-        if start != IdempotencyStart::Started {
-            tx.commit().await.map_err(query_error)?;
-            return Ok(IdempotentAccept::Decided(start));
-        }
+        // The usual case in one statement: a key not used before, recorded, and the
+        // branch's next number taken.
+        let expires = lease_until(request.now, request.keep);
+        let first_use = tx
+            .query_one(
+                &tx.prepare_cached(
+                    "WITH recorded AS (
+                        INSERT INTO idempotency_keys (tenant_id, key, request_sha256, created_at, expires_at)
+                        VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1),
+                     numbered AS (
+                        UPDATE branches SET last_invc_no = last_invc_no + 1
+                        WHERE id = $6 AND tenant_id = $1 AND EXISTS (SELECT 1 FROM recorded)
+                        RETURNING last_invc_no)
+                     SELECT EXISTS (SELECT 1 FROM recorded), (SELECT last_invc_no FROM numbered)",
+                )
+                .await
+                .map_err(query_error)?,
+                &[
+                    &scope.tenant.0,
+                    &request.key,
+                    &request.request_sha256,
+                    &request.now,
+                    &expires,
+                    &scope.branch.0,
+                ],
+            )
+            .await
+            .map_err(query_error)?;
+        let invc_no = match (
+            first_use.get::<_, bool>(0),
+            first_use.get::<_, Option<i64>>(1),
+        ) {
+            (true, Some(number)) => to_u64(number, "invc_no")?,
+            (true, None) => return Err(StoreError::NotFound("branch")),
+            // Used before: the key's earlier use decides, or (expired, or its first request
+            // died before accepting anything) the request runs again.
+            (false, _) => {
+                let start = begin_in(
+                    &tx,
+                    scope.tenant,
+                    &request.key,
+                    &request.request_sha256,
+                    request.now,
+                    request.in_flight_for,
+                    request.keep,
+                )
+                .await?;
+                if start != IdempotencyStart::Started {
+                    tx.commit().await.map_err(query_error)?;
+                    return Ok(IdempotentAccept::Decided(start));
+                }
+                next_invc_no(&tx, scope).await?
+            }
+        };
         sale.idempotency_key = Some(request.key);
-        let invc_no = next_invc_no(&tx, scope).await?;
         let payload = build_payload(build, invc_no)?;
         let sale_id = insert_sale(&tx, scope, invc_no, &sale, &payload, "S").await?;
         tx.commit().await.map_err(query_error)?;
@@ -1394,14 +1454,24 @@ async fn read_sale(tx: &Transaction<'_>, scope: Scope, id: SaleId) -> Result<Opt
 
 /// A sale from a row of [`SALE_COLUMNS`].
 fn sale_from_row(row: &tokio_postgres::Row, id: SaleId, scope: Scope) -> Result<SaleRecord> {
-    let status: String = row.get(2);
+    sale_from_row_at(row, 0, id, scope)
+}
+
+/// A sale from [`SALE_COLUMNS`] starting at column `at` of the row.
+fn sale_from_row_at(
+    row: &tokio_postgres::Row,
+    at: usize,
+    id: SaleId,
+    scope: Scope,
+) -> Result<SaleRecord> {
+    let status: String = row.get(at + 2);
     let receipt = match (
-        row.get::<_, Option<String>>(4),
-        row.get::<_, Option<i64>>(6),
-        row.get::<_, Option<i64>>(7),
-        row.get::<_, Option<String>>(8),
-        row.get::<_, Option<String>>(9),
-        row.get::<_, Option<String>>(10),
+        row.get::<_, Option<String>>(at + 4),
+        row.get::<_, Option<i64>>(at + 6),
+        row.get::<_, Option<i64>>(at + 7),
+        row.get::<_, Option<String>>(at + 8),
+        row.get::<_, Option<String>>(at + 9),
+        row.get::<_, Option<String>>(at + 10),
     ) {
         (
             Some(sdc_id),
@@ -1412,7 +1482,7 @@ fn sale_from_row(row: &tokio_postgres::Row, id: SaleId, scope: Scope) -> Result<
             Some(sdc_date_time),
         ) => Some(Receipt {
             sdc_id,
-            mrc_no: row.get(5),
+            mrc_no: row.get(at + 5),
             cur_rcpt_no: to_u64(cur, "cur_rcpt_no")?,
             tot_rcpt_no: to_u64(tot, "tot_rcpt_no")?,
             intrl_data,
@@ -1424,13 +1494,13 @@ fn sale_from_row(row: &tokio_postgres::Row, id: SaleId, scope: Scope) -> Result<
     Ok(SaleRecord {
         id,
         scope,
-        invc_no: to_u64(row.get(0), "invc_no")?,
-        client_reference: row.get(1),
+        invc_no: to_u64(row.get(at), "invc_no")?,
+        client_reference: row.get(at + 1),
         status: SaleStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("sale status {status:?}")))?,
-        tot_amt: money_from_text(row.get::<_, &str>(3))?,
+        tot_amt: money_from_text(row.get::<_, &str>(at + 3))?,
         receipt,
-        rcpt_ty_cd: row.get(11),
+        rcpt_ty_cd: row.get(at + 11),
     })
 }
 
@@ -1759,7 +1829,8 @@ async fn next_invc_no(tx: &Transaction<'_>, scope: Scope) -> Result<u64> {
     to_u64(row.get(0), "invc_no")
 }
 
-/// Writes a sale or credit note, its lines and its outbox row (phase 1's rows).
+/// Writes a sale or credit note, its lines and its outbox row (phase 1's rows), and links
+/// the Idempotency-Key's record to it, in one statement.
 async fn insert_sale(
     tx: &Transaction<'_>,
     scope: Scope,
@@ -1769,71 +1840,82 @@ async fn insert_sale(
     rcpt_ty_cd: &str,
 ) -> Result<i64> {
     let number = to_i64(invc_no, "invc_no")?;
-    let sale_id: i64 = tx.query_one(
-&tx.prepare_cached("INSERT INTO sales (tenant_id, branch_id, invc_no, client_reference, status, tot_amt, rcpt_ty_cd)
-             VALUES ($1, $2, $3, $4, 'PENDING_SYNC', $5::text::numeric, $6) RETURNING id").await.map_err(query_error)?,
-            &[&scope.tenant.0, &scope.branch.0, &number, &sale.client_reference, &money_text(sale.tot_amt), &rcpt_ty_cd],
+    let seq = |n: u32| {
+        i32::try_from(n).map_err(|_| StoreError::Corrupt(format!("item_seq {n} out of range")))
+    };
+    let lines = &sale.lines;
+    let item_seq = lines
+        .iter()
+        .map(|l| seq(l.item_seq))
+        .collect::<Result<Vec<_>>>()?;
+    let original_item_seq = lines
+        .iter()
+        .map(|l| l.original_item_seq.map(seq).transpose())
+        .collect::<Result<Vec<_>>>()?;
+    let text = |f: &dyn Fn(&SaleLine) -> String| lines.iter().map(f).collect::<Vec<String>>();
+    let item_cd = text(&|l| l.item_cd.clone());
+    let item_nm = text(&|l| l.item_nm.clone());
+    let tax_ty_cd = text(&|l| l.tax_ty_cd.clone());
+    let qty = text(&|l| l.qty.to_string());
+    let uprc = text(&|l| money_text(l.uprc));
+    let dc_amt = text(&|l| money_text(l.dc_amt));
+    let taxbl_amt = text(&|l| money_text(l.taxbl_amt));
+    let tax_amt = text(&|l| money_text(l.tax_amt));
+    let tot_amt = text(&|l| money_text(l.tot_amt));
+    let statement = tx
+        .prepare_cached(
+            "WITH sale AS (
+                INSERT INTO sales (tenant_id, branch_id, invc_no, client_reference, status, tot_amt, rcpt_ty_cd)
+                VALUES ($1, $2, $3, $4, 'PENDING_SYNC', $5::text::numeric, $6) RETURNING id),
+             lines AS (
+                INSERT INTO sale_lines (tenant_id, branch_id, sale_id, item_seq, item_cd, item_nm, tax_ty_cd,
+                                        qty, uprc, dc_amt, taxbl_amt, tax_amt, tot_amt, original_item_seq)
+                SELECT $1, $2, sale.id, l.item_seq, l.item_cd, l.item_nm, l.tax_ty_cd, l.qty::numeric, l.uprc::numeric,
+                       l.dc_amt::numeric, l.taxbl_amt::numeric, l.tax_amt::numeric, l.tot_amt::numeric, l.original_item_seq
+                FROM sale, unnest($7::int4[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                                  $14::text[], $15::text[], $16::text[], $17::int4[])
+                     AS l(item_seq, item_cd, item_nm, tax_ty_cd, qty, uprc, dc_amt, taxbl_amt, tax_amt, tot_amt,
+                          original_item_seq)),
+             queued AS (
+                INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256)
+                SELECT $1, $2, sale.id, $3, $18, $19 FROM sale),
+             keyed AS (
+                UPDATE idempotency_keys SET sale_id = (SELECT id FROM sale)
+                WHERE $20::text IS NOT NULL AND tenant_id = $1 AND key = $20)
+             SELECT id FROM sale",
+        )
+        .await
+        .map_err(query_error)?;
+    let sale_id: i64 = tx
+        .query_one(
+            &statement,
+            &[
+                &scope.tenant.0,
+                &scope.branch.0,
+                &number,
+                &sale.client_reference,
+                &money_text(sale.tot_amt),
+                &rcpt_ty_cd,
+                &item_seq,
+                &item_cd,
+                &item_nm,
+                &tax_ty_cd,
+                &qty,
+                &uprc,
+                &dc_amt,
+                &taxbl_amt,
+                &tax_amt,
+                &tot_amt,
+                &original_item_seq,
+                &payload.body,
+                &payload.sha256,
+                &sale.idempotency_key,
+            ],
         )
         .await
         .map_err(query_error)?
         .get(0);
-    if !sale.lines.is_empty() {
-        let insert_line = tx
-            .prepare(
-                "INSERT INTO sale_lines (tenant_id, branch_id, sale_id, item_seq, item_cd, item_nm, tax_ty_cd,
-                                         qty, uprc, dc_amt, taxbl_amt, tax_amt, tot_amt, original_item_seq)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::numeric, $9::text::numeric, $10::text::numeric,
-                         $11::text::numeric, $12::text::numeric, $13::text::numeric, $14)",
-            )
-            .await
-            .map_err(query_error)?;
-        let seq = |n: u32| {
-            i32::try_from(n).map_err(|_| StoreError::Corrupt(format!("item_seq {n} out of range")))
-        };
-        for line in &sale.lines {
-            let item_seq = seq(line.item_seq)?;
-            let original_item_seq = line.original_item_seq.map(seq).transpose()?;
-            tx.execute(
-                &insert_line,
-                &[
-                    &scope.tenant.0,
-                    &scope.branch.0,
-                    &sale_id,
-                    &item_seq,
-                    &line.item_cd,
-                    &line.item_nm,
-                    &line.tax_ty_cd,
-                    &line.qty.to_string(),
-                    &money_text(line.uprc),
-                    &money_text(line.dc_amt),
-                    &money_text(line.taxbl_amt),
-                    &money_text(line.tax_amt),
-                    &money_text(line.tot_amt),
-                    &original_item_seq,
-                ],
-            )
-            .await
-            .map_err(query_error)?;
-        }
-    }
-    tx.execute(
-&tx.prepare_cached("INSERT INTO outbox (tenant_id, branch_id, sale_id, invc_no, payload, payload_sha256) VALUES ($1, $2, $3, $4, $5, $6)").await.map_err(query_error)?,
-        &[&scope.tenant.0, &scope.branch.0, &sale_id, &number, &payload.body, &payload.sha256],
-    )
-    .await
-    .map_err(query_error)?;
-    if let Some(key) = &sale.idempotency_key {
-        tx.execute(
-            &tx.prepare_cached(
-                "UPDATE idempotency_keys SET sale_id = $1 WHERE tenant_id = $2 AND key = $3",
-            )
-            .await
-            .map_err(query_error)?,
-            &[&sale_id, &scope.tenant.0, key],
-        )
-        .await
-        .map_err(query_error)?;
-    }
     Ok(sale_id)
 }
+
 mod operations;
