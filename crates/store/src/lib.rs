@@ -593,6 +593,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0007_released_numbers.sql"),
         postgres: include_str!("../migrations/postgres/0007_released_numbers.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_room_for_updates",
+        sqlite: include_str!("../migrations/sqlite/0008_room_for_updates.sql"),
+        postgres: include_str!("../migrations/postgres/0008_room_for_updates.sql"),
+    },
 ];
 
 /// A lease expiry, `now + lease`, within [`clamp_time`]'s range.

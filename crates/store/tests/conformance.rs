@@ -60,7 +60,7 @@ async fn postgres_database() -> String {
 }
 
 /// Every migration, in order: what a fresh database runs.
-const ALL_MIGRATIONS: [&str; 7] = [
+const ALL_MIGRATIONS: [&str; 8] = [
     "0001_foundation",
     "0002_sale_search",
     "0003_sale_lines",
@@ -68,6 +68,7 @@ const ALL_MIGRATIONS: [&str; 7] = [
     "0005_idempotent_sales",
     "0006_operations",
     "0007_released_numbers",
+    "0008_room_for_updates",
 ];
 
 fn now() -> DateTime<Utc> {
