@@ -256,6 +256,16 @@ async fn an_outage_answers_202_then_the_sale_signs(store: Store) {
         "{body}"
     );
     assert_eq!(body["cuInvoiceNumber"], Value::Null);
+    // The same request again while the sale waits: its 202 answer was kept under the key,
+    // so the retry is answered with the same sale (not told to wait with a 425, and not a
+    // second sale).
+    let (status, pending, _) =
+        post_to(&url, &key, "OUT-1", &flat("OUT-1", "116.00", "16.00")).await;
+    assert_eq!(
+        (status, pending["status"].as_str(), &pending["purchaseId"]),
+        (202, Some("PENDING_SYNC"), &body["purchaseId"]),
+        "{pending}"
+    );
     // The control unit returns: the sale signs, and the status shows it.
     let unit = ControlUnit::new(
         Config::default(),
