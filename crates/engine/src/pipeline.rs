@@ -233,12 +233,8 @@ async fn run_branch(
         }
         match relay.step().await {
             Ok(Step::Idle) => {
-                tokio::select! {
-                    () = waker.notified() => {}
-                    // The poll: operations given back with a backoff, or queued by another
-                    // replica, are looked for again.
-                    () = tokio::time::sleep(poll) => operations_due.store(true, Ordering::Release),
-                    _ = stop.changed() => return,
+                if !wait_for_work(&waker, &operations_due, &mut stop, poll).await {
+                    return;
                 }
             }
             Ok(Step::Signed { sale, .. }) => {
@@ -250,12 +246,11 @@ async fn run_branch(
                 // Nothing was ready when the receipt was recorded: a look now would most
                 // likely find nothing again, so wait as an idle relay does (a sale accepted
                 // since has woken, or will wake, the relay; operations raise their flag).
-                if !relay.has_next() && !operations_due.load(Ordering::Acquire) {
-                    tokio::select! {
-                        () = waker.notified() => {}
-                        () = tokio::time::sleep(poll) => operations_due.store(true, Ordering::Release),
-                        _ = stop.changed() => return,
-                    }
+                if !relay.has_next()
+                    && !operations_due.load(Ordering::Acquire)
+                    && !wait_for_work(&waker, &operations_due, &mut stop, poll).await
+                {
+                    return;
                 }
             }
             Ok(
@@ -285,5 +280,24 @@ async fn run_branch(
                 }
             }
         }
+    }
+}
+
+/// Waits for a wake, the poll or the stop; `false` when stopping. The poll raises the
+/// operations flag: operations given back with a backoff, or queued by another replica, are
+/// looked for again.
+async fn wait_for_work(
+    waker: &Notify,
+    operations_due: &AtomicBool,
+    stop: &mut watch::Receiver<bool>,
+    poll: Duration,
+) -> bool {
+    tokio::select! {
+        () = waker.notified() => true,
+        () = tokio::time::sleep(poll) => {
+            operations_due.store(true, Ordering::Release);
+            true
+        }
+        _ = stop.changed() => false,
     }
 }

@@ -497,8 +497,8 @@ impl SqliteStore {
         plan: CreditPlanner<R>,
     ) -> Result<CreditOutcome<R>> {
         self.run(move |connection| {
-            // IMMEDIATE: the write lock is taken now, so the remainder read below cannot
-            // change before this note commits.
+            // The writer's batch began IMMEDIATE: the write lock is held, so the remainder
+            // read below cannot change before this note commits.
             let tx = connection.savepoint().map_err(database)?;
             let Some(original_sale) = read_sale(&tx, scope, original)?.filter(|s| s.rcpt_ty_cd == "S") else {
                 return Ok(CreditOutcome::NoSuchSale);
