@@ -271,54 +271,54 @@ impl PostgresStore {
 
     /// Whether the hold's lock session still holds the branch's advisory lock as the server
     /// sees it (within [`LOCK_CHECK_FRESH`]): one look at `pg_locks`, on the lock
-    /// connection, for all of this process's branches.
+    /// connection, for all of this process's branches. When it does not, that session is
+    /// gone (or going) and is given up here, with every hold on it.
     pub(super) async fn still_held(&self, hold: &Hold, scope: Scope) -> Result<bool> {
         let key = lock_key(scope)?;
         let mut signers = self.signers.lock().await;
+        // Not this hold's session (it was given up and replaced): nothing more to give up.
         let Some(session) = signers
             .session
             .as_mut()
-            .filter(|s| Some(s.pid) == hold.session_pid && !s.client.is_closed())
+            .filter(|s| Some(s.pid) == hold.session_pid)
         else {
             return Ok(false);
         };
-        if let Some((at, held)) = &session.seen
+        let held = if session.client.is_closed() {
+            false
+        } else if let Some((at, seen)) = &session.seen
             && at.elapsed() < LOCK_CHECK_FRESH
         {
-            return Ok(held.contains(&key));
-        }
-        let looked = tokio::time::timeout(
-            LOCK_QUERY_TIMEOUT,
-            session.client.query(
-                "SELECT objid::int8 FROM pg_locks
-                 WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
-                   AND classid = $1::int4::oid AND objsubid = 2",
-                &[&SIGNER_LOCKS],
-            ),
-        )
-        .await;
-        match looked {
-            Ok(Ok(rows)) => {
-                let held: std::collections::HashSet<i32> = rows
-                    .iter()
-                    .filter_map(|row| i32::try_from(row.get::<_, i64>(0)).ok())
-                    .collect();
-                let answer = held.contains(&key);
-                session.seen = Some((std::time::Instant::now(), held));
-                Ok(answer)
+            seen.contains(&key)
+        } else {
+            let looked = tokio::time::timeout(
+                LOCK_QUERY_TIMEOUT,
+                session.client.query(
+                    "SELECT objid::int8 FROM pg_locks
+                     WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+                       AND classid = $1::int4::oid AND objsubid = 2",
+                    &[&SIGNER_LOCKS],
+                ),
+            )
+            .await;
+            match looked {
+                Ok(Ok(rows)) => {
+                    let seen: std::collections::HashSet<i32> = rows
+                        .iter()
+                        .filter_map(|row| i32::try_from(row.get::<_, i64>(0)).ok())
+                        .collect();
+                    let held = seen.contains(&key);
+                    session.seen = Some((std::time::Instant::now(), seen));
+                    held
+                }
+                Ok(Err(e)) => return Err(signers.lock_query_failed(Some(e))),
+                Err(_) => return Err(signers.lock_query_failed(None)),
             }
-            Ok(Err(e)) => Err(signers.lock_query_failed(Some(e))),
-            Err(_) => Err(signers.lock_query_failed(None)),
-        }
-    }
-
-    /// The server says the hold's session no longer has the lock: that session is gone (or
-    /// going), and every hold on it with it.
-    async fn lost(&self, hold: &Hold) {
-        let mut signers = self.signers.lock().await;
-        if signers.session.as_ref().map(|s| s.pid) == hold.session_pid {
+        };
+        if !held {
             signers.drop_session("the server no longer shows the lock connection's locks");
         }
+        Ok(held)
     }
 
     pub async fn let_go_branch(&self, scope: Scope, owner: &str) -> Result<()> {
@@ -604,7 +604,6 @@ impl PostgresStore {
             return Ok(None); // another relay or replica signs for this branch
         };
         if !self.still_held(&hold, scope).await? {
-            self.lost(&hold).await;
             return Ok(None);
         }
         let mut client = self.client().await?;
@@ -629,11 +628,7 @@ impl PostgresStore {
         let hold = match next {
             Some((owner, _)) => match self.hold(scope, owner).await? {
                 Some(hold) if self.still_held(&hold, scope).await? => Some(hold),
-                Some(hold) => {
-                    self.lost(&hold).await;
-                    None
-                }
-                None => None,
+                _ => None,
             },
             None => None,
         };

@@ -196,7 +196,6 @@ impl PostgresStore {
             return Ok(None);
         };
         if !self.still_held(&hold, scope).await? {
-            self.lost(&hold).await;
             return Ok(None);
         }
         let mut client = self.client().await?;
