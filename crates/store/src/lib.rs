@@ -599,6 +599,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0008_room_for_updates.sql"),
         postgres: include_str!("../migrations/postgres/0008_room_for_updates.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_scope_led_indexes",
+        sqlite: include_str!("../migrations/sqlite/0009_scope_led_indexes.sql"),
+        postgres: include_str!("../migrations/postgres/0009_scope_led_indexes.sql"),
+    },
 ];
 
 /// A lease expiry, `now + lease`, within [`clamp_time`]'s range.

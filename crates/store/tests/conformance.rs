@@ -60,7 +60,7 @@ async fn postgres_database() -> String {
 }
 
 /// Every migration, in order: what a fresh database runs.
-const ALL_MIGRATIONS: [&str; 8] = [
+const ALL_MIGRATIONS: [&str; 9] = [
     "0001_foundation",
     "0002_sale_search",
     "0003_sale_lines",
@@ -69,6 +69,7 @@ const ALL_MIGRATIONS: [&str; 8] = [
     "0006_operations",
     "0007_released_numbers",
     "0008_room_for_updates",
+    "0009_scope_led_indexes",
 ];
 
 fn now() -> DateTime<Utc> {
