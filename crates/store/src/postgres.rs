@@ -41,6 +41,8 @@ pub struct PostgresStore {
     pool: Pool,
     config: Arc<tokio_postgres::Config>,
     signers: Arc<tokio::sync::Mutex<Signers>>,
+    /// Where concurrent idempotent sales queue for phase 1, started with the first.
+    accepts: Arc<std::sync::OnceLock<accept_batch::Queue>>,
 }
 
 /// The process's branch locks: the connection holding them, and which relay holds which.
@@ -175,6 +177,7 @@ impl PostgresStore {
             pool,
             config: Arc::new(config),
             signers: Arc::default(),
+            accepts: Arc::default(),
         })
     }
 
@@ -606,12 +609,7 @@ impl PostgresStore {
         if !self.still_held(&hold, scope).await? {
             return Ok(None);
         }
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
-        let claim = claim_in(&tx, scope, &hold, lease, now).await?;
-        tx.commit().await.map_err(query_error)?;
-        Ok(claim)
+        claim_one(&self.pool, scope, &hold, lease, now).await
     }
 
     pub async fn record_receipt(
@@ -632,111 +630,8 @@ impl PostgresStore {
             },
             None => None,
         };
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
-        let rcpt_no = to_i64(receipt.tot_rcpt_no, "rcpt_no")?;
-        // One statement: only the holder of this claim's lease may finish the row (no row,
-        // nothing written); the sequence auditor's look at the control unit's previous
-        // receipt (the snapshot before this one's insert); the receipt under its UNIQUE
-        // constraint; the sale, returned as it now is; and the call that brought it.
-        let journal = if exchange.is_some() {
-            ", journal AS (INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt,
-                                request_body, response_body, http_status, outcome, elapsed_ms, created_at)
-                 SELECT $2, $3, sale_id, NULL, $13, $14, $15, $16, $17, $18, $19, $12 FROM done)"
-        } else {
-            ""
-        };
-        let statement = tx
-            .prepare_cached(&format!(
-                "WITH done AS (
-                    UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
-                    WHERE id = $1 AND tenant_id = $2 AND branch_id = $3 AND state = 'PENDING' AND lease_owner = $4
-                    RETURNING sale_id),
-                 previous AS (SELECT rcpt_no FROM receipts WHERE tenant_id = $2 AND sdc_id = $5
-                              ORDER BY rcpt_no DESC LIMIT 1),
-                 receipt AS (
-                    INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
-                    SELECT $2, $3, $5, $6, sale_id FROM done),
-                 signed AS (
-                    UPDATE sales SET status = 'SIGNED', cur_rcpt_no = $7, tot_rcpt_no = $6, intrl_data = $8,
-                                     rcpt_sign = $9, sdc_date_time = $10, sdc_id = $5, mrc_no = $11, signed_at = $12
-                    WHERE id = (SELECT sale_id FROM done) AND tenant_id = $2 AND branch_id = $3
-                    RETURNING id, {SALE_COLUMNS}){journal}
-                 SELECT signed.*, (SELECT rcpt_no FROM previous) FROM signed"
-            ))
-            .await
-            .map_err(query_error)?;
-        let cur_rcpt_no = to_i64(receipt.cur_rcpt_no, "cur_rcpt_no")?;
-        let now = clamp_time(now);
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
-            &claim.outbox_id,
-            &scope.tenant.0,
-            &scope.branch.0,
-            &claim.owner,
-            &receipt.sdc_id,
-            &rcpt_no,
-            &cur_rcpt_no,
-            &receipt.intrl_data,
-            &receipt.rcpt_sign,
-            &receipt.sdc_date_time,
-            &receipt.mrc_no,
-            &now,
-        ];
-        let journal_values = exchange
-            .map(|e| {
-                Ok::<_, StoreError>((
-                    attempt_number(e.attempt),
-                    e.http_status.map(i32::from),
-                    to_i64(e.elapsed_ms, "elapsed_ms")?,
-                ))
-            })
-            .transpose()?;
-        if let (Some(e), Some((attempt, http_status, elapsed_ms))) = (exchange, &journal_values) {
-            params.extend_from_slice(&[
-                &e.endpoint,
-                attempt,
-                &e.request_body,
-                &e.response_body,
-                http_status,
-                &e.outcome,
-                elapsed_ms,
-            ]);
-        }
-        let signed = tx
-            .query_opt(&statement, &params)
-            .await
-            .map_err(|e| match violated_constraint(&e) {
-                Some("receipts_sdc_rcpt_unique") => StoreError::DuplicateReceipt {
-                    sdc_id: receipt.sdc_id.clone(),
-                    rcpt_no: receipt.tot_rcpt_no,
-                },
-                _ => database(e),
-            })?
-            .ok_or(StoreError::NotFound("pending outbox row under this lease"))?;
-        let sale_id: i64 = signed.get(0);
-        let previous: Option<i64> = signed.get(13);
-        if let Some(previous) = previous
-            && rcpt_no > previous + 1
-        {
-            tx.execute(
-&tx.prepare_cached("INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
-                 VALUES ($1, $2, $3, 'GAP', $4, $5, $6)").await.map_err(query_error)?,
-                &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &(previous + 1), &rcpt_no, &sale_id],
-            )
-            .await
-            .map_err(query_error)?;
-            tracing::error!(sdc_id = %receipt.sdc_id, expected = previous + 1, found = rcpt_no, "receipt numbers skipped a number");
-        }
-        let sale = sale_from_row_at(&signed, 1, SaleId(sale_id), scope)?;
-        // The branch's next sale, claimed in the same transaction: a busy relay goes
-        // straight on, an idle one finds out it is idle without another transaction.
-        let next = match (&hold, next) {
-            (Some(hold), Some((_, lease))) => claim_in(&tx, scope, hold, lease, now).await?,
-            _ => None,
-        };
-        tx.commit().await.map_err(query_error)?;
-        Ok(Recorded { sale, next })
+        let next = hold.as_ref().zip(next.map(|(_, lease)| lease));
+        record_one(&self.pool, claim, receipt, exchange, now, next).await
     }
 
     pub async fn latest_sale_id_by_reference(
@@ -1130,20 +1025,38 @@ impl PostgresStore {
         Ok(start)
     }
 
+    /// Phase 1 of an idempotent sale. Concurrent calls are accepted together, several
+    /// sales to one transaction ([`accept_batch`]); the accepted sale, its number and its
+    /// key's record are exactly what one transaction per sale would write.
     pub async fn accept_sale_once(
         &self,
         scope: Scope,
         request: IdempotentRequest,
-        mut sale: NewSale,
+        sale: NewSale,
         build: PayloadBuilder,
     ) -> Result<IdempotentAccept> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
-        // The usual case in one statement: a key not used before, recorded, and the
-        // branch's next number taken.
-        let expires = lease_until(request.now, request.keep);
-        let first_use = tx
+        self.accepts
+            .get_or_init(|| accept_batch::start(self.pool.clone()))
+            .accept(scope, request, sale, build)
+            .await
+    }
+}
+
+/// [`PostgresStore::accept_sale_once`] in a transaction of its own.
+async fn accept_one(
+    pool: &Pool,
+    scope: Scope,
+    request: IdempotentRequest,
+    mut sale: NewSale,
+    build: PayloadBuilder,
+) -> Result<IdempotentAccept> {
+    let mut client = pool.get().await.map_err(database)?;
+    let tx = client.transaction().await.map_err(query_error)?;
+    enter(&tx, scope.tenant).await?;
+    // The usual case in one statement: a key not used before, recorded, and the
+    // branch's next number taken.
+    let expires = lease_until(request.now, request.keep);
+    let first_use = tx
             .query_one(
                 &tx.prepare_cached(
                     "WITH recorded AS (
@@ -1168,42 +1081,43 @@ impl PostgresStore {
             )
             .await
             .map_err(query_error)?;
-        let invc_no = match (
-            first_use.get::<_, bool>(0),
-            first_use.get::<_, Option<i64>>(1),
-        ) {
-            (true, Some(number)) => to_u64(number, "invc_no")?,
-            (true, None) => return Err(StoreError::NotFound("branch")),
-            // Used before: the key's earlier use decides, or (expired, or its first request
-            // died before accepting anything) the request runs again.
-            (false, _) => {
-                let start = begin_in(
-                    &tx,
-                    scope.tenant,
-                    &request.key,
-                    &request.request_sha256,
-                    request.now,
-                    request.in_flight_for,
-                    request.keep,
-                )
-                .await?;
-                if start != IdempotencyStart::Started {
-                    tx.commit().await.map_err(query_error)?;
-                    return Ok(IdempotentAccept::Decided(start));
-                }
-                next_invc_no(&tx, scope).await?
+    let invc_no = match (
+        first_use.get::<_, bool>(0),
+        first_use.get::<_, Option<i64>>(1),
+    ) {
+        (true, Some(number)) => to_u64(number, "invc_no")?,
+        (true, None) => return Err(StoreError::NotFound("branch")),
+        // Used before: the key's earlier use decides, or (expired, or its first request
+        // died before accepting anything) the request runs again.
+        (false, _) => {
+            let start = begin_in(
+                &tx,
+                scope.tenant,
+                &request.key,
+                &request.request_sha256,
+                request.now,
+                request.in_flight_for,
+                request.keep,
+            )
+            .await?;
+            if start != IdempotencyStart::Started {
+                tx.commit().await.map_err(query_error)?;
+                return Ok(IdempotentAccept::Decided(start));
             }
-        };
-        sale.idempotency_key = Some(request.key);
-        let payload = build_payload(build, invc_no)?;
-        let sale_id = insert_sale(&tx, scope, invc_no, &sale, &payload, "S").await?;
-        tx.commit().await.map_err(query_error)?;
-        Ok(IdempotentAccept::Accepted(AcceptedSale {
-            sale: SaleId(sale_id),
-            invc_no,
-        }))
-    }
+            next_invc_no(&tx, scope).await?
+        }
+    };
+    sale.idempotency_key = Some(request.key);
+    let payload = build_payload(build, invc_no)?;
+    let sale_id = insert_sale(&tx, scope, invc_no, &sale, &payload, "S").await?;
+    tx.commit().await.map_err(query_error)?;
+    Ok(IdempotentAccept::Accepted(AcceptedSale {
+        sale: SaleId(sale_id),
+        invc_no,
+    }))
+}
 
+impl PostgresStore {
     pub async fn finish_idempotent(
         &self,
         tenant: TenantId,
@@ -1503,6 +1417,140 @@ fn sale_from_row_at(
 /// Claims the branch's head row for `hold`, in the caller's transaction, if it is ready:
 /// not backing off and not under a live lease of this same hold. The caller has checked
 /// that the hold's lock is still held ([`PostgresStore::still_held`]).
+/// Phase 3 in a transaction of its own: the receipt, and with `next` the branch's next
+/// claim (see [`PostgresStore::record_receipt`]).
+async fn record_one(
+    pool: &Pool,
+    claim: &Claim,
+    receipt: &Receipt,
+    exchange: Option<&ExchangeRecord>,
+    now: DateTime<Utc>,
+    next: Option<(&Hold, Duration)>,
+) -> Result<Recorded> {
+    let scope = claim.scope;
+    let mut client = pool.get().await.map_err(database)?;
+    let tx = client.transaction().await.map_err(query_error)?;
+    enter(&tx, scope.tenant).await?;
+    let rcpt_no = to_i64(receipt.tot_rcpt_no, "rcpt_no")?;
+    // One statement: only the holder of this claim's lease may finish the row (no row,
+    // nothing written); the sequence auditor's look at the control unit's previous
+    // receipt (the snapshot before this one's insert); the receipt under its UNIQUE
+    // constraint; the sale, returned as it now is; and the call that brought it.
+    let journal = if exchange.is_some() {
+        ", journal AS (INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt,
+                            request_body, response_body, http_status, outcome, elapsed_ms, created_at)
+             SELECT $2, $3, sale_id, NULL, $13, $14, $15, $16, $17, $18, $19, $12 FROM done)"
+    } else {
+        ""
+    };
+    let statement = tx
+        .prepare_cached(&format!(
+            "WITH done AS (
+                UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
+                WHERE id = $1 AND tenant_id = $2 AND branch_id = $3 AND state = 'PENDING' AND lease_owner = $4
+                RETURNING sale_id),
+             previous AS (SELECT rcpt_no FROM receipts WHERE tenant_id = $2 AND sdc_id = $5
+                          ORDER BY rcpt_no DESC LIMIT 1),
+             receipt AS (
+                INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
+                SELECT $2, $3, $5, $6, sale_id FROM done),
+             signed AS (
+                UPDATE sales SET status = 'SIGNED', cur_rcpt_no = $7, tot_rcpt_no = $6, intrl_data = $8,
+                                 rcpt_sign = $9, sdc_date_time = $10, sdc_id = $5, mrc_no = $11, signed_at = $12
+                WHERE id = (SELECT sale_id FROM done) AND tenant_id = $2 AND branch_id = $3
+                RETURNING id, {SALE_COLUMNS}){journal}
+             SELECT signed.*, (SELECT rcpt_no FROM previous) FROM signed"
+        ))
+        .await
+        .map_err(query_error)?;
+    let cur_rcpt_no = to_i64(receipt.cur_rcpt_no, "cur_rcpt_no")?;
+    let now = clamp_time(now);
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        &claim.outbox_id,
+        &scope.tenant.0,
+        &scope.branch.0,
+        &claim.owner,
+        &receipt.sdc_id,
+        &rcpt_no,
+        &cur_rcpt_no,
+        &receipt.intrl_data,
+        &receipt.rcpt_sign,
+        &receipt.sdc_date_time,
+        &receipt.mrc_no,
+        &now,
+    ];
+    let journal_values = exchange
+        .map(|e| {
+            Ok::<_, StoreError>((
+                attempt_number(e.attempt),
+                e.http_status.map(i32::from),
+                to_i64(e.elapsed_ms, "elapsed_ms")?,
+            ))
+        })
+        .transpose()?;
+    if let (Some(e), Some((attempt, http_status, elapsed_ms))) = (exchange, &journal_values) {
+        params.extend_from_slice(&[
+            &e.endpoint,
+            attempt,
+            &e.request_body,
+            &e.response_body,
+            http_status,
+            &e.outcome,
+            elapsed_ms,
+        ]);
+    }
+    let signed = tx
+        .query_opt(&statement, &params)
+        .await
+        .map_err(|e| match violated_constraint(&e) {
+            Some("receipts_sdc_rcpt_unique") => StoreError::DuplicateReceipt {
+                sdc_id: receipt.sdc_id.clone(),
+                rcpt_no: receipt.tot_rcpt_no,
+            },
+            _ => database(e),
+        })?
+        .ok_or(StoreError::NotFound("pending outbox row under this lease"))?;
+    let sale_id: i64 = signed.get(0);
+    let previous: Option<i64> = signed.get(13);
+    if let Some(previous) = previous
+        && rcpt_no > previous + 1
+    {
+        tx.execute(
+&tx.prepare_cached("INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
+             VALUES ($1, $2, $3, 'GAP', $4, $5, $6)").await.map_err(query_error)?,
+            &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &(previous + 1), &rcpt_no, &sale_id],
+        )
+        .await
+        .map_err(query_error)?;
+        tracing::error!(sdc_id = %receipt.sdc_id, expected = previous + 1, found = rcpt_no, "receipt numbers skipped a number");
+    }
+    let sale = sale_from_row_at(&signed, 1, SaleId(sale_id), scope)?;
+    // The branch's next sale, claimed in the same transaction: a busy relay goes
+    // straight on, an idle one finds out it is idle without another transaction.
+    let next = match next {
+        Some((hold, lease)) => claim_in(&tx, scope, hold, lease, now).await?,
+        None => None,
+    };
+    tx.commit().await.map_err(query_error)?;
+    Ok(Recorded { sale, next })
+}
+
+/// A claim in a transaction of its own.
+async fn claim_one(
+    pool: &Pool,
+    scope: Scope,
+    hold: &Hold,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<Option<Claim>> {
+    let mut client = pool.get().await.map_err(database)?;
+    let tx = client.transaction().await.map_err(query_error)?;
+    enter(&tx, scope.tenant).await?;
+    let claim = claim_in(&tx, scope, hold, lease, now).await?;
+    tx.commit().await.map_err(query_error)?;
+    Ok(claim)
+}
+
 async fn claim_in(
     tx: &Transaction<'_>,
     scope: Scope,
@@ -1914,4 +1962,5 @@ async fn insert_sale(
     Ok(sale_id)
 }
 
+mod accept_batch;
 mod operations;

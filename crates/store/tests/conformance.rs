@@ -1049,6 +1049,153 @@ async fn refusals_among_concurrent_sales_undo_only_themselves(store: Store) {
     assert_eq!(claim.invc_no, 1);
 }
 
+/// Many idempotent sales at once over two branches (on PostgreSQL they are accepted several
+/// to a transaction; on SQLite they share the writer's commits): a refused payload uses no
+/// number and leaves its key free, a key sent twice at once is accepted once, and every
+/// accepted sale is whole, under its key, with its branch's numbers gap-free.
+async fn concurrent_idempotent_sales_are_each_exact(store: Store) {
+    let first = branch(&store, "P051234567A").await;
+    let second = Scope {
+        branch: store.create_branch(first.tenant, "01").await.unwrap().id,
+        ..first
+    };
+    let request = |key: String, sha: &str| ushuru_store::IdempotentRequest {
+        key,
+        request_sha256: sha.into(),
+        now: now(),
+        in_flight_for: Duration::from_secs(60),
+        keep: Duration::from_secs(3600),
+    };
+    // Tasks 1 and 31 send the key "TWICE" with the same request, 3 and 33 the key "REUSED"
+    // with different ones; every sixth (i % 6 == 2) fails to build, every sixth (5) panics.
+    let key_of = |i: usize| match i {
+        1 | 31 => "TWICE".to_string(),
+        3 | 33 => "REUSED".to_string(),
+        _ => format!("K{i}"),
+    };
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let store = store.clone();
+            let scope = if i % 2 == 0 { first } else { second };
+            let sha = if i == 33 { "other" } else { "h" };
+            let request = request(key_of(i), sha);
+            tokio::spawn(async move {
+                let builder: PayloadBuilder = match i % 6 {
+                    2 => Box::new(|_| Err("bad line".into())),
+                    5 => Box::new(|_| panic!("a bug in the builder")),
+                    _ => payload(),
+                };
+                let sale = NewSale {
+                    client_reference: Some(format!("G{i}")),
+                    tot_amt: money("5800.00"),
+                    lines: sample_lines(),
+                    idempotency_key: None,
+                };
+                let accepted = store.accept_sale_once(scope, request, sale, builder).await;
+                (i, scope, accepted)
+            })
+        })
+        .collect();
+    let mut numbers = std::collections::HashMap::<_, Vec<u64>>::new();
+    let mut twice = Vec::new();
+    let mut reused = Vec::new();
+    for task in tasks {
+        let (i, scope, result) = task.await.unwrap();
+        match (i, result) {
+            (1 | 31, result) => twice.push(result.unwrap()),
+            (3 | 33, result) => reused.push(result.unwrap()),
+            (i, result) if i % 3 == 2 => {
+                assert!(
+                    matches!(result, Err(StoreError::Payload(_))),
+                    "{i}: {result:?}"
+                );
+                // Its key is free: the request can be sent again, and is accepted.
+                let again = store
+                    .accept_sale_once(
+                        scope,
+                        request(key_of(i), "h"),
+                        NewSale {
+                            client_reference: Some(format!("G{i}")),
+                            tot_amt: money("5800.00"),
+                            lines: sample_lines(),
+                            idempotency_key: None,
+                        },
+                        payload(),
+                    )
+                    .await
+                    .unwrap();
+                let ushuru_store::IdempotentAccept::Accepted(again) = again else {
+                    panic!("{i}: the refused request's key was not free: {again:?}");
+                };
+                numbers.entry(scope.branch).or_default().push(again.invc_no);
+            }
+            (i, result) => {
+                let ushuru_store::IdempotentAccept::Accepted(accepted) = result.unwrap() else {
+                    panic!("{i}: a first use of its key was not accepted");
+                };
+                let sale = store.sale(scope, accepted.sale).await.unwrap().unwrap();
+                assert_eq!(sale.invc_no, accepted.invc_no);
+                assert_eq!(
+                    sale.client_reference.as_deref(),
+                    Some(format!("G{i}").as_str())
+                );
+                assert_eq!(
+                    store.sale_lines(scope, accepted.sale).await.unwrap().len(),
+                    2
+                );
+                numbers
+                    .entry(scope.branch)
+                    .or_default()
+                    .push(accepted.invc_no);
+            }
+        }
+    }
+    // One of the two requests with the same key and body was accepted, the other found it
+    // in flight; of the two with different bodies, one was accepted, the other refused.
+    let accepted_of = |results: &[ushuru_store::IdempotentAccept]| {
+        results
+            .iter()
+            .filter_map(|r| match r {
+                ushuru_store::IdempotentAccept::Accepted(a) => Some(*a),
+                ushuru_store::IdempotentAccept::Decided(_) => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let twice_accepted = accepted_of(&twice);
+    assert_eq!(twice_accepted.len(), 1, "{twice:?}");
+    assert!(twice.contains(&ushuru_store::IdempotentAccept::Decided(
+        IdempotencyStart::InFlight
+    )));
+    let reused_accepted = accepted_of(&reused);
+    assert_eq!(reused_accepted.len(), 1, "{reused:?}");
+    assert!(
+        reused.contains(&ushuru_store::IdempotentAccept::Decided(
+            IdempotencyStart::Mismatch
+        )) || reused.contains(&ushuru_store::IdempotentAccept::Decided(
+            IdempotencyStart::InFlight
+        )),
+        "{reused:?}"
+    );
+    // 1, 31, 3 and 33 are odd: second branch.
+    numbers.entry(second.branch).or_default().extend(
+        twice_accepted
+            .iter()
+            .chain(&reused_accepted)
+            .map(|a| a.invc_no),
+    );
+    for scope in [first, second] {
+        let mut taken = numbers.remove(&scope.branch).unwrap_or_default();
+        taken.sort_unstable();
+        let last = store.branch(scope).await.unwrap().unwrap().last_invc_no;
+        assert_eq!(
+            taken,
+            (1..=last).collect::<Vec<u64>>(),
+            "branch {:?}",
+            scope.branch
+        );
+    }
+}
+
 /// Recording a receipt can claim the branch's next sale in the same transaction, exactly
 /// as `claim_next` would, and returns the sale as it now is.
 async fn a_receipt_and_the_next_claim_share_a_transaction(store: Store) {
@@ -1950,6 +2097,7 @@ conformance!(
     times_keep_their_microseconds_and_far_futures,
     a_panicking_payload_builder_uses_no_number,
     refusals_among_concurrent_sales_undo_only_themselves,
+    concurrent_idempotent_sales_are_each_exact,
     a_receipt_and_the_next_claim_share_a_transaction,
     api_keys_are_kept_as_hashes_and_can_be_revoked,
     idempotency_keys_replay_refuse_and_expire,
