@@ -609,7 +609,12 @@ impl PostgresStore {
         if !self.still_held(&hold, scope).await? {
             return Ok(None);
         }
-        claim_one(&self.pool, scope, &hold, lease, now).await
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        let claim = claim_in(&tx, scope, &hold, lease, now).await?;
+        tx.commit().await.map_err(query_error)?;
+        Ok(claim)
     }
 
     pub async fn record_receipt(
@@ -630,8 +635,111 @@ impl PostgresStore {
             },
             None => None,
         };
-        let next = hold.as_ref().zip(next.map(|(_, lease)| lease));
-        record_one(&self.pool, claim, receipt, exchange, now, next).await
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        let rcpt_no = to_i64(receipt.tot_rcpt_no, "rcpt_no")?;
+        // One statement: only the holder of this claim's lease may finish the row (no row,
+        // nothing written); the sequence auditor's look at the control unit's previous
+        // receipt (the snapshot before this one's insert); the receipt under its UNIQUE
+        // constraint; the sale, returned as it now is; and the call that brought it.
+        let journal = if exchange.is_some() {
+            ", journal AS (INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt,
+                                request_body, response_body, http_status, outcome, elapsed_ms, created_at)
+                 SELECT $2, $3, sale_id, NULL, $13, $14, $15, $16, $17, $18, $19, $12 FROM done)"
+        } else {
+            ""
+        };
+        let statement = tx
+            .prepare_cached(&format!(
+                "WITH done AS (
+                    UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
+                    WHERE id = $1 AND tenant_id = $2 AND branch_id = $3 AND state = 'PENDING' AND lease_owner = $4
+                    RETURNING sale_id),
+                 previous AS (SELECT rcpt_no FROM receipts WHERE tenant_id = $2 AND sdc_id = $5
+                              ORDER BY rcpt_no DESC LIMIT 1),
+                 receipt AS (
+                    INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
+                    SELECT $2, $3, $5, $6, sale_id FROM done),
+                 signed AS (
+                    UPDATE sales SET status = 'SIGNED', cur_rcpt_no = $7, tot_rcpt_no = $6, intrl_data = $8,
+                                     rcpt_sign = $9, sdc_date_time = $10, sdc_id = $5, mrc_no = $11, signed_at = $12
+                    WHERE id = (SELECT sale_id FROM done) AND tenant_id = $2 AND branch_id = $3
+                    RETURNING id, {SALE_COLUMNS}){journal}
+                 SELECT signed.*, (SELECT rcpt_no FROM previous) FROM signed"
+            ))
+            .await
+            .map_err(query_error)?;
+        let cur_rcpt_no = to_i64(receipt.cur_rcpt_no, "cur_rcpt_no")?;
+        let now = clamp_time(now);
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &claim.outbox_id,
+            &scope.tenant.0,
+            &scope.branch.0,
+            &claim.owner,
+            &receipt.sdc_id,
+            &rcpt_no,
+            &cur_rcpt_no,
+            &receipt.intrl_data,
+            &receipt.rcpt_sign,
+            &receipt.sdc_date_time,
+            &receipt.mrc_no,
+            &now,
+        ];
+        let journal_values = exchange
+            .map(|e| {
+                Ok::<_, StoreError>((
+                    attempt_number(e.attempt),
+                    e.http_status.map(i32::from),
+                    to_i64(e.elapsed_ms, "elapsed_ms")?,
+                ))
+            })
+            .transpose()?;
+        if let (Some(e), Some((attempt, http_status, elapsed_ms))) = (exchange, &journal_values) {
+            params.extend_from_slice(&[
+                &e.endpoint,
+                attempt,
+                &e.request_body,
+                &e.response_body,
+                http_status,
+                &e.outcome,
+                elapsed_ms,
+            ]);
+        }
+        let signed = tx
+            .query_opt(&statement, &params)
+            .await
+            .map_err(|e| match violated_constraint(&e) {
+                Some("receipts_sdc_rcpt_unique") => StoreError::DuplicateReceipt {
+                    sdc_id: receipt.sdc_id.clone(),
+                    rcpt_no: receipt.tot_rcpt_no,
+                },
+                _ => database(e),
+            })?
+            .ok_or(StoreError::NotFound("pending outbox row under this lease"))?;
+        let sale_id: i64 = signed.get(0);
+        let previous: Option<i64> = signed.get(13);
+        if let Some(previous) = previous
+            && rcpt_no > previous + 1
+        {
+            tx.execute(
+&tx.prepare_cached("INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
+                 VALUES ($1, $2, $3, 'GAP', $4, $5, $6)").await.map_err(query_error)?,
+                &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &(previous + 1), &rcpt_no, &sale_id],
+            )
+            .await
+            .map_err(query_error)?;
+            tracing::error!(sdc_id = %receipt.sdc_id, expected = previous + 1, found = rcpt_no, "receipt numbers skipped a number");
+        }
+        let sale = sale_from_row_at(&signed, 1, SaleId(sale_id), scope)?;
+        // The branch's next sale, claimed in the same transaction: a busy relay goes
+        // straight on, an idle one finds out it is idle without another transaction.
+        let next = match (&hold, next) {
+            (Some(hold), Some((_, lease))) => claim_in(&tx, scope, hold, lease, now).await?,
+            _ => None,
+        };
+        tx.commit().await.map_err(query_error)?;
+        Ok(Recorded { sale, next })
     }
 
     pub async fn latest_sale_id_by_reference(
@@ -1417,140 +1525,6 @@ fn sale_from_row_at(
 /// Claims the branch's head row for `hold`, in the caller's transaction, if it is ready:
 /// not backing off and not under a live lease of this same hold. The caller has checked
 /// that the hold's lock is still held ([`PostgresStore::still_held`]).
-/// Phase 3 in a transaction of its own: the receipt, and with `next` the branch's next
-/// claim (see [`PostgresStore::record_receipt`]).
-async fn record_one(
-    pool: &Pool,
-    claim: &Claim,
-    receipt: &Receipt,
-    exchange: Option<&ExchangeRecord>,
-    now: DateTime<Utc>,
-    next: Option<(&Hold, Duration)>,
-) -> Result<Recorded> {
-    let scope = claim.scope;
-    let mut client = pool.get().await.map_err(database)?;
-    let tx = client.transaction().await.map_err(query_error)?;
-    enter(&tx, scope.tenant).await?;
-    let rcpt_no = to_i64(receipt.tot_rcpt_no, "rcpt_no")?;
-    // One statement: only the holder of this claim's lease may finish the row (no row,
-    // nothing written); the sequence auditor's look at the control unit's previous
-    // receipt (the snapshot before this one's insert); the receipt under its UNIQUE
-    // constraint; the sale, returned as it now is; and the call that brought it.
-    let journal = if exchange.is_some() {
-        ", journal AS (INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt,
-                            request_body, response_body, http_status, outcome, elapsed_ms, created_at)
-             SELECT $2, $3, sale_id, NULL, $13, $14, $15, $16, $17, $18, $19, $12 FROM done)"
-    } else {
-        ""
-    };
-    let statement = tx
-        .prepare_cached(&format!(
-            "WITH done AS (
-                UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
-                WHERE id = $1 AND tenant_id = $2 AND branch_id = $3 AND state = 'PENDING' AND lease_owner = $4
-                RETURNING sale_id),
-             previous AS (SELECT rcpt_no FROM receipts WHERE tenant_id = $2 AND sdc_id = $5
-                          ORDER BY rcpt_no DESC LIMIT 1),
-             receipt AS (
-                INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
-                SELECT $2, $3, $5, $6, sale_id FROM done),
-             signed AS (
-                UPDATE sales SET status = 'SIGNED', cur_rcpt_no = $7, tot_rcpt_no = $6, intrl_data = $8,
-                                 rcpt_sign = $9, sdc_date_time = $10, sdc_id = $5, mrc_no = $11, signed_at = $12
-                WHERE id = (SELECT sale_id FROM done) AND tenant_id = $2 AND branch_id = $3
-                RETURNING id, {SALE_COLUMNS}){journal}
-             SELECT signed.*, (SELECT rcpt_no FROM previous) FROM signed"
-        ))
-        .await
-        .map_err(query_error)?;
-    let cur_rcpt_no = to_i64(receipt.cur_rcpt_no, "cur_rcpt_no")?;
-    let now = clamp_time(now);
-    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
-        &claim.outbox_id,
-        &scope.tenant.0,
-        &scope.branch.0,
-        &claim.owner,
-        &receipt.sdc_id,
-        &rcpt_no,
-        &cur_rcpt_no,
-        &receipt.intrl_data,
-        &receipt.rcpt_sign,
-        &receipt.sdc_date_time,
-        &receipt.mrc_no,
-        &now,
-    ];
-    let journal_values = exchange
-        .map(|e| {
-            Ok::<_, StoreError>((
-                attempt_number(e.attempt),
-                e.http_status.map(i32::from),
-                to_i64(e.elapsed_ms, "elapsed_ms")?,
-            ))
-        })
-        .transpose()?;
-    if let (Some(e), Some((attempt, http_status, elapsed_ms))) = (exchange, &journal_values) {
-        params.extend_from_slice(&[
-            &e.endpoint,
-            attempt,
-            &e.request_body,
-            &e.response_body,
-            http_status,
-            &e.outcome,
-            elapsed_ms,
-        ]);
-    }
-    let signed = tx
-        .query_opt(&statement, &params)
-        .await
-        .map_err(|e| match violated_constraint(&e) {
-            Some("receipts_sdc_rcpt_unique") => StoreError::DuplicateReceipt {
-                sdc_id: receipt.sdc_id.clone(),
-                rcpt_no: receipt.tot_rcpt_no,
-            },
-            _ => database(e),
-        })?
-        .ok_or(StoreError::NotFound("pending outbox row under this lease"))?;
-    let sale_id: i64 = signed.get(0);
-    let previous: Option<i64> = signed.get(13);
-    if let Some(previous) = previous
-        && rcpt_no > previous + 1
-    {
-        tx.execute(
-&tx.prepare_cached("INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
-             VALUES ($1, $2, $3, 'GAP', $4, $5, $6)").await.map_err(query_error)?,
-            &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &(previous + 1), &rcpt_no, &sale_id],
-        )
-        .await
-        .map_err(query_error)?;
-        tracing::error!(sdc_id = %receipt.sdc_id, expected = previous + 1, found = rcpt_no, "receipt numbers skipped a number");
-    }
-    let sale = sale_from_row_at(&signed, 1, SaleId(sale_id), scope)?;
-    // The branch's next sale, claimed in the same transaction: a busy relay goes
-    // straight on, an idle one finds out it is idle without another transaction.
-    let next = match next {
-        Some((hold, lease)) => claim_in(&tx, scope, hold, lease, now).await?,
-        None => None,
-    };
-    tx.commit().await.map_err(query_error)?;
-    Ok(Recorded { sale, next })
-}
-
-/// A claim in a transaction of its own.
-async fn claim_one(
-    pool: &Pool,
-    scope: Scope,
-    hold: &Hold,
-    lease: Duration,
-    now: DateTime<Utc>,
-) -> Result<Option<Claim>> {
-    let mut client = pool.get().await.map_err(database)?;
-    let tx = client.transaction().await.map_err(query_error)?;
-    enter(&tx, scope.tenant).await?;
-    let claim = claim_in(&tx, scope, hold, lease, now).await?;
-    tx.commit().await.map_err(query_error)?;
-    Ok(claim)
-}
-
 async fn claim_in(
     tx: &Transaction<'_>,
     scope: Scope,

@@ -278,6 +278,10 @@ async fn accept_batch(
         }
     }
 
+    // Every key was used before: nothing to write, and the locks go with the rollback.
+    if accepted.is_empty() && failed_keys.is_empty() {
+        return Ok(later);
+    }
     match write_sales(&tx, tenant, &last, &failed_keys, &accepted).await {
         Ok(ids) => match tx.commit().await {
             Ok(()) => {
@@ -317,7 +321,13 @@ async fn write_sales(
     failed_keys: &[String],
     accepted: &[Numbered],
 ) -> Result<Vec<i64>> {
-    let counter_ids: Vec<i64> = last.keys().copied().collect();
+    // Only the counters of branches that got sales moved on.
+    let counter_ids: Vec<i64> = accepted
+        .iter()
+        .map(|sale| sale.scope.branch.0)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let counter_values: Vec<i64> = counter_ids.iter().map(|id| last[id]).collect();
     let mut branch = Vec::with_capacity(accepted.len());
     let mut number = Vec::with_capacity(accepted.len());
