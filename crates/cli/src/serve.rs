@@ -13,15 +13,17 @@ use ushuru_api::{AppState, BranchContext};
 use ushuru_engine::{DeviceIdentity, Pipeline, Relay, SystemClock};
 use ushuru_kra::endpoints::InitDevice;
 use ushuru_kra::types::InitRequest;
-use ushuru_kra::{ClientConfig, KraClient, Outcome, Profile, ResultCode, Secret, Timeouts};
+use ushuru_kra::{
+    ClientConfig, InProcessUnit, KraClient, Outcome, Profile, ResultCode, Secret, Timeouts,
+};
 use ushuru_sandbox::persist::StateFile;
 use ushuru_sandbox::server::GatewayAccess;
 use ushuru_sandbox::{ControlUnit, Sandbox};
 use ushuru_store::{DeviceRecord, Store};
 use ushuru_tax::TaxRates;
 
-/// The control-unit URL recorded for a device on the built-in sandbox, whose port changes
-/// from one start to the next.
+/// The control-unit "URL" recorded for a device on the built-in sandbox, which runs in
+/// this process and is called without a network.
 const BUILT_IN_SANDBOX: &str = "built-in-sandbox";
 
 #[derive(clap::Args)]
@@ -192,18 +194,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("cannot open the sandbox's state")?;
         let unit = ControlUnit::new(ushuru_sandbox::Config::default(), Some(file))
             .context("cannot load the sandbox")?;
-        Some(
-            Sandbox::new(unit, GatewayAccess::default())
-                .start("127.0.0.1:0".parse().context("loopback address")?)
-                .await
-                .context("cannot start the built-in sandbox")?,
-        )
+        // Called in process (no listener, no HTTP): see `control_unit_client`.
+        Some(Sandbox::new(unit, GatewayAccess::default()))
     } else {
         None
     };
     let (bootstrap_unit, bootstrap_profile, receipt_host) = match (&args.control_unit, &sandbox) {
         (Some(url), _) => (url.clone(), args.control_unit_profile, "etims.kra.go.ke"),
-        (None, Some(sandbox)) => (sandbox.url(), Profile::Oscu, "etims-sbx.kra.go.ke"),
+        (None, Some(_)) => (
+            BUILT_IN_SANDBOX.to_owned(),
+            Profile::Oscu,
+            "etims-sbx.kra.go.ke",
+        ),
         (None, None) => bail!("no control unit: the built-in sandbox did not start"),
     };
 
@@ -231,11 +233,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         let device = initialise_device(
             &bootstrap_unit,
+            sandbox.as_ref(),
             bootstrap_profile,
             &args.tin,
             bhf_id,
             &serial,
-            args.control_unit.is_none(),
         )
         .await?;
         store.save_device(scope, &device).await?;
@@ -267,17 +269,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut relays = Vec::new();
     let mut branches = HashMap::new();
     for served in store.initialised_branches().await? {
-        let base_url = if served.device.control_unit_url == BUILT_IN_SANDBOX {
-            match &sandbox {
-                Some(sandbox) => sandbox.url(),
-                None => bail!(
-                    "branch {} signs through the built-in sandbox, which is not running",
-                    served.bhf_id
-                ),
-            }
-        } else {
-            served.device.control_unit_url.clone()
-        };
+        if served.device.control_unit_url == BUILT_IN_SANDBOX && sandbox.is_none() {
+            bail!(
+                "branch {} signs through the built-in sandbox, which is not running",
+                served.bhf_id
+            );
+        }
         let profile = parse_profile(&served.device.profile).map_err(|e| {
             anyhow::anyhow!(
                 "branch {} of {}: stored profile: {e}",
@@ -285,15 +282,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 served.tin
             )
         })?;
-        let client = KraClient::new(ClientConfig {
-            base_url,
-            profile,
-            tin: served.tin.clone(),
-            bhf_id: served.bhf_id.clone(),
-            cmc_key: Some(Secret::new(served.device.cmc_key.clone())),
-            timeouts: Timeouts::default(),
-            gateway: None,
-        })?;
+        let client = control_unit_client(
+            sandbox.as_ref(),
+            ClientConfig {
+                base_url: served.device.control_unit_url.clone(),
+                profile,
+                tin: served.tin.clone(),
+                bhf_id: served.bhf_id.clone(),
+                cmc_key: Some(Secret::new(served.device.cmc_key.clone())),
+                timeouts: Timeouts::default(),
+                gateway: None,
+            },
+        )?;
         let identity = DeviceIdentity {
             sdc_id: served.device.sdc_id.clone(),
             mrc_no: Some(served.device.mrc_no.clone()),
@@ -369,32 +369,48 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Ok(pipeline) = Arc::try_unwrap(pipeline) {
         pipeline.shutdown().await;
     }
-    if let Some(sandbox) = sandbox {
-        sandbox.stop().await;
-    }
     tracing::info!("stopped");
     Ok(())
 }
 
+/// A client of the control unit at `config.base_url`: the built-in sandbox (named
+/// [`BUILT_IN_SANDBOX`]) is called in process, with the same bytes as over HTTP but no
+/// socket, HTTP encoding or second task per call; anything else over HTTP.
+fn control_unit_client(
+    sandbox: Option<&Arc<Sandbox>>,
+    config: ClientConfig,
+) -> anyhow::Result<KraClient> {
+    match sandbox {
+        Some(sandbox) if config.base_url == BUILT_IN_SANDBOX => {
+            let unit: Arc<dyn InProcessUnit> = sandbox.clone();
+            Ok(KraClient::in_process(config, unit)?)
+        }
+        _ => Ok(KraClient::new(config)?),
+    }
+}
+
 /// Initialises a bootstrap branch's device with `selectInitOsdcInfo` and returns what to
-/// keep of it. `built_in` records the sandbox by name, since its port changes every start.
+/// keep of it. The built-in sandbox is recorded by name ([`BUILT_IN_SANDBOX`]).
 async fn initialise_device(
     control_unit: &str,
+    sandbox: Option<&Arc<Sandbox>>,
     profile: Profile,
     tin: &str,
     bhf_id: &str,
     serial: &str,
-    built_in: bool,
 ) -> anyhow::Result<DeviceRecord> {
-    let client = KraClient::new(ClientConfig {
-        base_url: control_unit.to_owned(),
-        profile,
-        tin: tin.to_owned(),
-        bhf_id: bhf_id.to_owned(),
-        cmc_key: None,
-        timeouts: Timeouts::default(),
-        gateway: None,
-    })?;
+    let client = control_unit_client(
+        sandbox,
+        ClientConfig {
+            base_url: control_unit.to_owned(),
+            profile,
+            tin: tin.to_owned(),
+            bhf_id: bhf_id.to_owned(),
+            cmc_key: None,
+            timeouts: Timeouts::default(),
+            gateway: None,
+        },
+    )?;
     let request = InitRequest {
         tin: tin.to_owned(),
         bhf_id: bhf_id.to_owned(),
@@ -418,11 +434,7 @@ async fn initialise_device(
         ),
     };
     Ok(DeviceRecord {
-        control_unit_url: if built_in {
-            BUILT_IN_SANDBOX.into()
-        } else {
-            control_unit.to_owned()
-        },
+        control_unit_url: control_unit.to_owned(),
         profile: format!("{profile:?}").to_lowercase(),
         sdc_id: info.sdc_id,
         mrc_no: info.mrc_no,

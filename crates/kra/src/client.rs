@@ -2,6 +2,8 @@
 //! leaves an exchange record (the bytes sent and received) for the journal.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,12 +163,57 @@ pub enum ClientError {
     MissingGatewayCredentials,
 }
 
+/// One call to a control unit that runs in this process: what the HTTP request would carry.
+#[derive(Clone, Copy)]
+pub struct InProcessCall<'a> {
+    pub endpoint: EndpointName,
+    pub profile: Profile,
+    /// The `tin` and `bhfId` headers (absent on the VSCU profile, as over HTTP).
+    pub tin: Option<&'a str>,
+    pub bhf_id: Option<&'a str>,
+    /// The `cmcKey` header, under the same rules as over HTTP.
+    pub cmc_key: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+impl fmt::Debug for InProcessCall<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcessCall")
+            .field("endpoint", &self.endpoint)
+            .field("profile", &self.profile)
+            .field("tin", &self.tin)
+            .field("bhf_id", &self.bhf_id)
+            .field("cmc_key", &self.cmc_key.map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an in-process control unit answered: the HTTP status and body it would have sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InProcessAnswer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// A future an [`InProcessUnit`] answers with.
+pub type InProcessFuture<'a> = Pin<Box<dyn Future<Output = Option<InProcessAnswer>> + Send + 'a>>;
+
+/// A control unit in this process (the built-in sandbox), called without HTTP: no socket,
+/// no HTTP encoding, no connection pool, the same bytes in and out. `None` means the call
+/// ended without an answer (the unit "closed the connection"), which the client reads as
+/// over HTTP: the request may have been processed.
+pub trait InProcessUnit: Send + Sync + 'static {
+    fn answer<'a>(&'a self, call: InProcessCall<'a>) -> InProcessFuture<'a>;
+}
+
 /// A client of one branch's control unit.
 #[derive(Clone)]
 pub struct KraClient {
     http: reqwest::Client,
     config: Arc<ClientConfig>,
     token: Arc<Mutex<Option<(String, Instant)>>>,
+    /// Set when the control unit runs in this process: calls skip HTTP.
+    in_process: Option<Arc<dyn InProcessUnit>>,
 }
 
 impl fmt::Debug for KraClient {
@@ -193,7 +240,31 @@ impl KraClient {
             http,
             config: Arc::new(config),
             token: Arc::new(Mutex::new(None)),
+            in_process: None,
         })
+    }
+
+    /// A client of a control unit that runs in this process (the built-in sandbox): every
+    /// call goes to `unit` directly, with the headers and body it would get over HTTP, the
+    /// same per-class timeouts, and its answer read exactly as an HTTP answer is. A
+    /// GavaConnect token is not fetched: no gateway stands between the two.
+    pub fn in_process(
+        config: ClientConfig,
+        unit: Arc<dyn InProcessUnit>,
+    ) -> Result<Self, ClientError> {
+        let needs_token = config.profile == Profile::GavaConnect && config.gateway.is_none();
+        let mut client = Self::new(ClientConfig {
+            // Checked by `new` for HTTP; never used in process.
+            profile: if needs_token {
+                Profile::Oscu
+            } else {
+                config.profile
+            },
+            ..config.clone()
+        })?;
+        client.config = Arc::new(config);
+        client.in_process = Some(unit);
+        Ok(client)
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -208,6 +279,7 @@ impl KraClient {
             http: self.http.clone(),
             config: Arc::new(config),
             token: self.token.clone(),
+            in_process: self.in_process.clone(),
         }
     }
 
@@ -252,6 +324,11 @@ impl KraClient {
         let url = format!("{}{}", self.config.base_url.trim_end_matches('/'), path);
         let request_body = String::from_utf8_lossy(&body).into_owned();
         let started = Instant::now();
+        if let Some(unit) = &self.in_process {
+            return self
+                .send_in_process(unit.as_ref(), endpoint, &body, request_body, started)
+                .await;
+        }
 
         let mut retried_token = false;
         loop {
@@ -321,6 +398,62 @@ impl KraClient {
                 started.elapsed(),
             );
             return Call { outcome, exchange };
+        }
+    }
+
+    /// [`Self::send`] to a unit in this process.
+    async fn send_in_process(
+        &self,
+        unit: &dyn InProcessUnit,
+        endpoint: EndpointName,
+        body: &[u8],
+        request_body: String,
+        started: Instant,
+    ) -> Call<Value> {
+        let config = &self.config;
+        // The headers `request` would set, by the same rules.
+        let over_headers = config.profile != Profile::Vscu;
+        let call = InProcessCall {
+            endpoint,
+            profile: config.profile,
+            tin: over_headers.then_some(config.tin.as_str()),
+            bhf_id: over_headers.then_some(config.bhf_id.as_str()),
+            cmc_key: config
+                .cmc_key
+                .as_ref()
+                .filter(|_| over_headers && endpoint != EndpointName::SelectInitOsdcInfo)
+                .map(Secret::expose),
+            body,
+        };
+        let timeout = config.timeouts.for_class(endpoint.call_class());
+        let answer = tokio::time::timeout(timeout, unit.answer(call)).await;
+        let (outcome, response_body, status) = match answer {
+            Err(_) => {
+                let reason = format!("no answer in time: {} ms passed", timeout.as_millis());
+                (Outcome::Ambiguous { reason }, None, None)
+            }
+            Ok(None) => {
+                let reason = "the control unit ended the call without an answer".to_owned();
+                (Outcome::Ambiguous { reason }, None, None)
+            }
+            Ok(Some(InProcessAnswer { status, body })) => {
+                let outcome = self.interpret(status, &body);
+                (
+                    outcome,
+                    Some(redact_issued_key(endpoint, body)),
+                    Some(status),
+                )
+            }
+        };
+        Call {
+            outcome,
+            exchange: self.exchange(
+                endpoint,
+                request_body,
+                response_body,
+                status,
+                started.elapsed(),
+            ),
         }
     }
 

@@ -23,7 +23,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
 use tower::ServiceExt;
 use ushuru_kra::wire::DateTime14;
-use ushuru_kra::{EndpointName, Profile, ResultCode};
+use ushuru_kra::{
+    EndpointName, InProcessAnswer, InProcessCall, InProcessFuture, InProcessUnit, Profile,
+    ResultCode,
+};
 
 use crate::control_unit::{Caller, ControlUnit, Reply};
 use crate::faults::{Fault, FaultQueue};
@@ -127,6 +130,7 @@ impl Sandbox {
                     })
                     .fallback(|| async {
                         envelope(&Reply::refuse(ResultCode::RequestMethodError, "use POST"))
+                            .into_response()
                     }),
                 );
             }
@@ -262,23 +266,53 @@ async fn within_deadline(
     }
 }
 
-fn envelope(reply: &Reply) -> Response {
+/// What a KRA call answers, as the HTTP route sends it and an in-process caller reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Answer {
+    fn json(status: StatusCode, value: &Value) -> Answer {
+        Answer {
+            status: status.as_u16(),
+            content_type: "application/json",
+            body: value.to_string(),
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        (
+            status,
+            [(header::CONTENT_TYPE, self.content_type)],
+            self.body,
+        )
+            .into_response()
+    }
+}
+
+fn envelope(reply: &Reply) -> Answer {
     let now = DateTime14(
         chrono::Utc::now()
             .with_timezone(&crate::clock::EAT)
             .naive_local(),
     )
     .digits();
-    Json(json!({
-        "resultCd": reply.code.code(),
-        "resultMsg": reply.message,
-        "resultDt": now,
-        "data": reply.data,
-    }))
-    .into_response()
+    Answer::json(
+        StatusCode::OK,
+        &json!({
+            "resultCd": reply.code.code(),
+            "resultMsg": reply.message,
+            "resultDt": now,
+            "data": reply.data,
+        }),
+    )
 }
 
-fn gateway_envelope(reply: &Reply) -> Response {
+fn gateway_envelope(reply: &Reply) -> Answer {
     let reference = format!("SBX-{}", chrono::Utc::now().timestamp_micros());
     if reply.code.is_success() {
         let body = json!({
@@ -287,11 +321,13 @@ fn gateway_envelope(reply: &Reply) -> Response {
             "resultDt": DateTime14(chrono::Utc::now().with_timezone(&crate::clock::EAT).naive_local()).digits(),
             "data": reply.data,
         });
-        Json(json!({
-            "responseHeader": {"responseCode": "200", "responseRefID": reference, "customerMessage": "Successful", "debugMessage": null},
-            "responseBody": body,
-        }))
-        .into_response()
+        Answer::json(
+            StatusCode::OK,
+            &json!({
+                "responseHeader": {"responseCode": "200", "responseRefID": reference, "customerMessage": "Successful", "debugMessage": null},
+                "responseBody": body,
+            }),
+        )
     } else {
         // Business failures come back as HTTP 400 with the reason in debugMessage (§1.1).
         let header = json!({
@@ -300,11 +336,10 @@ fn gateway_envelope(reply: &Reply) -> Response {
             "customerMessage": "Validation failed",
             "debugMessage": format!("{}: {}", reply.code.code(), reply.message),
         });
-        (
+        Answer::json(
             StatusCode::BAD_REQUEST,
-            Json(json!({"responseHeader": header, "responseBody": null})),
+            &json!({"responseHeader": header, "responseBody": null}),
         )
-            .into_response()
     }
 }
 
@@ -323,45 +358,90 @@ async fn kra_call(
     if profile == Profile::GavaConnect && !sandbox.token_is_valid(&headers) {
         return (StatusCode::UNAUTHORIZED, Json(json!({"header": {"responseCode": "401", "customerMessage": "Unauthorised-Invalid Access Token"}, "body": null}))).into_response();
     }
-    let fault = sandbox.faults.take(endpoint);
-    match &fault {
-        Some(Fault::Drop) => return close_without_answer(&kill).await,
-        Some(Fault::Delay { ms }) => tokio::time::sleep(Duration::from_millis(*ms)).await,
-        Some(Fault::ResultCode { code, message }) => {
-            let code = ResultCode::parse(code);
-            let message = message.clone().unwrap_or_else(|| code.meaning().to_owned());
-            let reply = Reply {
-                code,
-                message,
-                data: None,
-            };
-            return answer(profile, &reply);
-        }
-        Some(Fault::HttpStatus { status, body }) => {
-            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let body = body
-                .clone()
-                .unwrap_or_else(|| format!("<html><body><h1>{status}</h1></body></html>"));
-            return (status, [(header::CONTENT_TYPE, "text/html")], body).into_response();
-        }
-        Some(Fault::LostAnswer) | None => {}
-    }
     let caller = Caller {
         tin: header_text(&headers, "tin"),
         bhf_id: header_text(&headers, "bhfId"),
         cmc_key: header_text(&headers, "cmcKey"),
     };
-    // Called directly on the async worker: the critical section takes microseconds, and
-    // `block_in_place` cost a thread hand-off per call (−35 % with a state file, measured).
-    // The one long wait, a state file locked by another process, is capped at 1 s.
-    let reply = sandbox.unit.handle(endpoint, profile, caller, &body);
-    if fault == Some(Fault::LostAnswer) {
-        return close_without_answer(&kill).await;
+    match sandbox.respond(endpoint, profile, caller, &body).await {
+        Some(answer) => answer.into_response(),
+        None => close_without_answer(&kill).await,
     }
-    answer(profile, &reply)
 }
 
-fn answer(profile: Profile, reply: &Reply) -> Response {
+impl Sandbox {
+    /// One call of a KRA endpoint, faults included, whether it came over HTTP or from this
+    /// process: `None` when a fault ends the call without an answer (`drop` before
+    /// processing, `lost_answer` after committing).
+    pub async fn respond(
+        &self,
+        endpoint: EndpointName,
+        profile: Profile,
+        caller: Caller<'_>,
+        body: &[u8],
+    ) -> Option<Answer> {
+        let fault = self.faults.take(endpoint);
+        match &fault {
+            Some(Fault::Drop) => return None,
+            Some(Fault::Delay { ms }) => tokio::time::sleep(Duration::from_millis(*ms)).await,
+            Some(Fault::ResultCode { code, message }) => {
+                let code = ResultCode::parse(code);
+                let message = message.clone().unwrap_or_else(|| code.meaning().to_owned());
+                let reply = Reply {
+                    code,
+                    message,
+                    data: None,
+                };
+                return Some(answer(profile, &reply));
+            }
+            Some(Fault::HttpStatus { status, body }) => {
+                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let body = body
+                    .clone()
+                    .unwrap_or_else(|| format!("<html><body><h1>{status}</h1></body></html>"));
+                return Some(Answer {
+                    status: status.as_u16(),
+                    content_type: "text/html",
+                    body,
+                });
+            }
+            Some(Fault::LostAnswer) | None => {}
+        }
+        // Called directly on the async worker: the critical section takes microseconds, and
+        // `block_in_place` cost a thread hand-off per call (−35 % with a state file,
+        // measured). The one long wait, a state file locked by another process, is capped
+        // at 1 s.
+        let reply = self.unit.handle(endpoint, profile, caller, body);
+        if fault == Some(Fault::LostAnswer) {
+            return None;
+        }
+        Some(answer(profile, &reply))
+    }
+}
+
+/// The built-in sandbox as `ushuru serve` calls it: in process, through the same
+/// [`Sandbox::respond`] as its HTTP routes, faults included. No GavaConnect token is asked
+/// for: no gateway stands between a process and itself.
+impl InProcessUnit for Sandbox {
+    fn answer<'a>(&'a self, call: InProcessCall<'a>) -> InProcessFuture<'a> {
+        Box::pin(async move {
+            let caller = Caller {
+                tin: call.tin,
+                bhf_id: call.bhf_id,
+                cmc_key: call.cmc_key,
+            };
+            let answer = self
+                .respond(call.endpoint, call.profile, caller, call.body)
+                .await?;
+            Some(InProcessAnswer {
+                status: answer.status,
+                body: answer.body,
+            })
+        })
+    }
+}
+
+fn answer(profile: Profile, reply: &Reply) -> Answer {
     match profile {
         Profile::GavaConnect => gateway_envelope(reply),
         Profile::Oscu | Profile::Vscu => envelope(reply),
