@@ -609,12 +609,20 @@ impl PostgresStore {
         if !self.still_held(&hold, scope).await? {
             return Ok(None);
         }
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
-        let claim = claim_in(&tx, scope, &hold, lease, now).await?;
-        tx.commit().await.map_err(query_error)?;
-        Ok(claim)
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(CLAIM_SQL)
+            .await
+            .map_err(query_error)?;
+        let params = ClaimParams::new(scope, &hold, lease, now);
+        let row = one_round_trip(&client, scope.tenant, async {
+            client
+                .query_opt(&statement, &params.as_params())
+                .await
+                .map_err(query_error)
+        })
+        .await?;
+        params.claim(scope, row)
     }
 
     pub async fn record_receipt(
@@ -635,14 +643,13 @@ impl PostgresStore {
             },
             None => None,
         };
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        let client = self.client().await?;
         let rcpt_no = to_i64(receipt.tot_rcpt_no, "rcpt_no")?;
         // One statement: only the holder of this claim's lease may finish the row (no row,
         // nothing written); the sequence auditor's look at the control unit's previous
-        // receipt (the snapshot before this one's insert); the receipt under its UNIQUE
-        // constraint; the sale, returned as it now is; and the call that brought it.
+        // receipt (the snapshot before this one's insert), and a gap after it stored as a
+        // finding; the receipt under its UNIQUE constraint; the sale, returned as it now
+        // is; and the call that brought it.
         let journal = if exchange.is_some() {
             ", journal AS (INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt,
                                 request_body, response_body, http_status, outcome, elapsed_ms, created_at)
@@ -650,7 +657,7 @@ impl PostgresStore {
         } else {
             ""
         };
-        let statement = tx
+        let statement = client
             .prepare_cached(&format!(
                 "WITH done AS (
                     UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
@@ -661,6 +668,10 @@ impl PostgresStore {
                  receipt AS (
                     INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
                     SELECT $2, $3, $5, $6, sale_id FROM done),
+                 gap AS (
+                    INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
+                    SELECT $2, $3, $5, 'GAP', previous.rcpt_no + 1, $6, done.sale_id
+                    FROM done, previous WHERE $6 > previous.rcpt_no + 1),
                  signed AS (
                     UPDATE sales SET status = 'SIGNED', cur_rcpt_no = $7, tot_rcpt_no = $6, intrl_data = $8,
                                      rcpt_sign = $9, sdc_date_time = $10, sdc_id = $5, mrc_no = $11, signed_at = $12
@@ -670,6 +681,15 @@ impl PostgresStore {
             ))
             .await
             .map_err(query_error)?;
+        let claim_statement = match hold {
+            Some(_) => Some(
+                client
+                    .prepare_cached(CLAIM_SQL)
+                    .await
+                    .map_err(query_error)?,
+            ),
+            None => None,
+        };
         let cur_rcpt_no = to_i64(receipt.cur_rcpt_no, "cur_rcpt_no")?;
         let now = clamp_time(now);
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
@@ -706,39 +726,51 @@ impl PostgresStore {
                 elapsed_ms,
             ]);
         }
-        let signed = tx
-            .query_opt(&statement, &params)
-            .await
-            .map_err(|e| match violated_constraint(&e) {
-                Some("receipts_sdc_rcpt_unique") => StoreError::DuplicateReceipt {
-                    sdc_id: receipt.sdc_id.clone(),
-                    rcpt_no: receipt.tot_rcpt_no,
-                },
-                _ => database(e),
-            })?
-            .ok_or(StoreError::NotFound("pending outbox row under this lease"))?;
+        // The branch's next sale, claimed in the same transaction: a busy relay goes
+        // straight on, an idle one finds out it is idle without another transaction.
+        let next_params = match (&hold, next) {
+            (Some(hold), Some((_, lease))) => Some(ClaimParams::new(scope, hold, lease, now)),
+            _ => None,
+        };
+        let (signed, next_row) = one_round_trip(&client, scope.tenant, async {
+            let signed = async {
+                client.query_opt(&statement, &params).await.map_err(|e| {
+                    match violated_constraint(&e) {
+                        Some("receipts_sdc_rcpt_unique") => StoreError::DuplicateReceipt {
+                            sdc_id: receipt.sdc_id.clone(),
+                            rcpt_no: receipt.tot_rcpt_no,
+                        },
+                        _ => database(e),
+                    }
+                })
+            };
+            let next = async {
+                match (&claim_statement, &next_params) {
+                    (Some(statement), Some(next)) => client
+                        .query_opt(statement, &next.as_params())
+                        .await
+                        .map_err(query_error),
+                    _ => Ok(None),
+                }
+            };
+            // Both sent now, the claim after the record; the record's error comes first.
+            let (signed, next) = tokio::join!(biased; signed, next);
+            Ok((signed?, next?))
+        })
+        .await?;
+        let signed = signed.ok_or(StoreError::NotFound("pending outbox row under this lease"))?;
         let sale_id: i64 = signed.get(0);
         let previous: Option<i64> = signed.get(13);
         if let Some(previous) = previous
             && rcpt_no > previous + 1
         {
-            tx.execute(
-&tx.prepare_cached("INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
-                 VALUES ($1, $2, $3, 'GAP', $4, $5, $6)").await.map_err(query_error)?,
-                &[&scope.tenant.0, &scope.branch.0, &receipt.sdc_id, &(previous + 1), &rcpt_no, &sale_id],
-            )
-            .await
-            .map_err(query_error)?;
             tracing::error!(sdc_id = %receipt.sdc_id, expected = previous + 1, found = rcpt_no, "receipt numbers skipped a number");
         }
         let sale = sale_from_row_at(&signed, 1, SaleId(sale_id), scope)?;
-        // The branch's next sale, claimed in the same transaction: a busy relay goes
-        // straight on, an idle one finds out it is idle without another transaction.
-        let next = match (&hold, next) {
-            (Some(hold), Some((_, lease))) => claim_in(&tx, scope, hold, lease, now).await?,
-            _ => None,
+        let next = match next_params {
+            Some(next) => next.claim(scope, next_row)?,
+            None => None,
         };
-        tx.commit().await.map_err(query_error)?;
         Ok(Recorded { sale, next })
     }
 
@@ -1522,70 +1554,124 @@ fn sale_from_row_at(
     })
 }
 
-/// Claims the branch's head row for `hold`, in the caller's transaction, if it is ready:
-/// not backing off and not under a live lease of this same hold. The caller has checked
-/// that the hold's lock is still held ([`PostgresStore::still_held`]).
-async fn claim_in(
-    tx: &Transaction<'_>,
-    scope: Scope,
-    hold: &Hold,
-    lease: Duration,
+/// The claim of a branch's next sale, in one statement. It locks the head row (not
+/// skipping it), so that a second claimer waits for the first to commit its lease and then
+/// sees it: only the head is ever eligible, so order holds. The head is leased unless the
+/// sale is backing off after a call that was not sent, or holds a live lease issued under
+/// this very hold (`$6` is the hold's token prefix): the rule of [`Hold::may_claim`], in SQL.
+/// Returns the sale's `maybe_sent` as it was before this claim, and the lease it replaced.
+const CLAIM_SQL: &str = "WITH head AS (
+        SELECT id, lease_owner, lease_expires_at, next_attempt_at, maybe_sent
+        FROM outbox WHERE tenant_id = $1 AND branch_id = $2 AND state = 'PENDING'
+        ORDER BY invc_no LIMIT 1 FOR UPDATE)
+    UPDATE outbox o SET lease_owner = $3, lease_expires_at = $4, attempts = o.attempts + 1, maybe_sent = TRUE
+    FROM head
+    WHERE o.id = head.id
+      AND (head.next_attempt_at IS NULL OR head.next_attempt_at <= $5)
+      AND NOT (head.lease_owner IS NOT NULL AND head.lease_expires_at > $5
+               AND starts_with(head.lease_owner, $6))
+    RETURNING o.id, o.sale_id, o.invc_no, o.payload, o.payload_sha256, o.attempts, head.maybe_sent,
+              head.lease_owner, head.lease_expires_at";
+
+/// The parameters of [`CLAIM_SQL`] for one claim under `hold`.
+struct ClaimParams {
+    tenant: i64,
+    branch: i64,
+    token: String,
+    expires: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<Option<Claim>> {
-    // Locking the head row (not skipping it) makes a second claimer wait for the first to
-    // commit its lease, then see it: only the head is ever eligible, so order holds.
-    let head = tx.query_opt(
-&tx.prepare_cached("SELECT id, sale_id, invc_no, payload, payload_sha256, attempts, lease_owner, lease_expires_at,
-                    next_attempt_at, maybe_sent
-             FROM outbox WHERE tenant_id = $1 AND branch_id = $2 AND state = 'PENDING'
-             ORDER BY invc_no LIMIT 1 FOR UPDATE").await.map_err(query_error)?,
-            &[&scope.tenant.0, &scope.branch.0],
-        )
+    issued_prefix: String,
+}
+
+impl ClaimParams {
+    fn new(scope: Scope, hold: &Hold, lease: Duration, now: DateTime<Utc>) -> Self {
+        ClaimParams {
+            tenant: scope.tenant.0,
+            branch: scope.branch.0,
+            token: hold.lease_token(),
+            expires: lease_until(now, lease),
+            now,
+            issued_prefix: hold.issued_prefix(),
+        }
+    }
+
+    fn as_params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 6] {
+        [
+            &self.tenant,
+            &self.branch,
+            &self.token,
+            &self.expires,
+            &self.now,
+            &self.issued_prefix,
+        ]
+    }
+
+    /// The claim [`CLAIM_SQL`] returned, if any.
+    fn claim(self, scope: Scope, row: Option<tokio_postgres::Row>) -> Result<Option<Claim>> {
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let previous: Option<String> = row.get(7);
+        let previous_until: Option<DateTime<Utc>> = row.get(8);
+        if let Some(previous) = &previous
+            && previous_until.is_some_and(|until| until > self.now)
+        {
+            tracing::info!(
+                previous = previous.as_str(),
+                "taking over a live lease: its holder no longer holds the branch lock"
+            );
+        }
+        let attempts: i32 = row.get(5);
+        Ok(Some(Claim {
+            outbox_id: row.get(0),
+            scope,
+            sale: SaleId(row.get(1)),
+            invc_no: to_u64(row.get(2), "invc_no")?,
+            payload: OutboxPayload {
+                body: row.get(3),
+                sha256: row.get(4),
+            },
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            maybe_sent: row.get(6),
+            owner: self.token,
+            lease_expires_at: self.expires,
+        }))
+    }
+}
+
+/// Runs `work` as one transaction of the tenant in a single round trip: `BEGIN`, the
+/// tenant's `set_config`, `work`'s statements and `COMMIT` are all sent before any answer
+/// is awaited (tokio-postgres pipelines requests polled together, in the order polled). A
+/// statement that fails aborts the transaction, and PostgreSQL answers that `COMMIT` with a
+/// rollback; the first error is returned.
+///
+/// `work` must send every statement on its first poll: prepared statements only (prepare
+/// them before), and no other await before its queries. Anything sent later would arrive
+/// after the `COMMIT` and run outside the transaction.
+async fn one_round_trip<T>(
+    client: &deadpool_postgres::Object,
+    tenant: TenantId,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let enter = client
+        .prepare_cached("SELECT set_config('ushuru.tenant_id', $1, true)")
         .await
         .map_err(query_error)?;
-    let Some(head) = head else {
-        return Ok(None);
-    };
-    let next_attempt: Option<DateTime<Utc>> = head.get(8);
-    if next_attempt.is_some_and(|at| at > now) {
-        return Ok(None); // backing off after a call that was not sent
-    }
-    let holder: Option<String> = head.get(6);
-    let held_until: Option<DateTime<Utc>> = head.get(7);
-    if !hold.may_claim(holder.as_deref(), held_until, now) {
-        return Ok(None);
-    }
-    let id: i64 = head.get(0);
-    let expires = lease_until(now, lease);
-    let token = hold.lease_token();
-    let attempts: i32 = tx
-        .query_one(
-            // From this claim on, the payload may reach the control unit.
-            &tx.prepare_cached(
-                "UPDATE outbox SET lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, maybe_sent = TRUE
-                 WHERE id = $3 RETURNING attempts",
-            )
-            .await
-            .map_err(query_error)?,
-            &[&token, &expires, &id],
-        )
-        .await
-        .map_err(query_error)?
-        .get(0);
-    Ok(Some(Claim {
-        outbox_id: id,
-        scope,
-        sale: SaleId(head.get(1)),
-        invc_no: to_u64(head.get(2), "invc_no")?,
-        payload: OutboxPayload {
-            body: head.get(3),
-            sha256: head.get(4),
-        },
-        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        maybe_sent: head.get(9),
-        owner: token,
-        lease_expires_at: expires,
-    }))
+    let tenant = tenant.0.to_string();
+    let enter_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant];
+    // `biased`: polled in this order, so sent in this order.
+    let (begun, entered, done, committed) = tokio::join!(
+        biased;
+        client.batch_execute("BEGIN"),
+        client.execute(&enter, &enter_params),
+        work,
+        client.batch_execute("COMMIT"),
+    );
+    begun.map_err(query_error)?;
+    entered.map_err(query_error)?;
+    let value = done?;
+    committed.map_err(query_error)?;
+    Ok(value)
 }
 
 /// A sale's lines in `itemSeq` order, inside the caller's transaction.

@@ -50,6 +50,11 @@ impl Hold {
         lease_token(&self.id)
     }
 
+    /// What every lease token issued under this hold starts with.
+    pub fn issued_prefix(&self) -> String {
+        format!("{}#", self.id)
+    }
+
     fn issued(&self, token: &str) -> bool {
         token
             .strip_prefix(self.id.as_str())
