@@ -247,6 +247,7 @@ async fn an_outage_answers_202_then_the_sale_signs(store: Store) {
         sandbox,
         pipeline,
         state_dir,
+        vault,
     } = app;
     sandbox.stop().await; // the control unit is down: nothing listens on its port
     let (status, body, _) = post_to(&url, &key, "OUT-1", &flat("OUT-1", "116.00", "16.00")).await;
@@ -283,6 +284,7 @@ async fn an_outage_answers_202_then_the_sale_signs(store: Store) {
         sandbox,
         pipeline,
         state_dir,
+        vault,
     };
     let id = body["purchaseId"].as_i64().unwrap();
     let mut signed = Value::Null;
@@ -442,10 +444,22 @@ async fn the_journal_device_and_monitoring_views(store: Store) {
         .unwrap()
         .unwrap()
         .scope;
-    let cmc_key = app.store.device(scope).await.unwrap().unwrap().cmc_key;
-    assert!(!cmc_key.is_empty());
-    assert!(!device.to_string().contains(&cmc_key));
-    assert!(!original.to_string().contains(&cmc_key));
+    let sealed = app.store.device(scope).await.unwrap().unwrap().cmc_key;
+    let binding = ushuru_vault::Binding {
+        tenant: scope.tenant.0,
+        branch: scope.branch.0,
+    };
+    let cmc_key = app.vault.open_cmc_key(binding, &sealed).unwrap();
+    assert_eq!(cmc_key.len(), 32);
+    assert!(!device.to_string().contains(cmc_key.as_str()));
+    assert!(!original.to_string().contains(cmc_key.as_str()));
+    // Stored sealed: the plaintext is in no column the store wrote.
+    for stored in [
+        &sealed.sealed.ciphertext,
+        &sealed.data_key.wrapped.ciphertext,
+    ] {
+        assert!(!String::from_utf8_lossy(stored).contains(cmc_key.as_str()));
+    }
 
     // Monitoring: healthy after gap-free signing; a finding the auditor stored shows up,
     // for its own branch only.
@@ -1442,6 +1456,7 @@ async fn an_operation_waits_out_an_outage(store: Store) {
         sandbox,
         pipeline,
         state_dir,
+        vault,
     } = app;
     sandbox.stop().await;
     let app = App {
@@ -1457,6 +1472,7 @@ async fn an_operation_waits_out_an_outage(store: Store) {
         .unwrap(),
         pipeline,
         state_dir,
+        vault,
     };
     let adjustment = json!({"lines": [stock_line("SKU1", "M", "1")]});
     let (status, body) = post_json(

@@ -14,13 +14,15 @@ use ushuru_engine::{DeviceIdentity, Pipeline, Relay, SystemClock};
 use ushuru_kra::endpoints::InitDevice;
 use ushuru_kra::types::InitRequest;
 use ushuru_kra::{
-    ClientConfig, InProcessUnit, KraClient, Outcome, Profile, ResultCode, Secret, Timeouts,
+    ClientConfig, CmcKeyOpener, InProcessUnit, KraClient, Outcome, Profile, ResultCode, Secret,
+    Timeouts,
 };
 use ushuru_sandbox::persist::StateFile;
 use ushuru_sandbox::server::GatewayAccess;
 use ushuru_sandbox::{ControlUnit, Sandbox};
-use ushuru_store::{DeviceRecord, Store};
+use ushuru_store::{DeviceRecord, Scope, SealedCmcKey, Store};
 use ushuru_tax::TaxRates;
+use ushuru_vault::{Binding, LocalMasterKey, Vault};
 
 /// The control-unit "URL" recorded for a device on the built-in sandbox, which runs in
 /// this process and is called without a network.
@@ -60,6 +62,12 @@ pub struct ServeArgs {
     /// How long Idempotency-Key answers are kept
     #[arg(long, env = "USHURU_IDEMPOTENCY_HOURS", default_value_t = 24)]
     idempotency_hours: u64,
+    /// The master key of the cmcKey vault, in a file (32 bytes as base64 or hex). The key
+    /// itself may instead be given in `USHURU_MASTER_KEY` (never as a flag: a command line
+    /// is visible to every user of the machine). With neither, a development key is
+    /// generated in the data directory, with a warning.
+    #[arg(long, env = "USHURU_MASTER_KEY_FILE", value_name = "FILE")]
+    master_key_file: Option<PathBuf>,
     /// An optional TOML file with any of the options above (as `snake_case` keys, e.g.
     /// `listen = "127.0.0.1:9000"`); options given on the command line or as USHURU_*
     /// variables take precedence over it
@@ -82,6 +90,7 @@ struct ConfigFile {
     control_unit_profile: Option<String>,
     sale_deadline_ms: Option<u64>,
     idempotency_hours: Option<u64>,
+    master_key_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -126,6 +135,7 @@ impl ServeArgs {
                 .map_err(|e| anyhow::anyhow!("{}: control_unit_profile: {e}", path.display())),
                         sale_deadline_ms => anyhow::Ok,
             idempotency_hours => anyhow::Ok,
+            master_key_file => |v| anyhow::Ok(Some(v)),
         );
         Ok(())
     }
@@ -181,6 +191,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !applied.is_empty() {
         tracing::info!(?applied, "database migrated");
     }
+    let vault = open_vault(&args)?;
+    seal_plaintext_cmc_keys(&store, &vault).await?;
 
     // The built-in sandbox runs when no control unit is named, and whenever a branch
     // provisioned on it earlier is still served.
@@ -235,6 +247,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             &bootstrap_unit,
             sandbox.as_ref(),
             bootstrap_profile,
+            (&vault, scope),
             &args.tin,
             bhf_id,
             &serial,
@@ -282,6 +295,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 served.tin
             )
         })?;
+        // The relay holds the cmcKey sealed and opens it for each call.
+        let key = BranchCmcKey {
+            vault: vault.clone(),
+            binding: binding(served.scope),
+            sealed: served.device.cmc_key.clone(),
+        };
+        // Found now, not at the first sale: a master key that does not open a branch's key.
+        drop(key.open().map_err(|e| {
+            anyhow::anyhow!(
+                "branch {} of {}: {e}. Start with the master key this database was sealed with",
+                served.bhf_id,
+                served.tin
+            )
+        })?);
         let client = control_unit_client(
             sandbox.as_ref(),
             ClientConfig {
@@ -289,11 +316,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 profile,
                 tin: served.tin.clone(),
                 bhf_id: served.bhf_id.clone(),
-                cmc_key: Some(Secret::new(served.device.cmc_key.clone())),
+                cmc_key: None,
                 timeouts: Timeouts::default(),
                 gateway: None,
             },
-        )?;
+        )?
+        .with_cmc_key_opener(Arc::new(key));
         let identity = DeviceIdentity {
             sdc_id: served.device.sdc_id.clone(),
             mrc_no: Some(served.device.mrc_no.clone()),
@@ -395,6 +423,7 @@ async fn initialise_device(
     control_unit: &str,
     sandbox: Option<&Arc<Sandbox>>,
     profile: Profile,
+    (vault, scope): (&Vault, Scope),
     tin: &str,
     bhf_id: &str,
     serial: &str,
@@ -433,13 +462,94 @@ async fn initialise_device(
             describe(&other)
         ),
     };
+    // Sealed at once: the plaintext goes no further than this function.
+    let cmc_key = zeroize::Zeroizing::new(info.cmc_key);
+    let sealed = vault
+        .seal_cmc_key(binding(scope), &cmc_key)
+        .context("cannot seal the cmcKey")?;
     Ok(DeviceRecord {
         control_unit_url: control_unit.to_owned(),
         profile: format!("{profile:?}").to_lowercase(),
         sdc_id: info.sdc_id,
         mrc_no: info.mrc_no,
-        cmc_key: info.cmc_key,
+        cmc_key: sealed,
     })
+}
+
+/// The vault binding of a branch.
+fn binding(scope: Scope) -> Binding {
+    Binding {
+        tenant: scope.tenant.0,
+        branch: scope.branch.0,
+    }
+}
+
+/// A branch's sealed cmcKey, opened by its relay's client for the moment of each call.
+struct BranchCmcKey {
+    vault: Vault,
+    binding: Binding,
+    sealed: SealedCmcKey,
+}
+
+impl CmcKeyOpener for BranchCmcKey {
+    fn open(&self) -> Result<Secret, String> {
+        let mut opened = self
+            .vault
+            .open_cmc_key(self.binding, &self.sealed)
+            .map_err(|e| e.to_string())?;
+        // Moved, not copied: the one buffer is zeroized when the call's Secret drops.
+        Ok(Secret::new(std::mem::take(&mut *opened)))
+    }
+}
+
+/// The vault's master key: `USHURU_MASTER_KEY`, else `--master-key-file`, else a development
+/// key file in the data directory, created on first start.
+fn open_vault(args: &ServeArgs) -> anyhow::Result<Vault> {
+    let from_env = std::env::var("USHURU_MASTER_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .map(zeroize::Zeroizing::new);
+    let master = match (from_env, &args.master_key_file) {
+        (Some(text), _) => {
+            LocalMasterKey::from_text(&text, MASTER_KEY_VERSION).context("USHURU_MASTER_KEY")?
+        }
+        (None, Some(path)) => LocalMasterKey::from_file(path, MASTER_KEY_VERSION)?,
+        (None, None) => {
+            let path = args.data_dir.join("master.key");
+            let (key, created) = LocalMasterKey::load_or_generate(&path, MASTER_KEY_VERSION)?;
+            let what = if created { "generated" } else { "read" };
+            tracing::warn!(path = %path.display(), "development master key {what}");
+            eprintln!(
+                "WARNING: the cmcKey vault's master key was {what} at {}, beside the database. \
+                 Fine for development; in production give USHURU_MASTER_KEY or --master-key-file \
+                 (kept apart from the database and its backups).",
+                path.display()
+            );
+            key
+        }
+    };
+    Ok(Vault::new(Arc::new(master)))
+}
+
+/// The only master key version until master-key rotation arrives.
+const MASTER_KEY_VERSION: u32 = 1;
+
+/// Seals the cmcKeys a database written before the vault holds in plain text.
+async fn seal_plaintext_cmc_keys(store: &Store, vault: &Vault) -> anyhow::Result<()> {
+    let plaintext = store.plaintext_cmc_keys().await?;
+    for key in &plaintext {
+        let sealed = vault
+            .seal_cmc_key(binding(key.scope), &key.cmc_key)
+            .context("cannot seal a stored cmcKey")?;
+        store.seal_plaintext_cmc_key(key.scope, &sealed).await?;
+    }
+    if !plaintext.is_empty() {
+        tracing::info!(
+            branches = plaintext.len(),
+            "cmcKeys stored in plain text by an earlier version are sealed now"
+        );
+    }
+    Ok(())
 }
 
 fn describe<T>(outcome: &Outcome<T>) -> String {

@@ -428,3 +428,147 @@ async fn a_second_serve_on_the_same_sqlite_data_dir_is_refused() {
     terminate(first);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The cmcKey vault end to end: with `USHURU_MASTER_KEY` the device's cmcKey is stored only
+/// sealed (in no form in the database file), a restart with the same master key signs on,
+/// and a start with another master key is refused before serving, naming the reason.
+/// Without a master key a development key file is generated, readable by its owner only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cmc_key_is_stored_sealed_and_opens_only_with_its_master_key() {
+    let dir = std::env::temp_dir().join(format!("ushuru-vault-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let master = data_encoding::BASE64.encode(&[5u8; 32]);
+    let serve_with = |master: Option<&str>, port: u16| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ushuru"));
+        command
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--data-dir", dir.to_str().unwrap()])
+            .env("USHURU_BOOTSTRAP_API_KEY", KEY)
+            .env_remove("USHURU_MASTER_KEY");
+        if let Some(master) = master {
+            command.env("USHURU_MASTER_KEY", master);
+        }
+        command
+    };
+    let wait_until_up = async |port: u16| {
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..300 {
+            let up = reqwest::Client::new()
+                .get(format!("{url}/v2/etims/device"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .is_ok();
+            if up {
+                return url;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("ushuru serve did not start");
+    };
+    let port = free_port();
+    let mut first = serve_with(Some(&master), port);
+    first.stdout(Stdio::null()).stderr(Stdio::null());
+    let running = Running(first.spawn().unwrap());
+    let url = wait_until_up(port).await;
+    assert_eq!(sell(&url, "vault-1").await["status"], "SIGNED");
+    terminate(running);
+    assert!(
+        !dir.join("master.key").exists(),
+        "no key file when the key is given"
+    );
+
+    // The cmcKey the control unit issued, from the sandbox's own state.
+    let sandbox = rusqlite::Connection::open(dir.join("sandbox.sqlite")).unwrap();
+    let device: String = sandbox
+        .query_row("SELECT value FROM records WHERE kind = 'device'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let cmc_key = serde_json::from_str::<Value>(&device).unwrap()["cmc_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(cmc_key.len(), 32);
+    // In no form in the database, its WAL included.
+    let forms = [
+        cmc_key.clone(),
+        data_encoding::HEXLOWER.encode(cmc_key.as_bytes()),
+        data_encoding::BASE64.encode(cmc_key.as_bytes()),
+    ];
+    for file in ["ushuru.sqlite", "ushuru.sqlite-wal"] {
+        let Ok(bytes) = std::fs::read(dir.join(file)) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        for form in &forms {
+            assert!(!text.contains(form.as_str()), "{file} holds the cmcKey");
+        }
+    }
+    let database = rusqlite::Connection::open(dir.join("ushuru.sqlite")).unwrap();
+    let (plain, sealed): (Option<String>, Vec<u8>) = database
+        .query_row(
+            "SELECT cmc_key, cmc_key_sealed FROM branches WHERE cmc_key_sealed IS NOT NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(plain, None);
+    assert_eq!(sealed.len(), 32 + 16, "the key and GCM's tag");
+
+    // Another master key: refused at start, before serving.
+    let other = data_encoding::BASE64.encode(&[6u8; 32]);
+    let refused = serve_with(Some(&other), free_port()).output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("master key"), "{stderr}");
+    assert!(
+        !stderr.contains(&other) && !stderr.contains(&cmc_key),
+        "{stderr}"
+    );
+    // A key that is not a key: refused, without echoing it.
+    let malformed = serve_with(Some("not-a-key-at-all"), free_port())
+        .output()
+        .unwrap();
+    assert!(!malformed.status.success());
+    let stderr = String::from_utf8_lossy(&malformed.stderr);
+    assert!(
+        stderr.contains("USHURU_MASTER_KEY") && stderr.contains("32 bytes"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-a-key-at-all"), "{stderr}");
+
+    // The right key again: the relay opens the sealed key and signs on.
+    let port = free_port();
+    let mut again = serve_with(Some(&master), port);
+    again.stdout(Stdio::null()).stderr(Stdio::null());
+    let running = Running(again.spawn().unwrap());
+    let url = wait_until_up(port).await;
+    assert_eq!(sell(&url, "vault-2").await["status"], "SIGNED");
+    terminate(running);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // No master key at all: a development key file, private, with a warning.
+    let port = free_port();
+    let mut development = serve_with(None, port);
+    development.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut running = Running(development.spawn().unwrap());
+    let url = wait_until_up(port).await;
+    assert_eq!(sell(&url, "vault-3").await["status"], "SIGNED");
+    let key_file = dir.join("master.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let stderr = running.0.stderr.take().unwrap();
+    terminate(running);
+    let mut warning = String::new();
+    std::io::Read::read_to_string(&mut { stderr }, &mut warning).unwrap();
+    assert!(
+        warning.contains("WARNING") && warning.contains("master key"),
+        "{warning}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,13 +16,14 @@ use crate::endpoints::{CallClass, Endpoint, EndpointName, Profile};
 use crate::envelope::{Envelope, GatewayEnvelope};
 use crate::wire::from_value_lenient;
 
-/// A secret string (the cmcKey, a gateway secret): never printed by `Debug` or `Display`.
+/// A secret string (the cmcKey, a gateway secret): never printed by `Debug` or `Display`,
+/// and zeroized when dropped.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(zeroize::Zeroizing<String>);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret(zeroize::Zeroizing::new(value.into()))
     }
 
     /// The secret itself, for the moment it is put on the wire.
@@ -206,6 +207,13 @@ pub trait InProcessUnit: Send + Sync + 'static {
     fn answer<'a>(&'a self, call: InProcessCall<'a>) -> InProcessFuture<'a>;
 }
 
+/// Opens a branch's cmcKey for the moment of one call (the vault). A client given one holds
+/// no key itself: each call opens it, puts it on the wire, and drops (zeroizes) it.
+pub trait CmcKeyOpener: Send + Sync + 'static {
+    /// The key, or why it cannot be opened (never the key itself).
+    fn open(&self) -> Result<Secret, String>;
+}
+
 /// A client of one branch's control unit.
 #[derive(Clone)]
 pub struct KraClient {
@@ -214,6 +222,8 @@ pub struct KraClient {
     token: Arc<Mutex<Option<(String, Instant)>>>,
     /// Set when the control unit runs in this process: calls skip HTTP.
     in_process: Option<Arc<dyn InProcessUnit>>,
+    /// Set when the cmcKey is sealed: opened per call instead of `config.cmc_key`.
+    cmc_key_opener: Option<Arc<dyn CmcKeyOpener>>,
 }
 
 impl fmt::Debug for KraClient {
@@ -241,6 +251,7 @@ impl KraClient {
             config: Arc::new(config),
             token: Arc::new(Mutex::new(None)),
             in_process: None,
+            cmc_key_opener: None,
         })
     }
 
@@ -280,6 +291,36 @@ impl KraClient {
             config: Arc::new(config),
             token: self.token.clone(),
             in_process: self.in_process.clone(),
+            cmc_key_opener: None,
+        }
+    }
+
+    /// The same client with a sealed cmcKey: every call opens it through `opener` for the
+    /// moment of the call, and the client holds no key in between.
+    pub fn with_cmc_key_opener(&self, opener: Arc<dyn CmcKeyOpener>) -> Self {
+        let mut config = (*self.config).clone();
+        config.cmc_key = None;
+        KraClient {
+            http: self.http.clone(),
+            config: Arc::new(config),
+            token: self.token.clone(),
+            in_process: self.in_process.clone(),
+            cmc_key_opener: Some(opener),
+        }
+    }
+
+    /// The cmcKey for one call of `endpoint`, when the profile sends one: opened now if
+    /// sealed. Dropped (zeroized) when the call ends.
+    fn cmc_key_for(&self, endpoint: EndpointName) -> Result<Option<Secret>, String> {
+        if self.config.profile == Profile::Vscu || endpoint == EndpointName::SelectInitOsdcInfo {
+            return Ok(None);
+        }
+        match &self.cmc_key_opener {
+            Some(opener) => opener
+                .open()
+                .map(Some)
+                .map_err(|e| format!("the cmcKey could not be opened: {e}")),
+            None => Ok(self.config.cmc_key.clone()),
         }
     }
 
@@ -324,9 +365,26 @@ impl KraClient {
         let url = format!("{}{}", self.config.base_url.trim_end_matches('/'), path);
         let request_body = String::from_utf8_lossy(&body).into_owned();
         let started = Instant::now();
+        // Nothing is sent without the key it needs.
+        let cmc_key = match self.cmc_key_for(endpoint) {
+            Ok(key) => key,
+            Err(reason) => {
+                return Call {
+                    outcome: Outcome::NotSent { reason },
+                    exchange: self.exchange(endpoint, request_body, None, None, Duration::ZERO),
+                };
+            }
+        };
         if let Some(unit) = &self.in_process {
             return self
-                .send_in_process(unit.as_ref(), endpoint, &body, request_body, started)
+                .send_in_process(
+                    unit.as_ref(),
+                    endpoint,
+                    &body,
+                    cmc_key.as_ref(),
+                    request_body,
+                    started,
+                )
                 .await;
         }
 
@@ -347,7 +405,13 @@ impl KraClient {
                     };
                 }
             };
-            let request = self.request(endpoint, &url, body.clone(), token.as_deref());
+            let request = self.request(
+                endpoint,
+                &url,
+                body.clone(),
+                token.as_deref(),
+                cmc_key.as_ref(),
+            );
             let response = match request.send().await {
                 Ok(response) => response,
                 Err(e) => {
@@ -407,6 +471,7 @@ impl KraClient {
         unit: &dyn InProcessUnit,
         endpoint: EndpointName,
         body: &[u8],
+        cmc_key: Option<&Secret>,
         request_body: String,
         started: Instant,
     ) -> Call<Value> {
@@ -418,11 +483,7 @@ impl KraClient {
             profile: config.profile,
             tin: over_headers.then_some(config.tin.as_str()),
             bhf_id: over_headers.then_some(config.bhf_id.as_str()),
-            cmc_key: config
-                .cmc_key
-                .as_ref()
-                .filter(|_| over_headers && endpoint != EndpointName::SelectInitOsdcInfo)
-                .map(Secret::expose),
+            cmc_key: cmc_key.map(Secret::expose),
             body,
         };
         let timeout = config.timeouts.for_class(endpoint.call_class());
@@ -479,6 +540,7 @@ impl KraClient {
         url: &str,
         body: Vec<u8>,
         token: Option<&str>,
+        cmc_key: Option<&Secret>,
     ) -> reqwest::RequestBuilder {
         let config = &self.config;
         let mut request = self
@@ -494,10 +556,16 @@ impl KraClient {
         request = request
             .header("tin", &config.tin)
             .header("bhfId", &config.bhf_id);
-        if endpoint != EndpointName::SelectInitOsdcInfo
-            && let Some(key) = &config.cmc_key
-        {
-            request = request.header("cmcKey", key.expose());
+        if let Some(key) = cmc_key {
+            match reqwest::header::HeaderValue::from_str(key.expose()) {
+                Ok(mut value) => {
+                    // Kept out of any debug print of the request.
+                    value.set_sensitive(true);
+                    request = request.header("cmcKey", value);
+                }
+                // Not a header value: sent without it, the control unit refuses the call.
+                Err(_) => tracing::error!("the cmcKey is not a valid header value; not sent"),
+            }
         }
         if let Some(token) = token {
             request = request.bearer_auth(token);

@@ -12,8 +12,8 @@ pub mod types;
 pub mod wire;
 
 pub use client::{
-    Call, ClientConfig, ClientError, Exchange, GatewayCredentials, InProcessAnswer, InProcessCall,
-    InProcessFuture, InProcessUnit, KraClient, Outcome, Secret, Timeouts,
+    Call, ClientConfig, ClientError, CmcKeyOpener, Exchange, GatewayCredentials, InProcessAnswer,
+    InProcessCall, InProcessFuture, InProcessUnit, KraClient, Outcome, Secret, Timeouts,
 };
 pub use codes::{ResultClass, ResultCode};
 pub use draft::{DraftLine, SaleDraft};

@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 pub use model::*;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use ushuru_vault::SealedCmcKey;
 
 /// What can go wrong, in the store's own terms.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +126,22 @@ impl Store {
 
     pub async fn device(&self, scope: Scope) -> Result<Option<DeviceRecord>> {
         dispatch!(self, s => s.device(scope))
+    }
+
+    /// The cmcKeys a database written before the vault (migration 0010) still holds in
+    /// plain text, every tenant's: `serve` seals them at start.
+    pub async fn plaintext_cmc_keys(&self) -> Result<Vec<PlaintextCmcKey>> {
+        dispatch!(self, s => s.plaintext_cmc_keys())
+    }
+
+    /// Replaces a branch's plaintext cmcKey by its sealed form, in one update; false if
+    /// the branch holds no plaintext key (any more).
+    pub async fn seal_plaintext_cmc_key(
+        &self,
+        scope: Scope,
+        sealed: &SealedCmcKey,
+    ) -> Result<bool> {
+        dispatch!(self, s => s.seal_plaintext_cmc_key(scope, sealed))
     }
 
     /// Queues a control-unit operation (phase 1): in one transaction, its `sarNo` if it is
@@ -604,6 +621,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0009_scope_led_indexes",
         sqlite: include_str!("../migrations/sqlite/0009_scope_led_indexes.sql"),
         postgres: include_str!("../migrations/postgres/0009_scope_led_indexes.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "0010_sealed_cmc_keys",
+        sqlite: include_str!("../migrations/sqlite/0010_sealed_cmc_keys.sql"),
+        postgres: include_str!("../migrations/postgres/0010_sealed_cmc_keys.sql"),
     },
 ];
 

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use ushuru_tax::Money;
+use ushuru_vault::{Sealed, SealedCmcKey, WrappedDataKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(pub i64);
@@ -294,27 +295,73 @@ pub enum IdempotencyStart {
     InFlight,
 }
 
-/// A branch's control unit and the device initialised on it.
-#[derive(Clone, PartialEq, Eq)]
+/// A branch's control unit and the device initialised on it. The cmcKey is kept only
+/// sealed (ushuru-vault): opening it takes the master key, which the store never has.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceRecord {
     pub control_unit_url: String,
     /// oscu, vscu or gavaconnect.
     pub profile: String,
     pub sdc_id: String,
     pub mrc_no: String,
-    pub cmc_key: String,
+    pub cmc_key: SealedCmcKey,
 }
 
-impl std::fmt::Debug for DeviceRecord {
-    /// Never prints the cmcKey.
+/// A cmcKey a database written before the vault still holds in plain text, to be sealed
+/// (and cleared) by [`crate::Store::seal_plaintext_cmc_key`]. Zeroized when dropped.
+pub struct PlaintextCmcKey {
+    pub scope: Scope,
+    pub cmc_key: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for PlaintextCmcKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceRecord")
-            .field("control_unit_url", &self.control_unit_url)
-            .field("profile", &self.profile)
-            .field("sdc_id", &self.sdc_id)
-            .field("mrc_no", &self.mrc_no)
-            .field("cmc_key", &"<redacted>")
-            .finish()
+        f.debug_struct("PlaintextCmcKey")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stored columns of a sealed cmcKey, in the order the repositories read and write
+/// them: the key's nonce and ciphertext, the data key's version, nonce and wrapped form,
+/// and the master key's version.
+pub(crate) struct SealedColumns {
+    pub nonce: Vec<u8>,
+    pub sealed: Vec<u8>,
+    pub data_key_version: i64,
+    pub data_key_nonce: Vec<u8>,
+    pub data_key_wrapped: Vec<u8>,
+    pub master_key_version: i64,
+}
+
+impl SealedColumns {
+    pub fn of(key: &SealedCmcKey) -> Self {
+        SealedColumns {
+            nonce: key.sealed.nonce.clone(),
+            sealed: key.sealed.ciphertext.clone(),
+            data_key_version: i64::from(key.data_key.version),
+            data_key_nonce: key.data_key.wrapped.nonce.clone(),
+            data_key_wrapped: key.data_key.wrapped.ciphertext.clone(),
+            master_key_version: i64::from(key.data_key.master_version),
+        }
+    }
+
+    /// None when a version is out of range (a row no seal of ours wrote).
+    pub fn into_key(self) -> Option<SealedCmcKey> {
+        Some(SealedCmcKey {
+            data_key: WrappedDataKey {
+                version: u32::try_from(self.data_key_version).ok()?,
+                master_version: u32::try_from(self.master_key_version).ok()?,
+                wrapped: Sealed {
+                    nonce: self.data_key_nonce,
+                    ciphertext: self.data_key_wrapped,
+                },
+            },
+            sealed: Sealed {
+                nonce: self.nonce,
+                ciphertext: self.sealed,
+            },
+        })
     }
 }
 

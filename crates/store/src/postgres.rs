@@ -21,12 +21,14 @@ use crate::{
     AcceptedSale, AcceptedUnderKey, ApiKey, Behind, Branch, BranchId, Claim, CreditContext,
     CreditOutcome, CreditPlanner, DeviceRecord, ExchangeRecord, Fate, FindingKind,
     IdempotencyStart, IdempotentAccept, IdempotentRequest, InitialisedBranch, MIGRATIONS, NewSale,
-    OutboxPayload, PayloadBuilder, Receipt, Recorded, Result, SALE_SETTLED_SQL, SaleId, SaleLine,
-    SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId,
-    attempt_number, build_payload, clamp_time, gives_number_back, idempotency_decision,
-    last_used_is_stale, lease_until, money_from_text, money_text, plan_credit_note, plan_release,
-    quantity_from_text, released_count, sale_status_of, to_i64, to_u64,
+    OutboxPayload, PayloadBuilder, PlaintextCmcKey, Receipt, Recorded, Result, SALE_SETTLED_SQL,
+    SaleId, SaleLine, SaleRecord, SaleStatus, Scope, SealedColumns, SequenceFinding, Settlement,
+    StoreError, Tenant, TenantId, attempt_number, build_payload, clamp_time, gives_number_back,
+    idempotency_decision, last_used_is_stale, lease_until, money_from_text, money_text,
+    plan_credit_note, plan_release, quantity_from_text, released_count, sale_status_of, to_i64,
+    to_u64,
 };
+use ushuru_vault::SealedCmcKey;
 
 /// The advisory-lock namespace (first key) of the branch signer locks ("USHR"); the second
 /// key is the branch id. The migration lock uses the one-key form, which cannot collide.
@@ -1397,13 +1399,20 @@ impl PostgresStore {
     }
 
     pub async fn save_device(&self, scope: Scope, device: &DeviceRecord) -> Result<()> {
+        let key = SealedColumns::of(&device.cmc_key);
+        let data_key_version = to_i32(key.data_key_version, "data_key_version")?;
+        let master_key_version = to_i32(key.master_key_version, "master_key_version")?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
         let saved = tx.execute(
-&tx.prepare_cached("UPDATE branches SET control_unit_url = $1, control_unit_profile = $2, sdc_id = $3, mrc_no = $4, cmc_key = $5
-                 WHERE id = $6 AND tenant_id = $7").await.map_err(query_error)?,
-                &[&device.control_unit_url, &device.profile, &device.sdc_id, &device.mrc_no, &device.cmc_key, &scope.branch.0, &scope.tenant.0],
+&tx.prepare_cached("UPDATE branches SET control_unit_url = $1, control_unit_profile = $2, sdc_id = $3, mrc_no = $4,
+                        cmc_key = NULL, cmc_key_nonce = $5, cmc_key_sealed = $6, data_key_version = $7,
+                        data_key_nonce = $8, data_key_wrapped = $9, master_key_version = $10
+                 WHERE id = $11 AND tenant_id = $12").await.map_err(query_error)?,
+                &[&device.control_unit_url, &device.profile, &device.sdc_id, &device.mrc_no,
+                  &key.nonce, &key.sealed, &data_key_version, &key.data_key_nonce, &key.data_key_wrapped,
+                  &master_key_version, &scope.branch.0, &scope.tenant.0],
             )
             .await
             .map_err(query_error)?;
@@ -1419,8 +1428,13 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
         enter(&tx, scope.tenant).await?;
-        let row = tx.query_opt(
-&tx.prepare_cached("SELECT control_unit_url, control_unit_profile, sdc_id, mrc_no, cmc_key FROM branches WHERE id = $1 AND tenant_id = $2").await.map_err(query_error)?,
+        let row = tx
+            .query_opt(
+                &tx.prepare_cached(&format!(
+                    "SELECT {DEVICE_COLUMNS} FROM branches b WHERE id = $1 AND tenant_id = $2"
+                ))
+                .await
+                .map_err(query_error)?,
                 &[&scope.branch.0, &scope.tenant.0],
             )
             .await
@@ -1432,12 +1446,17 @@ impl PostgresStore {
 
     pub async fn initialised_branches(&self) -> Result<Vec<InitialisedBranch>> {
         let client = self.client().await?;
-        let rows = client.query(
-&client.prepare_cached("SELECT b.control_unit_url, b.control_unit_profile, b.sdc_id, b.mrc_no, b.cmc_key,
-                        b.id, b.tenant_id, t.tin, b.bhf_id
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(&format!(
+                        "SELECT {DEVICE_COLUMNS}, b.id, b.tenant_id, t.tin, b.bhf_id
                  FROM branches b JOIN tenants t ON t.id = b.tenant_id
-                 WHERE b.cmc_key IS NOT NULL
-                 ORDER BY b.id").await.map_err(query_error)?,
+                 WHERE b.cmc_key_sealed IS NOT NULL
+                 ORDER BY b.id"
+                    ))
+                    .await
+                    .map_err(query_error)?,
                 &[],
             )
             .await
@@ -1448,18 +1467,82 @@ impl PostgresStore {
                 Some(InitialisedBranch {
                     device: device_from_row(r, 0)?,
                     scope: Scope {
-                        tenant: TenantId(r.get(6)),
-                        branch: BranchId(r.get(5)),
+                        tenant: TenantId(r.get(11)),
+                        branch: BranchId(r.get(10)),
                     },
-                    tin: r.get(7),
-                    bhf_id: r.get(8),
+                    tin: r.get(12),
+                    bhf_id: r.get(13),
                 })
             })
             .collect())
     }
+
+    pub async fn plaintext_cmc_keys(&self) -> Result<Vec<PlaintextCmcKey>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT tenant_id, id, cmc_key FROM branches WHERE cmc_key IS NOT NULL ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| PlaintextCmcKey {
+                scope: Scope {
+                    tenant: TenantId(r.get(0)),
+                    branch: BranchId(r.get(1)),
+                },
+                cmc_key: zeroize::Zeroizing::new(r.get(2)),
+            })
+            .collect())
+    }
+
+    pub async fn seal_plaintext_cmc_key(
+        &self,
+        scope: Scope,
+        sealed: &SealedCmcKey,
+    ) -> Result<bool> {
+        let key = SealedColumns::of(sealed);
+        let data_key_version = to_i32(key.data_key_version, "data_key_version")?;
+        let master_key_version = to_i32(key.master_key_version, "master_key_version")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        enter(&tx, scope.tenant).await?;
+        let sealed_now = tx
+            .execute(
+                "UPDATE branches SET cmc_key = NULL, cmc_key_nonce = $1, cmc_key_sealed = $2,
+                        data_key_version = $3, data_key_nonce = $4, data_key_wrapped = $5,
+                        master_key_version = $6
+                 WHERE id = $7 AND tenant_id = $8 AND cmc_key IS NOT NULL",
+                &[
+                    &key.nonce,
+                    &key.sealed,
+                    &data_key_version,
+                    &key.data_key_nonce,
+                    &key.data_key_wrapped,
+                    &master_key_version,
+                    &scope.branch.0,
+                    &scope.tenant.0,
+                ],
+            )
+            .await
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        Ok(sealed_now == 1)
+    }
 }
 
-/// The five device columns from `first` on; None while any is NULL (not initialised).
+/// The device columns [`device_from_row`] reads, in its order (`b` is `branches`).
+const DEVICE_COLUMNS: &str = "b.control_unit_url, b.control_unit_profile, b.sdc_id, b.mrc_no,
+    b.cmc_key_nonce, b.cmc_key_sealed, b.data_key_version, b.data_key_nonce, b.data_key_wrapped,
+    b.master_key_version";
+
+fn to_i32(value: i64, what: &'static str) -> Result<i32> {
+    i32::try_from(value)
+        .map_err(|_| StoreError::Conflict(format!("{what} {value} is out of range")))
+}
+
 /// The branch's advisory-lock key (PostgreSQL's two-key form takes 32-bit keys).
 fn lock_key(scope: Scope) -> Result<i32> {
     i32::try_from(scope.branch.0).map_err(|_| {
@@ -1470,14 +1553,26 @@ fn lock_key(scope: Scope) -> Result<i32> {
     })
 }
 
+/// The device columns ([`DEVICE_COLUMNS`]) from `first` on; None while any is NULL (not
+/// initialised).
 fn device_from_row(r: &tokio_postgres::Row, first: usize) -> Option<DeviceRecord> {
     let text = |i: usize| r.get::<_, Option<String>>(first + i);
+    let bytes = |i: usize| r.get::<_, Option<Vec<u8>>>(first + i);
+    let version = |i: usize| r.get::<_, Option<i32>>(first + i).map(i64::from);
     Some(DeviceRecord {
         control_unit_url: text(0)?,
         profile: text(1)?,
         sdc_id: text(2)?,
         mrc_no: text(3)?,
-        cmc_key: text(4)?,
+        cmc_key: SealedColumns {
+            nonce: bytes(4)?,
+            sealed: bytes(5)?,
+            data_key_version: version(6)?,
+            data_key_nonce: bytes(7)?,
+            data_key_wrapped: bytes(8)?,
+            master_key_version: version(9)?,
+        }
+        .into_key()?,
     })
 }
 

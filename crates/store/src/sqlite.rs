@@ -22,15 +22,18 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use crate::signer::Hold;
+use ushuru_vault::SealedCmcKey;
+
 use crate::{
     AcceptedSale, AcceptedUnderKey, ApiKey, Behind, Branch, BranchId, Claim, CreditContext,
     CreditOutcome, CreditPlanner, DeviceRecord, ExchangeRecord, Fate, FindingKind,
     IdempotencyStart, IdempotentAccept, IdempotentRequest, InitialisedBranch, MIGRATIONS, NewSale,
-    OutboxPayload, PayloadBuilder, Receipt, Recorded, Result, SALE_SETTLED_SQL, SaleId, SaleLine,
-    SaleRecord, SaleStatus, Scope, SequenceFinding, Settlement, StoreError, Tenant, TenantId,
-    attempt_number, build_payload, clamp_time, gives_number_back, idempotency_decision,
-    last_used_is_stale, lease_until, money_from_text, money_text, plan_credit_note, plan_release,
-    quantity_from_text, released_count, sale_status_of, to_i64, to_u64,
+    OutboxPayload, PayloadBuilder, PlaintextCmcKey, Receipt, Recorded, Result, SALE_SETTLED_SQL,
+    SaleId, SaleLine, SaleRecord, SaleStatus, Scope, SealedColumns, SequenceFinding, Settlement,
+    StoreError, Tenant, TenantId, attempt_number, build_payload, clamp_time, gives_number_back,
+    idempotency_decision, last_used_is_stale, lease_until, money_from_text, money_text,
+    plan_credit_note, plan_release, quantity_from_text, released_count, sale_status_of, to_i64,
+    to_u64,
 };
 
 #[derive(Clone)]
@@ -1119,9 +1122,14 @@ impl SqliteStore {
     pub async fn save_device(&self, scope: Scope, device: &DeviceRecord) -> Result<()> {
         let device = device.clone();
         self.run(move |connection| {
-            let saved = connection.prepare_cached("UPDATE branches SET control_unit_url = ?1, control_unit_profile = ?2, sdc_id = ?3, mrc_no = ?4, cmc_key = ?5
-                     WHERE id = ?6 AND tenant_id = ?7").map_err(database)?.execute(
-                    params![device.control_unit_url, device.profile, device.sdc_id, device.mrc_no, device.cmc_key, scope.branch.0, scope.tenant.0],
+            let key = SealedColumns::of(&device.cmc_key);
+            let saved = connection.prepare_cached("UPDATE branches SET control_unit_url = ?1, control_unit_profile = ?2, sdc_id = ?3, mrc_no = ?4,
+                            cmc_key = NULL, cmc_key_nonce = ?5, cmc_key_sealed = ?6, data_key_version = ?7,
+                            data_key_nonce = ?8, data_key_wrapped = ?9, master_key_version = ?10
+                     WHERE id = ?11 AND tenant_id = ?12").map_err(database)?.execute(
+                    params![device.control_unit_url, device.profile, device.sdc_id, device.mrc_no,
+                            key.nonce, key.sealed, key.data_key_version, key.data_key_nonce,
+                            key.data_key_wrapped, key.master_key_version, scope.branch.0, scope.tenant.0],
                 )
                 .map_err(database)?;
             if saved == 0 { Err(StoreError::NotFound("branch")) } else { Ok(()) }
@@ -1131,26 +1139,18 @@ impl SqliteStore {
 
     pub async fn device(&self, scope: Scope) -> Result<Option<DeviceRecord>> {
         self.read(move |connection| {
-            let row = connection.prepare_cached("SELECT control_unit_url, control_unit_profile, sdc_id, mrc_no, cmc_key FROM branches WHERE id = ?1 AND tenant_id = ?2").map_err(database)?.query_row(
-                    params![scope.branch.0, scope.tenant.0],
-                    |r| {
-                        Ok((
-                            r.get::<_, Option<String>>(0)?,
-                            r.get::<_, Option<String>>(1)?,
-                            r.get::<_, Option<String>>(2)?,
-                            r.get::<_, Option<String>>(3)?,
-                            r.get::<_, Option<String>>(4)?,
-                        ))
-                    },
-                )
+            connection
+                .prepare_cached(&format!(
+                    "SELECT {DEVICE_COLUMNS} FROM branches b WHERE id = ?1 AND tenant_id = ?2"
+                ))
+                .map_err(database)?
+                .query_row(params![scope.branch.0, scope.tenant.0], |r| {
+                    device_from_row(r, 0)
+                })
                 .optional()
-                .map_err(database)?;
-                        Ok(match row {
-                Some((Some(control_unit_url), Some(profile), Some(sdc_id), Some(mrc_no), Some(cmc_key))) => {
-                    Some(DeviceRecord { control_unit_url, profile, sdc_id, mrc_no, cmc_key })
-                }
-                _ => None,
-            })
+                .map_err(database)
+                // Every column may still be NULL (a branch whose device is not initialised yet).
+                .map(Option::flatten)
         })
         .await
     }
@@ -1158,35 +1158,84 @@ impl SqliteStore {
     pub async fn initialised_branches(&self) -> Result<Vec<InitialisedBranch>> {
         self.read(move |connection| {
             let mut statement = connection
-                .prepare(
-                    "SELECT b.control_unit_url, b.control_unit_profile, b.sdc_id, b.mrc_no, b.cmc_key,
-                            b.id, b.tenant_id, t.tin, b.bhf_id
+                .prepare(&format!(
+                    "SELECT {DEVICE_COLUMNS}, b.id, b.tenant_id, t.tin, b.bhf_id
                      FROM branches b JOIN tenants t ON t.id = b.tenant_id
-                     WHERE b.control_unit_url IS NOT NULL AND b.control_unit_profile IS NOT NULL
-                       AND b.sdc_id IS NOT NULL AND b.mrc_no IS NOT NULL AND b.cmc_key IS NOT NULL
-                     ORDER BY b.id",
-                )
+                     WHERE b.cmc_key_sealed IS NOT NULL
+                     ORDER BY b.id"
+                ))
                 .map_err(database)?;
             let rows = statement
                 .query_map([], |r| {
-                    Ok(InitialisedBranch {
-                        device: DeviceRecord {
-                            control_unit_url: r.get(0)?,
-                            profile: r.get(1)?,
-                            sdc_id: r.get(2)?,
-                            mrc_no: r.get(3)?,
-                            cmc_key: r.get(4)?,
-                        },
+                    let Some(device) = device_from_row(r, 0)? else {
+                        return Ok(None);
+                    };
+                    Ok(Some(InitialisedBranch {
+                        device,
                         scope: Scope {
-                            tenant: TenantId(r.get(6)?),
-                            branch: BranchId(r.get(5)?),
+                            tenant: TenantId(r.get(11)?),
+                            branch: BranchId(r.get(10)?),
                         },
-                        tin: r.get(7)?,
-                        bhf_id: r.get(8)?,
+                        tin: r.get(12)?,
+                        bhf_id: r.get(13)?,
+                    }))
+                })
+                .map_err(database)?;
+            let rows = rows
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(database)?;
+            Ok(rows.into_iter().flatten().collect())
+        })
+        .await
+    }
+
+    pub async fn plaintext_cmc_keys(&self) -> Result<Vec<PlaintextCmcKey>> {
+        self.read(move |connection| {
+            let mut statement = connection
+                .prepare("SELECT tenant_id, id, cmc_key FROM branches WHERE cmc_key IS NOT NULL ORDER BY id")
+                .map_err(database)?;
+            let rows = statement
+                .query_map([], |r| {
+                    Ok(PlaintextCmcKey {
+                        scope: Scope {
+                            tenant: TenantId(r.get(0)?),
+                            branch: BranchId(r.get(1)?),
+                        },
+                        cmc_key: zeroize::Zeroizing::new(r.get(2)?),
                     })
                 })
                 .map_err(database)?;
             rows.collect::<std::result::Result<Vec<_>, _>>().map_err(database)
+        })
+        .await
+    }
+
+    pub async fn seal_plaintext_cmc_key(
+        &self,
+        scope: Scope,
+        sealed: &SealedCmcKey,
+    ) -> Result<bool> {
+        let key = SealedColumns::of(sealed);
+        self.run(move |connection| {
+            let sealed_now = connection
+                .execute(
+                    "UPDATE branches SET cmc_key = NULL, cmc_key_nonce = ?1, cmc_key_sealed = ?2,
+                            data_key_version = ?3, data_key_nonce = ?4, data_key_wrapped = ?5,
+                            master_key_version = ?6
+                     WHERE id = ?7 AND tenant_id = ?8 AND cmc_key IS NOT NULL",
+                    params![
+                        key.nonce,
+                        key.sealed,
+                        key.data_key_version,
+                        key.data_key_nonce,
+                        key.data_key_wrapped,
+                        key.master_key_version,
+                        scope.branch.0,
+                        scope.tenant.0
+                    ],
+                )
+                .map_err(database)?;
+            Ok(sealed_now == 1)
         })
         .await
     }
@@ -1711,3 +1760,54 @@ fn insert_sale(
     Ok(sale_id)
 }
 mod operations;
+
+/// The device columns [`device_from_row`] reads, in its order (`b` is `branches`).
+const DEVICE_COLUMNS: &str = "b.control_unit_url, b.control_unit_profile, b.sdc_id, b.mrc_no,
+    b.cmc_key_nonce, b.cmc_key_sealed, b.data_key_version, b.data_key_nonce, b.data_key_wrapped,
+    b.master_key_version";
+
+/// The device columns from `first` on; None while any is NULL (not initialised).
+fn device_from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<DeviceRecord>> {
+    let text = |i: usize| r.get::<_, Option<String>>(first + i);
+    let bytes = |i: usize| r.get::<_, Option<Vec<u8>>>(first + i);
+    let version = |i: usize| r.get::<_, Option<i64>>(first + i);
+    let (Some(control_unit_url), Some(profile), Some(sdc_id), Some(mrc_no)) =
+        (text(0)?, text(1)?, text(2)?, text(3)?)
+    else {
+        return Ok(None);
+    };
+    let (
+        Some(nonce),
+        Some(sealed),
+        Some(data_key_version),
+        Some(data_key_nonce),
+        Some(data_key_wrapped),
+        Some(master_key_version),
+    ) = (
+        bytes(4)?,
+        bytes(5)?,
+        version(6)?,
+        bytes(7)?,
+        bytes(8)?,
+        version(9)?,
+    )
+    else {
+        return Ok(None);
+    };
+    let cmc_key = SealedColumns {
+        nonce,
+        sealed,
+        data_key_version,
+        data_key_nonce,
+        data_key_wrapped,
+        master_key_version,
+    }
+    .into_key();
+    Ok(cmc_key.map(|cmc_key| DeviceRecord {
+        control_unit_url,
+        profile,
+        sdc_id,
+        mrc_no,
+        cmc_key,
+    }))
+}

@@ -27,6 +27,14 @@ fn unique_name() -> String {
     )
 }
 
+/// A vault with a fixed test master key.
+fn test_vault() -> ushuru_vault::Vault {
+    let text = data_encoding::BASE64.encode(&[42u8; 32]);
+    ushuru_vault::Vault::new(std::sync::Arc::new(
+        ushuru_vault::LocalMasterKey::from_text(&text, 1).unwrap(),
+    ))
+}
+
 async fn sqlite() -> Store {
     let path = std::env::temp_dir().join(format!("{}.sqlite", unique_name()));
     let store = Store::connect(path.to_str().unwrap()).await.unwrap();
@@ -60,7 +68,7 @@ async fn postgres_database() -> String {
 }
 
 /// Every migration, in order: what a fresh database runs.
-const ALL_MIGRATIONS: [&str; 9] = [
+const ALL_MIGRATIONS: [&str; 10] = [
     "0001_foundation",
     "0002_sale_search",
     "0003_sale_lines",
@@ -70,6 +78,7 @@ const ALL_MIGRATIONS: [&str; 9] = [
     "0007_released_numbers",
     "0008_room_for_updates",
     "0009_scope_led_indexes",
+    "0010_sealed_cmc_keys",
 ];
 
 fn now() -> DateTime<Utc> {
@@ -1443,16 +1452,33 @@ async fn bootstrap_lookups_devices_and_chosen_keys(store: Store) {
         None,
         "no device before initialisation"
     );
+    let vault = test_vault();
+    let binding = ushuru_vault::Binding {
+        tenant: scope.tenant.0,
+        branch: scope.branch.0,
+    };
     let device = ushuru_store::DeviceRecord {
         control_unit_url: "http://127.0.0.1:8088".into(),
         profile: "oscu".into(),
         sdc_id: "KRACU0000000001".into(),
         mrc_no: "WIS00000001".into(),
-        cmc_key: "SECRET-KEY".into(),
+        cmc_key: vault.seal_cmc_key(binding, "SECRET-KEY").unwrap(),
     };
     store.save_device(scope, &device).await.unwrap();
-    assert_eq!(store.device(scope).await.unwrap(), Some(device.clone()));
+    let stored = store.device(scope).await.unwrap().unwrap();
+    assert_eq!(
+        stored, device,
+        "ciphertext, nonces and versions come back as written"
+    );
+    assert_eq!(
+        vault
+            .open_cmc_key(binding, &stored.cmc_key)
+            .unwrap()
+            .as_str(),
+        "SECRET-KEY"
+    );
     assert!(!format!("{device:?}").contains("SECRET-KEY"));
+    assert!(store.plaintext_cmc_keys().await.unwrap().is_empty());
     // The service starts a relay for every initialised branch, and only for those.
     let uninitialised = store.create_branch(tenant.id, "01").await.unwrap().scope();
     let serving = store.initialised_branches().await.unwrap();
@@ -2057,6 +2083,109 @@ async fn on_postgres_a_replica_that_lost_its_lock_connection_stops_claiming() {
         .unwrap(),
         None
     );
+}
+
+/// A database written before the vault (migration 0010) holds cmcKeys in plain text: the
+/// store lists them across tenants, the branch counts as not initialised until its key is
+/// sealed, and sealing replaces the plaintext once, in one update.
+async fn plaintext_cmc_keys_are_listed_and_replaced_once(
+    store: Store,
+    write_plaintext: impl AsyncFnOnce(i64),
+) {
+    let scope = branch(&store, "P051234567A").await;
+    write_plaintext(scope.branch.0).await;
+    let plaintext = store.plaintext_cmc_keys().await.unwrap();
+    assert_eq!(plaintext.len(), 1);
+    assert_eq!(plaintext[0].scope, scope);
+    assert_eq!(plaintext[0].cmc_key.as_str(), "PLAINTEXT-KEY-OF-OLD");
+    assert!(!format!("{plaintext:?}").contains("PLAINTEXT"));
+    assert_eq!(
+        store.device(scope).await.unwrap(),
+        None,
+        "not served until sealed"
+    );
+    assert!(store.initialised_branches().await.unwrap().is_empty());
+    let vault = test_vault();
+    let binding = ushuru_vault::Binding {
+        tenant: scope.tenant.0,
+        branch: scope.branch.0,
+    };
+    let sealed = vault.seal_cmc_key(binding, &plaintext[0].cmc_key).unwrap();
+    assert!(store.seal_plaintext_cmc_key(scope, &sealed).await.unwrap());
+    assert!(
+        !store.seal_plaintext_cmc_key(scope, &sealed).await.unwrap(),
+        "once"
+    );
+    assert!(store.plaintext_cmc_keys().await.unwrap().is_empty());
+    let device = store.device(scope).await.unwrap().unwrap();
+    assert_eq!(device.sdc_id, "KRACU0000000009");
+    assert_eq!(
+        vault
+            .open_cmc_key(binding, &device.cmc_key)
+            .unwrap()
+            .as_str(),
+        "PLAINTEXT-KEY-OF-OLD"
+    );
+    assert_eq!(store.initialised_branches().await.unwrap().len(), 1);
+}
+
+const OLD_DEVICE_SQL: &str = "UPDATE branches SET control_unit_url = 'http://127.0.0.1:8088',
+    control_unit_profile = 'oscu', sdc_id = 'KRACU0000000009', mrc_no = 'WIS00000009',
+    cmc_key = 'PLAINTEXT-KEY-OF-OLD' WHERE id = ";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_cmc_keys_on_sqlite() {
+    let path = std::env::temp_dir().join(format!("{}.sqlite", unique_name()));
+    let store = Store::connect(path.to_str().unwrap()).await.unwrap();
+    store.migrate().await.unwrap();
+    plaintext_cmc_keys_are_listed_and_replaced_once(store, async |branch| {
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        connection
+            .execute_batch(&format!("{OLD_DEVICE_SQL}{branch}"))
+            .unwrap();
+    })
+    .await;
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    let left: i64 = connection
+        .query_row(
+            "SELECT count(*) FROM branches WHERE cmc_key IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "no plaintext left in the file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_cmc_keys_on_postgres() {
+    let url = postgres_database().await;
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    plaintext_cmc_keys_are_listed_and_replaced_once(store, async |branch| {
+        client
+            .batch_execute(&format!("{OLD_DEVICE_SQL}{branch}"))
+            .await
+            .unwrap();
+    })
+    .await;
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM branches WHERE cmc_key IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "no plaintext left in the database");
+    // The database refuses a row holding both forms.
+    let both = client
+        .batch_execute("UPDATE branches SET cmc_key = 'X' WHERE cmc_key_sealed IS NOT NULL")
+        .await;
+    assert!(both.is_err());
 }
 
 macro_rules! conformance {

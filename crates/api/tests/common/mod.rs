@@ -21,6 +21,7 @@ use ushuru_sandbox::server::GatewayAccess;
 use ushuru_sandbox::{Config, ControlUnit, Sandbox, SandboxHandle};
 use ushuru_store::{DeviceRecord, Store};
 use ushuru_tax::TaxRates;
+use ushuru_vault::{Binding, LocalMasterKey, Vault};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -72,6 +73,14 @@ pub struct App {
     pub sandbox: SandboxHandle,
     pub pipeline: Arc<Pipeline>,
     pub state_dir: std::path::PathBuf,
+    /// The vault the devices' cmcKeys are sealed in (a fixed test master key).
+    pub vault: Vault,
+}
+
+/// A test master key: the vault is real, the key is not secret.
+pub fn test_vault() -> Vault {
+    let text = data_encoding::BASE64.encode(&[42u8; 32]);
+    Vault::new(Arc::new(LocalMasterKey::from_text(&text, 1).unwrap()))
 }
 
 pub const TINS: [&str; 2] = ["P051234567A", "P000000001Z"];
@@ -88,6 +97,7 @@ pub async fn start(store: Store, deadline: Duration) -> App {
         .start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
+    let vault = test_vault();
     let mut branches = HashMap::new();
     let mut relays = Vec::new();
     let mut keys = Vec::new();
@@ -132,7 +142,15 @@ pub async fn start(store: Store, deadline: Duration) -> App {
                     profile: "oscu".into(),
                     sdc_id: info.sdc_id.clone(),
                     mrc_no: info.mrc_no.clone(),
-                    cmc_key: info.cmc_key.clone(),
+                    cmc_key: vault
+                        .seal_cmc_key(
+                            Binding {
+                                tenant: scope.tenant.0,
+                                branch: scope.branch.0,
+                            },
+                            &info.cmc_key,
+                        )
+                        .unwrap(),
                 },
             )
             .await
@@ -192,6 +210,7 @@ pub async fn start(store: Store, deadline: Duration) -> App {
         sandbox,
         pipeline,
         state_dir,
+        vault,
     }
 }
 
