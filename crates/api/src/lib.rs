@@ -170,7 +170,28 @@ pub fn router(state: AppState) -> Router {
                 "no such endpoint",
             )
         })
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// Every request, once answered, at DEBUG: method, path, status and time. Never a header
+/// (they carry API keys) and never the query string.
+async fn log_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    tracing::debug!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "answered"
+    );
+    response
 }
 
 /// The authenticated caller: a live API key, from `Authorization: Bearer` or `X-API-Key`.

@@ -264,7 +264,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let first_scope = first_scope.context("no bootstrap branch given")?;
 
     // The key: the operator's, or a new one shown once.
-    let key = match std::env::var("USHURU_BOOTSTRAP_API_KEY")
+    // An operator's own key is not printed back: it is known where it came from, and
+    // output ends up in logs.
+    let shown_key = match std::env::var("USHURU_BOOTSTRAP_API_KEY")
         .ok()
         .filter(|k| !k.trim().is_empty())
     {
@@ -272,7 +274,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             store
                 .ensure_api_key(first_scope, key.trim(), "bootstrap")
                 .await?;
-            key.trim().to_owned()
+            "$USHURU_BOOTSTRAP_API_KEY".to_owned()
         }
         None => store.create_api_key(first_scope, "bootstrap").await?.0,
     };
@@ -376,14 +378,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.tin,
         args.branch.join(", ")
     );
-    eprintln!("API key: {key}");
+    eprintln!("API key: {shown_key}");
     // Shown once: the key of each branch provisioned by this start (not the first).
     for (bhf_id, branch_key) in &new_branch_keys {
         eprintln!("API key for branch {bhf_id}: {branch_key}");
     }
     eprintln!("Sign a sale:");
     eprintln!(
-        "  curl -s http://{addr}/v2/etims/sale -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
+        "  curl -s http://{addr}/v2/etims/sale -H \"Authorization: Bearer {shown_key}\" -H 'Content-Type: application/json' \
          -H 'Idempotency-Key: demo-1' -d '{{\"supplierPin\":\"{}\",\"clientReference\":\"demo-1\",\"amount\":\"5800.00\",\
          \"invoiceDate\":\"{}\",\"itemDescription\":\"Consulting\",\"taxAmount\":\"800.00\",\"pmtTyCd\":\"01\",\"taxBand\":\"B\"}}'",
         args.tin,
