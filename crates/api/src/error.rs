@@ -16,6 +16,9 @@ pub struct ApiError {
     pub details: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The body field of a 429 that is also sent as the `Retry-After` header.
+const RETRY_AFTER_FIELD: &str = "retryAfterSeconds";
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
@@ -24,6 +27,21 @@ impl ApiError {
             message: message.into(),
             details: serde_json::Map::new(),
         }
+    }
+
+    /// 429: too many failed authentications from this address or with this key prefix.
+    pub fn throttled(wait: std::time::Duration) -> Self {
+        // Whole seconds, rounded up: a client that waits that long is let through.
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "AUTH_THROTTLED",
+            format!(
+                "too many failed authentications from this address or with this key prefix; \
+                 retry in {seconds} s"
+            ),
+        )
+        .with(RETRY_AFTER_FIELD, json!(seconds))
     }
 
     /// Adds a field to the error body beside `code` and `message`.
@@ -76,7 +94,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let retry_after = (self.status == StatusCode::TOO_MANY_REQUESTS)
+            .then(|| self.details.get(RETRY_AFTER_FIELD)?.as_u64())
+            .flatten();
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

@@ -18,6 +18,7 @@ mod operations;
 mod sale;
 mod schema;
 mod stock;
+pub mod throttle;
 mod views;
 
 use std::collections::HashMap;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub in_flight_for: Duration,
     /// The host of KRA's receipt-verification page (`etims.kra.go.ke`, or the sandbox's).
     pub receipt_host: String,
+    /// Repeated authentication failures, per client address and key prefix.
+    pub auth_throttle: Arc<throttle::AuthThrottle>,
 }
 
 /// The document's fixed parts; the paths and their schemas come from [`routes`].
@@ -156,11 +159,58 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI 3.1 document of [`router`], as `GET /openapi.json` serves it.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    let mut api = routes().into_openapi();
+    document_throttling(&mut api);
+    api
+}
+
+/// Every operation that takes a key can also answer 429 (`AUTH_THROTTLED`, see
+/// [`throttle`]): added here to each, rather than repeated in every handler's annotation.
+fn document_throttling(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder, header::HeaderBuilder};
+    let throttled = ResponseBuilder::new()
+        .description(
+            "Too many failed authentications from this address or with this key prefix \
+             (`AUTH_THROTTLED`): retry after `Retry-After` seconds (also `retryAfterSeconds`).",
+        )
+        .header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(utoipa::openapi::schema::Object::with_type(
+                    utoipa::openapi::schema::Type::Integer,
+                ))
+                .description(Some("Seconds until an attempt is let through."))
+                .build(),
+        )
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build();
+    for item in api.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                operation
+                    .responses
+                    .responses
+                    .insert("429".into(), throttled.clone().into());
+            }
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
-    let (routes, api) = routes().split_for_parts();
+    let (routes, mut api) = routes().split_for_parts();
+    document_throttling(&mut api);
     routes
         .layer(Extension(Arc::new(docs::Docs::new(api))))
         .fallback(|| async {
@@ -219,14 +269,39 @@ impl FromRequestParts<AppState> for Caller {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .or_else(|| header("x-api-key"))
-            .filter(|k| !k.is_empty())
-            .ok_or_else(ApiError::unauthenticated)?;
-        let key = state
-            .store
-            .authenticate(presented.trim(), state.clock.now())
-            .await?
-            .ok_or_else(ApiError::unauthenticated)?;
-        Ok(Caller { key })
+            .map(str::trim)
+            .filter(|k| !k.is_empty());
+        let address = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip());
+        let subjects = throttle::Subject::of(address, presented);
+        let now = std::time::Instant::now();
+        if let Some(wait) = state.auth_throttle.blocked(&subjects, now) {
+            return Err(ApiError::throttled(wait));
+        }
+        let key = match presented {
+            Some(presented) => {
+                state
+                    .store
+                    .authenticate(presented, state.clock.now())
+                    .await?
+            }
+            None => None,
+        };
+        match key {
+            Some(key) => Ok(Caller { key }),
+            None => {
+                if state.auth_throttle.failed(&subjects, now) {
+                    tracing::warn!(
+                        address = address.map(|a| a.to_string()),
+                        key_prefix = presented.map(ushuru_store::key_prefix),
+                        "authentication throttled after repeated failures"
+                    );
+                }
+                Err(ApiError::unauthenticated())
+            }
+        }
     }
 }
 

@@ -1523,6 +1523,78 @@ async fn an_operation_waits_out_an_outage(store: Store) {
     finish(app).await;
 }
 
+/// A GET from a chosen loopback address (all of 127.0.0.0/8 reaches the server).
+async fn get_from(app: &App, from: [u8; 4], key: &str) -> reqwest::Response {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(from))
+        .build()
+        .unwrap()
+        .get(format!("{}/v2/etims/device", app.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Repeated authentication failures are throttled per client address and per key
+/// prefix: 429 with `Retry-After`, even for a valid key, until the window frees.
+async fn repeated_authentication_failures_are_throttled(store: Store) {
+    let app = start(store, Duration::from_secs(2)).await;
+    let valid = app.keys[0].clone();
+    // One address guessing many keys.
+    for n in 0..AUTH_FAILURE_LIMIT {
+        let response = get_from(&app, [127, 0, 0, 2], &format!("ush_guess{n:04}_xyz")).await;
+        assert_eq!(response.status().as_u16(), 401, "failure {n}");
+    }
+    let refused = get_from(&app, [127, 0, 0, 2], &valid).await;
+    assert_eq!(
+        refused.status().as_u16(),
+        429,
+        "even a valid key, from there"
+    );
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "AUTH_THROTTLED", "{body}");
+    assert_eq!(body["retryAfterSeconds"], json!(retry_after));
+    // Other addresses are not affected, and a success is not counted.
+    for _ in 0..(AUTH_FAILURE_LIMIT + 2) {
+        assert_eq!(
+            get_from(&app, [127, 0, 0, 3], &valid)
+                .await
+                .status()
+                .as_u16(),
+            200
+        );
+    }
+    // Many addresses guessing at one key prefix: the prefix is throttled for everyone.
+    let prefix = "ush_0badc0de";
+    for n in 0..AUTH_FAILURE_LIMIT {
+        let from = [127, 0, 1, u8::try_from(n).unwrap() + 1];
+        let response = get_from(&app, from, &format!("{prefix}{n:08}")).await;
+        assert_eq!(response.status().as_u16(), 401);
+    }
+    let response = get_from(&app, [127, 0, 2, 1], &format!("{prefix}ffffffff")).await;
+    assert_eq!(
+        response.status().as_u16(),
+        429,
+        "a fresh address, the same prefix"
+    );
+    // That address with another key is served.
+    assert_eq!(
+        get_from(&app, [127, 0, 2, 1], &valid)
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    finish(app).await;
+}
+
 macro_rules! on_both {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1550,4 +1622,5 @@ on_both!(
     an_operation_waits_out_an_outage,
     refusals_by_the_control_unit_and_malformed_uploads,
     a_refused_sale_gives_its_number_to_the_sales_behind_it,
+    repeated_authentication_failures_are_throttled,
 );

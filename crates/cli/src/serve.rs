@@ -62,6 +62,13 @@ pub struct ServeArgs {
     /// How long Idempotency-Key answers are kept
     #[arg(long, env = "USHURU_IDEMPOTENCY_HOURS", default_value_t = 24)]
     idempotency_hours: u64,
+    /// Failed authentications from one address, or with one key prefix, within
+    /// --auth-failure-window-secs, after which further attempts get 429 with Retry-After
+    #[arg(long, env = "USHURU_AUTH_FAILURE_LIMIT", default_value_t = 10)]
+    auth_failure_limit: u32,
+    /// The window of --auth-failure-limit, in seconds
+    #[arg(long, env = "USHURU_AUTH_FAILURE_WINDOW_SECS", default_value_t = 60)]
+    auth_failure_window_secs: u64,
     /// The master key of the cmcKey vault, in a file (32 bytes as base64 or hex). The key
     /// itself may instead be given in `USHURU_MASTER_KEY` (never as a flag: a command line
     /// is visible to every user of the machine). With neither, a development key is
@@ -91,6 +98,8 @@ struct ConfigFile {
     sale_deadline_ms: Option<u64>,
     idempotency_hours: Option<u64>,
     master_key_file: Option<PathBuf>,
+    auth_failure_limit: Option<u32>,
+    auth_failure_window_secs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -136,6 +145,8 @@ impl ServeArgs {
                         sale_deadline_ms => anyhow::Ok,
             idempotency_hours => anyhow::Ok,
             master_key_file => |v| anyhow::Ok(Some(v)),
+            auth_failure_limit => anyhow::Ok,
+            auth_failure_window_secs => anyhow::Ok,
         );
         Ok(())
     }
@@ -364,6 +375,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // this, a repeat of its key finds its sale instead of waiting for a dead process.
         in_flight_for: Duration::from_millis(args.sale_deadline_ms) + Duration::from_secs(5),
         receipt_host: receipt_host.into(),
+        auth_throttle: Arc::new(ushuru_api::throttle::AuthThrottle::new(
+            args.auth_failure_limit,
+            Duration::from_secs(args.auth_failure_window_secs),
+        )),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -391,7 +406,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.tin,
         chrono::Utc::now().format("%Y-%m-%d")
     );
-    axum::serve(listener, ushuru_api::router(state))
+    // With each connection's address, which the authentication throttle counts by.
+    let app = ushuru_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     purger.abort();

@@ -281,7 +281,11 @@ async fn signs_at_trace_without_leaking(database_url: Option<&str>, external_uni
     let log = std::fs::read_to_string(dir.join("serve.log")).unwrap();
     // The test means something only if TRACE was on and the calls were logged.
     assert!(log.contains("TRACE"), "no TRACE lines: {log:.2000}");
-    assert!(log.lines().count() > 40, "few log lines: {}", log.lines().count());
+    assert!(
+        log.lines().count() > 40,
+        "few log lines: {}",
+        log.lines().count()
+    );
     assert_absent("the logs", &log, &secrets);
     assert_absent("the HTTP answers", &answers.0, &secrets);
     match database_url {

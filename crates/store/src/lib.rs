@@ -495,8 +495,9 @@ fn new_api_key() -> Result<String> {
     Ok(format!("ush_{}", data_encoding::HEXLOWER.encode(&random)))
 }
 
-/// The first characters of a key, kept to tell keys apart in listings.
-fn key_prefix(key: &str) -> String {
+/// The first characters of a key, kept to tell keys apart in listings (and to count
+/// authentication failures per key).
+pub fn key_prefix(key: &str) -> String {
     key.chars().take(12).collect()
 }
 

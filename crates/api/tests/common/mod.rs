@@ -83,6 +83,9 @@ pub fn test_vault() -> Vault {
     Vault::new(Arc::new(LocalMasterKey::from_text(&text, 1).unwrap()))
 }
 
+/// Failed authentications per address or key prefix per minute before 429.
+pub const AUTH_FAILURE_LIMIT: u32 = 8;
+
 pub const TINS: [&str; 2] = ["P051234567A", "P000000001Z"];
 
 pub async fn start(store: Store, deadline: Duration) -> App {
@@ -199,10 +202,18 @@ pub async fn start(store: Store, deadline: Duration) -> App {
         idempotency_keep: Duration::from_secs(24 * 3600),
         in_flight_for: Duration::from_secs(60),
         receipt_host: "etims-sbx.kra.go.ke".into(),
+        auth_throttle: Arc::new(ushuru_api::throttle::AuthThrottle::new(
+            AUTH_FAILURE_LIMIT,
+            Duration::from_secs(60),
+        )),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, ushuru_api::router(state)).await });
+    tokio::spawn(async move {
+        let app =
+            ushuru_api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app).await
+    });
     App {
         url,
         store,
