@@ -68,6 +68,9 @@ macro_rules! dispatch {
     };
 }
 
+mod security;
+pub use security::*;
+
 impl Store {
     /// Opens the store a URL names: `postgres://…` (or `postgresql://…`), else an SQLite
     /// file (`sqlite://PATH` or a plain path). Runs no migrations: see [`Store::migrate`].
@@ -628,6 +631,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0010_sealed_cmc_keys",
         sqlite: include_str!("../migrations/sqlite/0010_sealed_cmc_keys.sql"),
         postgres: include_str!("../migrations/postgres/0010_sealed_cmc_keys.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "0011_operators_and_audit",
+        sqlite: include_str!("../migrations/sqlite/0011_operators_and_audit.sql"),
+        postgres: include_str!("../migrations/postgres/0011_operators_and_audit.sql"),
     },
 ];
 

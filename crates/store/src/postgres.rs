@@ -2119,3 +2119,4 @@ async fn insert_sale(
 
 mod accept_batch;
 mod operations;
+mod security;

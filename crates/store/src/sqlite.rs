@@ -1760,6 +1760,7 @@ fn insert_sale(
     Ok(sale_id)
 }
 mod operations;
+mod security;
 
 /// The device columns [`device_from_row`] reads, in its order (`b` is `branches`).
 const DEVICE_COLUMNS: &str = "b.control_unit_url, b.control_unit_profile, b.sdc_id, b.mrc_no,

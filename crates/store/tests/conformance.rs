@@ -68,7 +68,7 @@ async fn postgres_database() -> String {
 }
 
 /// Every migration, in order: what a fresh database runs.
-const ALL_MIGRATIONS: [&str; 10] = [
+const ALL_MIGRATIONS: [&str; 11] = [
     "0001_foundation",
     "0002_sale_search",
     "0003_sale_lines",
@@ -79,6 +79,7 @@ const ALL_MIGRATIONS: [&str; 10] = [
     "0008_room_for_updates",
     "0009_scope_led_indexes",
     "0010_sealed_cmc_keys",
+    "0011_operators_and_audit",
 ];
 
 fn now() -> DateTime<Utc> {
@@ -2085,6 +2086,128 @@ async fn on_postgres_a_replica_that_lost_its_lock_connection_stops_claiming() {
     );
 }
 
+/// Operator keys, branch keys as an operator lists and revokes them, the tenants overview,
+/// and the audit log (issue 5).
+async fn operators_key_listings_and_the_audit_log(store: Store) {
+    assert!(!store.operator_keys_exist().await.unwrap());
+    let (key, operator) = store.create_operator_key("ops").await.unwrap();
+    assert!(key.starts_with("ushop_") && key.len() > 60);
+    assert_eq!(operator.prefix, key[..12]);
+    assert!(store.operator_keys_exist().await.unwrap());
+    assert_eq!(
+        store.authenticate_operator(&key, now()).await.unwrap(),
+        Some(operator.clone())
+    );
+    assert_eq!(
+        store
+            .authenticate_operator("ushop_nope", now())
+            .await
+            .unwrap(),
+        None
+    );
+    // An operator key is no branch key, and a branch key no operator key.
+    assert_eq!(store.authenticate(&key, now()).await.unwrap(), None);
+    let chosen = store
+        .ensure_operator_key("ushop_chosen_by_the_operator", "env")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .ensure_operator_key("ushop_chosen_by_the_operator", "env")
+            .await
+            .unwrap(),
+        chosen,
+        "once"
+    );
+
+    let scope = branch(&store, "P051234567A").await;
+    let (branch_key, issued) = store.create_api_key(scope, "till 1").await.unwrap();
+    assert_eq!(
+        store
+            .authenticate_operator(&branch_key, now())
+            .await
+            .unwrap(),
+        None
+    );
+    let listed = store.api_keys(scope).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].id,
+            listed[0].prefix.as_str(),
+            listed[0].name.as_str()
+        ),
+        (issued.id, issued.prefix.as_str(), "till 1")
+    );
+    assert_eq!(listed[0].revoked_at, None);
+    let revoked = store
+        .revoke_api_key_by_id(issued.id, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revoked.scope, scope);
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(
+        store.revoke_api_key_by_id(issued.id, now()).await.unwrap(),
+        None,
+        "once"
+    );
+    assert_eq!(store.authenticate(&branch_key, now()).await.unwrap(), None);
+
+    let overview = store.tenants_overview().await.unwrap();
+    let ours = overview
+        .iter()
+        .find(|t| t.tenant.id == scope.tenant)
+        .unwrap();
+    assert_eq!(ours.tenant.tin, "P051234567A");
+    assert_eq!(ours.branches.len(), 1);
+    assert_eq!(
+        (ours.branches[0].id, ours.branches[0].bhf_id.as_str()),
+        (scope.branch, "00")
+    );
+    assert_eq!(ours.branches[0].sdc_id, None, "not initialised");
+
+    let first = store
+        .audit(
+            ushuru_store::NewAuditEvent::new(now(), "operator:1", "api_key.revoked")
+                .scope(scope)
+                .detail(serde_json::json!({"keyId": issued.id, "prefix": issued.prefix})),
+        )
+        .await
+        .unwrap();
+    let second = store
+        .audit(ushuru_store::NewAuditEvent::new(
+            now(),
+            "serve",
+            "operator_key.issued",
+        ))
+        .await
+        .unwrap();
+    assert!(second > first);
+    let events = store.audit_events(0, 10).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        (
+            events[0].id,
+            events[0].action.as_str(),
+            events[0].actor.as_str()
+        ),
+        (first, "api_key.revoked", "operator:1")
+    );
+    assert_eq!(
+        (events[0].tenant, events[0].branch),
+        (Some(scope.tenant), Some(scope.branch))
+    );
+    assert_eq!(events[0].detail["keyId"], serde_json::json!(issued.id));
+    assert_eq!((events[1].tenant, events[1].branch), (None, None));
+    assert_eq!(
+        store.audit_events(first, 10).await.unwrap().len(),
+        1,
+        "after an id"
+    );
+    assert_eq!(store.audit_events(0, 1).await.unwrap().len(), 1, "a limit");
+}
+
 /// A database written before the vault (migration 0010) holds cmcKeys in plain text: the
 /// store lists them across tenants, the branch counts as not initialised until its key is
 /// sealed, and sealing replaces the plaintext once, in one update.
@@ -2154,6 +2277,16 @@ async fn plaintext_cmc_keys_on_sqlite() {
         )
         .unwrap();
     assert_eq!(left, 0, "no plaintext left in the file");
+    // The audit log is append-only in the file itself.
+    connection
+        .execute("INSERT INTO audit_events (at, actor, action) VALUES ('2026-11-22T00:00:00Z', 'test', 'x')", [])
+        .unwrap();
+    assert!(
+        connection
+            .execute("UPDATE audit_events SET actor = 'someone else'", [])
+            .is_err()
+    );
+    assert!(connection.execute("DELETE FROM audit_events", []).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2186,6 +2319,18 @@ async fn plaintext_cmc_keys_on_postgres() {
         .batch_execute("UPDATE branches SET cmc_key = 'X' WHERE cmc_key_sealed IS NOT NULL")
         .await;
     assert!(both.is_err());
+    // The audit log is append-only in the database itself.
+    client
+        .batch_execute("INSERT INTO audit_events (at, actor, action) VALUES (now(), 'test', 'x')")
+        .await
+        .unwrap();
+    for change in [
+        "UPDATE audit_events SET actor = 'someone else'",
+        "DELETE FROM audit_events",
+        "TRUNCATE audit_events",
+    ] {
+        assert!(client.batch_execute(change).await.is_err(), "{change}");
+    }
 }
 
 macro_rules! conformance {
@@ -2210,6 +2355,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    operators_key_listings_and_the_audit_log,
     a_refused_number_is_given_back_to_the_sales_behind_it,
     operations_are_numbered_keyed_claimed_in_order_and_settled,
     migrations_are_idempotent,

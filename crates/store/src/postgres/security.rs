@@ -1,0 +1,232 @@
+//! Operators, key listings and the audit log on PostgreSQL (see `crate::security`).
+//! These act across tenants (an operator's view), outside any tenant's transaction.
+
+use chrono::{DateTime, Utc};
+
+use super::{PostgresStore, query_error};
+use crate::security::{
+    ApiKeyListing, AuditEvent, BranchOverview, NewAuditEvent, OperatorKey, TenantOverview,
+    group_overview,
+};
+use crate::{BranchId, Result, Scope, Tenant, TenantId, clamp_time, last_used_is_stale};
+
+const LISTING_COLUMNS: &str =
+    "id, tenant_id, branch_id, prefix, name, created_at, last_used_at, revoked_at";
+
+fn listing(row: &tokio_postgres::Row) -> ApiKeyListing {
+    ApiKeyListing {
+        id: row.get(0),
+        scope: Scope {
+            tenant: TenantId(row.get(1)),
+            branch: BranchId(row.get(2)),
+        },
+        prefix: row.get(3),
+        name: row.get(4),
+        created_at: row.get(5),
+        last_used_at: row.get(6),
+        revoked_at: row.get(7),
+    }
+}
+
+impl PostgresStore {
+    pub async fn insert_operator_key(
+        &self,
+        name: &str,
+        prefix: &str,
+        sha256: &str,
+    ) -> Result<OperatorKey> {
+        let client = self.client().await?;
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO operator_keys (prefix, key_sha256, name) VALUES ($1, $2, $3) RETURNING id",
+                &[&prefix, &sha256, &name],
+            )
+            .await
+            .map_err(query_error)?
+            .get(0);
+        Ok(OperatorKey {
+            id,
+            prefix: prefix.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    pub async fn ensure_operator_key(
+        &self,
+        name: &str,
+        prefix: &str,
+        sha256: &str,
+    ) -> Result<OperatorKey> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "WITH inserted AS (
+                    INSERT INTO operator_keys (prefix, key_sha256, name) VALUES ($1, $2, $3)
+                    ON CONFLICT (key_sha256) DO NOTHING RETURNING id, prefix, name)
+                 SELECT id, prefix, name FROM inserted
+                 UNION ALL SELECT id, prefix, name FROM operator_keys WHERE key_sha256 = $2
+                 LIMIT 1",
+                &[&prefix, &sha256, &name],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(OperatorKey {
+            id: row.get(0),
+            prefix: row.get(1),
+            name: row.get(2),
+        })
+    }
+
+    pub async fn operator_keys_exist(&self) -> Result<bool> {
+        let client = self.client().await?;
+        Ok(client
+            .query_one("SELECT EXISTS (SELECT 1 FROM operator_keys)", &[])
+            .await
+            .map_err(query_error)?
+            .get(0))
+    }
+
+    pub async fn authenticate_operator(
+        &self,
+        sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OperatorKey>> {
+        let client = self.client().await?;
+        let Some(row) = client
+            .query_opt(
+                "SELECT id, prefix, name, last_used_at FROM operator_keys
+                 WHERE key_sha256 = $1 AND revoked_at IS NULL",
+                &[&sha256],
+            )
+            .await
+            .map_err(query_error)?
+        else {
+            return Ok(None);
+        };
+        let key = OperatorKey {
+            id: row.get(0),
+            prefix: row.get(1),
+            name: row.get(2),
+        };
+        if last_used_is_stale(row.get(3), now) {
+            client
+                .execute(
+                    "UPDATE operator_keys SET last_used_at = $1 WHERE id = $2",
+                    &[&clamp_time(now), &key.id],
+                )
+                .await
+                .map_err(query_error)?;
+        }
+        Ok(Some(key))
+    }
+
+    pub async fn api_keys(&self, scope: Scope) -> Result<Vec<ApiKeyListing>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {LISTING_COLUMNS} FROM api_keys WHERE tenant_id = $1 AND branch_id = $2
+                     ORDER BY id DESC"
+                ),
+                &[&scope.tenant.0, &scope.branch.0],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(rows.iter().map(listing).collect())
+    }
+
+    pub async fn revoke_api_key_by_id(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ApiKeyListing>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL
+                     RETURNING {LISTING_COLUMNS}"
+                ),
+                &[&clamp_time(now), &id],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(row.as_ref().map(listing))
+    }
+
+    pub async fn tenants_overview(&self) -> Result<Vec<TenantOverview>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT t.id, t.tin, t.name, b.id, b.bhf_id,
+                        CASE WHEN b.cmc_key_sealed IS NOT NULL THEN b.sdc_id END,
+                        CASE WHEN b.cmc_key_sealed IS NOT NULL THEN b.mrc_no END
+                 FROM tenants t LEFT JOIN branches b ON b.tenant_id = t.id
+                 ORDER BY t.id, b.id",
+                &[],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(group_overview(rows.iter().map(|r| {
+            let tenant = Tenant {
+                id: TenantId(r.get(0)),
+                tin: r.get(1),
+                name: r.get(2),
+            };
+            let branch = r.get::<_, Option<i64>>(3).map(|id| BranchOverview {
+                id: BranchId(id),
+                bhf_id: r.get(4),
+                sdc_id: r.get(5),
+                mrc_no: r.get(6),
+            });
+            (tenant, branch)
+        })))
+    }
+
+    pub async fn audit(&self, event: NewAuditEvent) -> Result<i64> {
+        let client = self.client().await?;
+        let detail = tokio_postgres::types::Json(&event.detail);
+        Ok(client
+            .query_one(
+                "INSERT INTO audit_events (at, actor, action, tenant_id, branch_id, detail)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                &[
+                    &clamp_time(event.at),
+                    &event.actor,
+                    &event.action,
+                    &event.tenant.map(|t| t.0),
+                    &event.branch.map(|b| b.0),
+                    &detail,
+                ],
+            )
+            .await
+            .map_err(query_error)?
+            .get(0))
+    }
+
+    pub async fn audit_events(&self, after: i64, limit: u32) -> Result<Vec<AuditEvent>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, at, actor, action, tenant_id, branch_id, detail FROM audit_events
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&after, &i64::from(limit)],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditEvent {
+                id: r.get(0),
+                at: r.get(1),
+                actor: r.get(2),
+                action: r.get(3),
+                tenant: r.get::<_, Option<i64>>(4).map(TenantId),
+                branch: r.get::<_, Option<i64>>(5).map(BranchId),
+                detail: r
+                    .get::<_, tokio_postgres::types::Json<serde_json::Value>>(6)
+                    .0,
+            })
+            .collect())
+    }
+}

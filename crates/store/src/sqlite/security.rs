@@ -1,0 +1,320 @@
+//! Operators, key listings and the audit log on SQLite (see `crate::security`).
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+
+use super::{SqliteStore, database, parse_timestamp, timestamp};
+use crate::security::{
+    ApiKeyListing, AuditEvent, BranchOverview, NewAuditEvent, OperatorKey, TenantOverview,
+    group_overview,
+};
+use crate::{BranchId, Result, Scope, StoreError, Tenant, TenantId, last_used_is_stale};
+
+const LISTING_COLUMNS: &str =
+    "id, tenant_id, branch_id, prefix, name, created_at, last_used_at, revoked_at";
+
+struct RawListing {
+    id: i64,
+    tenant: i64,
+    branch: i64,
+    prefix: String,
+    name: String,
+    created_at: String,
+    last_used_at: Option<String>,
+    revoked_at: Option<String>,
+}
+
+fn raw_listing(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawListing> {
+    Ok(RawListing {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        branch: r.get(2)?,
+        prefix: r.get(3)?,
+        name: r.get(4)?,
+        created_at: r.get(5)?,
+        last_used_at: r.get(6)?,
+        revoked_at: r.get(7)?,
+    })
+}
+
+fn optional_time(text: Option<String>) -> Result<Option<DateTime<Utc>>> {
+    text.as_deref().map(parse_timestamp).transpose()
+}
+
+impl RawListing {
+    fn into_listing(self) -> Result<ApiKeyListing> {
+        Ok(ApiKeyListing {
+            id: self.id,
+            scope: Scope {
+                tenant: TenantId(self.tenant),
+                branch: BranchId(self.branch),
+            },
+            prefix: self.prefix,
+            name: self.name,
+            created_at: parse_timestamp(&self.created_at)?,
+            last_used_at: optional_time(self.last_used_at)?,
+            revoked_at: optional_time(self.revoked_at)?,
+        })
+    }
+}
+
+impl SqliteStore {
+    pub async fn insert_operator_key(
+        &self,
+        name: &str,
+        prefix: &str,
+        sha256: &str,
+    ) -> Result<OperatorKey> {
+        let (name, prefix, sha256) = (name.to_owned(), prefix.to_owned(), sha256.to_owned());
+        self.run(move |connection| {
+            connection
+                .execute(
+                    "INSERT INTO operator_keys (prefix, key_sha256, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![prefix, sha256, name, timestamp(Utc::now())],
+                )
+                .map_err(database)?;
+            Ok(OperatorKey {
+                id: connection.last_insert_rowid(),
+                prefix,
+                name,
+            })
+        })
+        .await
+    }
+
+    pub async fn ensure_operator_key(
+        &self,
+        name: &str,
+        prefix: &str,
+        sha256: &str,
+    ) -> Result<OperatorKey> {
+        let (name, prefix, sha256) = (name.to_owned(), prefix.to_owned(), sha256.to_owned());
+        self.run(move |connection| {
+            connection
+                .execute(
+                    "INSERT INTO operator_keys (prefix, key_sha256, name, created_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (key_sha256) DO NOTHING",
+                    params![prefix, sha256, name, timestamp(Utc::now())],
+                )
+                .map_err(database)?;
+            connection
+                .query_row(
+                    "SELECT id, prefix, name FROM operator_keys WHERE key_sha256 = ?1",
+                    params![sha256],
+                    |r| {
+                        Ok(OperatorKey {
+                            id: r.get(0)?,
+                            prefix: r.get(1)?,
+                            name: r.get(2)?,
+                        })
+                    },
+                )
+                .map_err(database)
+        })
+        .await
+    }
+
+    pub async fn operator_keys_exist(&self) -> Result<bool> {
+        self.read(|connection| {
+            connection
+                .query_row("SELECT EXISTS (SELECT 1 FROM operator_keys)", [], |r| {
+                    r.get(0)
+                })
+                .map_err(database)
+        })
+        .await
+    }
+
+    pub async fn authenticate_operator(
+        &self,
+        sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OperatorKey>> {
+        let sha256 = sha256.to_owned();
+        let found = self
+            .read(move |connection| {
+                connection
+                    .query_row(
+                        "SELECT id, prefix, name, last_used_at FROM operator_keys
+                         WHERE key_sha256 = ?1 AND revoked_at IS NULL",
+                        params![sha256],
+                        |r| {
+                            Ok((
+                                OperatorKey {
+                                    id: r.get(0)?,
+                                    prefix: r.get(1)?,
+                                    name: r.get(2)?,
+                                },
+                                r.get::<_, Option<String>>(3)?,
+                            ))
+                        },
+                    )
+                    .optional()
+                    .map_err(database)
+            })
+            .await?;
+        let Some((key, last_used)) = found else {
+            return Ok(None);
+        };
+        if last_used_is_stale(optional_time(last_used)?, now) {
+            let id = key.id;
+            self.run(move |connection| {
+                connection
+                    .execute(
+                        "UPDATE operator_keys SET last_used_at = ?1 WHERE id = ?2",
+                        params![timestamp(now), id],
+                    )
+                    .map_err(database)?;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(Some(key))
+    }
+
+    pub async fn api_keys(&self, scope: Scope) -> Result<Vec<ApiKeyListing>> {
+        let raw = self
+            .read(move |connection| {
+                let mut statement = connection
+                    .prepare(&format!(
+                        "SELECT {LISTING_COLUMNS} FROM api_keys WHERE tenant_id = ?1 AND branch_id = ?2
+                         ORDER BY id DESC"
+                    ))
+                    .map_err(database)?;
+                let rows = statement
+                    .query_map(params![scope.tenant.0, scope.branch.0], raw_listing)
+                    .map_err(database)?;
+                rows.collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(database)
+            })
+            .await?;
+        raw.into_iter().map(RawListing::into_listing).collect()
+    }
+
+    pub async fn revoke_api_key_by_id(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ApiKeyListing>> {
+        let raw = self
+            .run(move |connection| {
+                connection
+                    .query_row(
+                        &format!(
+                            "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL
+                             RETURNING {LISTING_COLUMNS}"
+                        ),
+                        params![timestamp(now), id],
+                        raw_listing,
+                    )
+                    .optional()
+                    .map_err(database)
+            })
+            .await?;
+        raw.map(RawListing::into_listing).transpose()
+    }
+
+    pub async fn tenants_overview(&self) -> Result<Vec<TenantOverview>> {
+        self.read(|connection| {
+            let mut statement = connection
+                .prepare(
+                    "SELECT t.id, t.tin, t.name, b.id, b.bhf_id,
+                            CASE WHEN b.cmc_key_sealed IS NOT NULL THEN b.sdc_id END,
+                            CASE WHEN b.cmc_key_sealed IS NOT NULL THEN b.mrc_no END
+                     FROM tenants t LEFT JOIN branches b ON b.tenant_id = t.id
+                     ORDER BY t.id, b.id",
+                )
+                .map_err(database)?;
+            let rows = statement
+                .query_map([], |r| {
+                    let tenant = Tenant {
+                        id: TenantId(r.get(0)?),
+                        tin: r.get(1)?,
+                        name: r.get(2)?,
+                    };
+                    let branch = match r.get::<_, Option<i64>>(3)? {
+                        Some(id) => Some(BranchOverview {
+                            id: BranchId(id),
+                            bhf_id: r.get(4)?,
+                            sdc_id: r.get(5)?,
+                            mrc_no: r.get(6)?,
+                        }),
+                        None => None,
+                    };
+                    Ok((tenant, branch))
+                })
+                .map_err(database)?;
+            let rows = rows
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(database)?;
+            Ok(group_overview(rows))
+        })
+        .await
+    }
+
+    pub async fn audit(&self, event: NewAuditEvent) -> Result<i64> {
+        let detail = serde_json::to_string(&event.detail)
+            .map_err(|e| StoreError::Corrupt(format!("audit detail: {e}")))?;
+        self.run(move |connection| {
+            connection
+                .execute(
+                    "INSERT INTO audit_events (at, actor, action, tenant_id, branch_id, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        timestamp(event.at),
+                        event.actor,
+                        event.action,
+                        event.tenant.map(|t| t.0),
+                        event.branch.map(|b| b.0),
+                        detail
+                    ],
+                )
+                .map_err(database)?;
+            Ok(connection.last_insert_rowid())
+        })
+        .await
+    }
+
+    pub async fn audit_events(&self, after: i64, limit: u32) -> Result<Vec<AuditEvent>> {
+        type Raw = (
+            i64,
+            String,
+            String,
+            String,
+            Option<i64>,
+            Option<i64>,
+            String,
+        );
+        let raw: Vec<Raw> = self
+            .read(move |connection| {
+                let mut statement = connection
+                    .prepare(
+                        "SELECT id, at, actor, action, tenant_id, branch_id, detail FROM audit_events
+                         WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    )
+                    .map_err(database)?;
+                let rows = statement
+                    .query_map(params![after, i64::from(limit)], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                    })
+                    .map_err(database)?;
+                rows.collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(database)
+            })
+            .await?;
+        raw.into_iter()
+            .map(|(id, at, actor, action, tenant, branch, detail)| {
+                Ok(AuditEvent {
+                    id,
+                    at: parse_timestamp(&at)?,
+                    actor,
+                    action,
+                    tenant: tenant.map(TenantId),
+                    branch: branch.map(BranchId),
+                    detail: serde_json::from_str(&detail)
+                        .map_err(|e| StoreError::Corrupt(format!("audit detail: {e}")))?,
+                })
+            })
+            .collect()
+    }
+}
