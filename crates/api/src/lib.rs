@@ -8,6 +8,7 @@
 //! The document is generated from the handlers' `#[utoipa::path]` attributes by the same
 //! router that serves them (see [`routes`]), so an endpoint cannot be served undocumented.
 
+mod admin;
 mod credit;
 mod customers;
 mod docs;
@@ -153,6 +154,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(customers::register))
         .routes(routes!(init::init))
         .routes(routes!(init::handshake))
+        .routes(routes!(admin::tenants))
+        .routes(routes!(admin::issue_key, admin::list_keys))
+        .routes(routes!(admin::revoke_key))
+        .routes(routes!(admin::audit))
         .routes(routes!(docs::openapi_json))
         .routes(routes!(docs::page))
 }
@@ -165,7 +170,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// Every operation that takes a key can also answer 429 (`AUTH_THROTTLED`, see
-/// [`throttle`]): added here to each, rather than repeated in every handler's annotation.
+/// [`throttle`]), and 403 (`FORBIDDEN`) for a key of the other kind (an operator key on a
+/// branch route, a branch key on an admin route): added here to each, rather than repeated
+/// in every handler's annotation.
 fn document_throttling(api: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder, header::HeaderBuilder};
     let throttled = ResponseBuilder::new()
@@ -189,6 +196,18 @@ fn document_throttling(api: &mut utoipa::openapi::OpenApi) {
                 .build(),
         )
         .build();
+    let forbidden = ResponseBuilder::new()
+        .description(
+            "A key of the other kind (`FORBIDDEN`): an operator key on a branch route, or a \
+             branch key on an admin route.",
+        )
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build();
     for item in api.paths.paths.values_mut() {
         let operations = [
             &mut item.get,
@@ -199,10 +218,11 @@ fn document_throttling(api: &mut utoipa::openapi::OpenApi) {
         ];
         for operation in operations.into_iter().flatten() {
             if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
-                operation
-                    .responses
-                    .responses
-                    .insert("429".into(), throttled.clone().into());
+                let responses = &mut operation.responses.responses;
+                responses.insert("429".into(), throttled.clone().into());
+                responses
+                    .entry("403".into())
+                    .or_insert_with(|| forbidden.clone().into());
             }
         }
     }
@@ -244,9 +264,103 @@ async fn log_request(
     response
 }
 
-/// The authenticated caller: a live API key, from `Authorization: Bearer` or `X-API-Key`.
+/// The authenticated caller of a branch route: a live branch API key, from
+/// `Authorization: Bearer` or `X-API-Key`.
 pub struct Caller {
     pub key: ApiKey,
+}
+
+/// The authenticated caller of an admin route: a live operator key.
+pub struct Operator {
+    pub key: ushuru_store::OperatorKey,
+}
+
+impl Operator {
+    /// How the audit log names this caller.
+    pub fn actor(&self) -> String {
+        format!("operator:{}", self.key.id)
+    }
+}
+
+/// Whose key a request carries.
+enum Presented {
+    Branch(ApiKey),
+    Operator(ushuru_store::OperatorKey),
+}
+
+/// Finds the live key a request presents (trying first the kind the route wants), under the
+/// authentication throttle: a throttled address or key prefix gets 429, a failure is
+/// counted, and the failure that starts a throttle is written to the audit log.
+async fn authenticate_request(
+    parts: &Parts,
+    state: &AppState,
+    operator_route: bool,
+) -> Result<Presented, ApiError> {
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let presented = header("authorization")
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| header("x-api-key"))
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    let address = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    let subjects = throttle::Subject::of(address, presented);
+    let now = std::time::Instant::now();
+    if let Some(wait) = state.auth_throttle.blocked(&subjects, now) {
+        return Err(ApiError::throttled(wait));
+    }
+    if let Some(presented) = presented {
+        let at = state.clock.now();
+        let store = &state.store;
+        let found = if operator_route {
+            match store.authenticate_operator(presented, at).await? {
+                Some(key) => Some(Presented::Operator(key)),
+                None => store
+                    .authenticate(presented, at)
+                    .await?
+                    .map(Presented::Branch),
+            }
+        } else {
+            match store.authenticate(presented, at).await? {
+                Some(key) => Some(Presented::Branch(key)),
+                None => store
+                    .authenticate_operator(presented, at)
+                    .await?
+                    .map(Presented::Operator),
+            }
+        };
+        if let Some(found) = found {
+            return Ok(found);
+        }
+    }
+    if state.auth_throttle.failed(&subjects, now) {
+        let address = address.map(|a| a.to_string());
+        let key_prefix = presented.map(ushuru_store::key_prefix);
+        tracing::warn!(
+            address,
+            key_prefix,
+            "authentication throttled after repeated failures"
+        );
+        state
+            .store
+            .audit_or_log(
+                ushuru_store::NewAuditEvent::new(state.clock.now(), "api", "auth.throttled")
+                    .detail(serde_json::json!({"address": address, "keyPrefix": key_prefix})),
+            )
+            .await;
+    }
+    Err(ApiError::unauthenticated())
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -256,51 +370,31 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = |name: &str| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-        };
-        let presented = header("authorization")
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .or_else(|| header("x-api-key"))
-            .map(str::trim)
-            .filter(|k| !k.is_empty());
-        let address = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| info.0.ip());
-        let subjects = throttle::Subject::of(address, presented);
-        let now = std::time::Instant::now();
-        if let Some(wait) = state.auth_throttle.blocked(&subjects, now) {
-            return Err(ApiError::throttled(wait));
+        match authenticate_request(parts, state, false).await? {
+            Presented::Branch(key) => Ok(Caller { key }),
+            Presented::Operator(_) => Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "an operator key acts on no branch: call this route with the branch's API key",
+            )),
         }
-        let key = match presented {
-            Some(presented) => {
-                state
-                    .store
-                    .authenticate(presented, state.clock.now())
-                    .await?
-            }
-            None => None,
-        };
-        match key {
-            Some(key) => Ok(Caller { key }),
-            None => {
-                if state.auth_throttle.failed(&subjects, now) {
-                    tracing::warn!(
-                        address = address.map(|a| a.to_string()),
-                        key_prefix = presented.map(ushuru_store::key_prefix),
-                        "authentication throttled after repeated failures"
-                    );
-                }
-                Err(ApiError::unauthenticated())
-            }
+    }
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match authenticate_request(parts, state, true).await? {
+            Presented::Operator(key) => Ok(Operator { key }),
+            Presented::Branch(_) => Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "this route needs an operator key (ROLE_ADMIN); a branch key cannot call it",
+            )),
         }
     }
 }

@@ -16,7 +16,7 @@ use common::*;
 
 /// Every route the router serves, as `METHOD path`. Written out so that an endpoint dropped
 /// from the router (and so from the document) fails here; a new one is added here too.
-const EXPECTED: [&str; 18] = [
+const EXPECTED: [&str; 23] = [
     "POST /v2/etims/sale",
     "GET /v2/etims/sales/{id}/status",
     "POST /v2/etims/sale/{id}/credit-note",
@@ -33,6 +33,11 @@ const EXPECTED: [&str; 18] = [
     "POST /v2/etims/customers",
     "POST /v2/etims/init",
     "GET /v2/etims/init-handshake",
+    "GET /v2/admin/tenants",
+    "POST /v2/admin/tenants/{deviceId}/api-keys",
+    "GET /v2/admin/tenants/{deviceId}/api-keys",
+    "DELETE /v2/admin/api-keys/{keyId}",
+    "GET /v2/admin/audit",
     "GET /openapi.json",
     "GET /docs",
 ];
@@ -141,7 +146,10 @@ async fn the_document_lists_every_route_and_each_needs_a_key() {
         // The router serves the route: without a key a handler answers 401 (the fallback
         // would answer 404, a wrong method 405); the open routes answer 200.
         let (method, path) = route.split_once(' ').unwrap();
-        let url = format!("{}{}", app.url, path.replace("{id}", "1"));
+        let path = ["{id}", "{deviceId}", "{keyId}"]
+            .iter()
+            .fold(path.to_owned(), |path, name| path.replace(name, "1"));
+        let url = format!("{}{}", app.url, path);
         // Each from an address of its own: one failure per address stays under the
         // authentication throttle, which this test is not about.
         probes += 1;

@@ -1523,6 +1523,174 @@ async fn an_operation_waits_out_an_outage(store: Store) {
     finish(app).await;
 }
 
+/// The operator's routes: roles (403 both ways), tenants, keys issued, listed and
+/// revoked, and the audit log naming the operator.
+async fn operators_manage_keys_and_read_the_audit_log(store: Store) {
+    let app = start(store, Duration::from_secs(5)).await;
+    let (operator, operator_record) = app.store.create_operator_key("ops").await.unwrap();
+    let branch_key = app.keys[0].clone();
+    let client = reqwest::Client::new();
+    let call =
+        async |method: reqwest::Method, path: &str, key: Option<&str>, body: Option<Value>| {
+            let mut request = client.request(method, format!("{}{path}", app.url));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        };
+    use reqwest::Method;
+    // Roles: a branch key on an admin route, an operator key on a branch route.
+    let (status, body) = call(Method::GET, "/v2/admin/tenants", Some(&branch_key), None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("FORBIDDEN")),
+        "{body}"
+    );
+    let (status, body) = call(Method::GET, "/v2/etims/device", Some(&operator), None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("FORBIDDEN")),
+        "{body}"
+    );
+    let (status, _) = call(Method::GET, "/v2/admin/tenants", None, None).await;
+    assert_eq!(status, 401);
+    // Both kinds of header.
+    let response = client
+        .get(format!("{}/v2/admin/tenants", app.url))
+        .header("X-API-Key", &operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    let (status, tenants) = call(Method::GET, "/v2/admin/tenants", Some(&operator), None).await;
+    assert_eq!(status, 200);
+    let tenants = tenants.as_array().unwrap().clone();
+    assert_eq!(tenants.len(), TINS.len());
+    let first = tenants.iter().find(|t| t["tin"] == TINS[0]).unwrap();
+    let branch = &first["branches"][0];
+    assert_eq!(
+        (branch["bhfId"].as_str(), branch["status"].as_str()),
+        (Some("00"), Some("READY"))
+    );
+    let device_id = branch["deviceId"].as_i64().unwrap();
+
+    // Issue: shown once, works at once for that branch only.
+    let path = format!("/v2/admin/tenants/{device_id}/api-keys");
+    let (status, issued) = call(
+        Method::POST,
+        &path,
+        Some(&operator),
+        Some(json!({"clientName": "till 7", "role": "ROLE_SDK_CLIENT"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{issued}");
+    let new_key = issued["apiKey"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (issued["tin"].as_str(), issued["bhfId"].as_str()),
+        (Some(TINS[0]), Some("00"))
+    );
+    let (status, device) = call(Method::GET, "/v2/etims/device", Some(&new_key), None).await;
+    assert_eq!((status, device["tin"].as_str()), (200, Some(TINS[0])));
+    // Listed without the key.
+    let (status, listed) = call(Method::GET, &path, Some(&operator), None).await;
+    assert_eq!(status, 200);
+    assert!(!listed.to_string().contains(&new_key));
+    let keys = listed["keys"].as_array().unwrap();
+    assert_eq!(keys[0]["keyId"], issued["keyId"]);
+    assert_eq!(keys[0]["prefix"].as_str(), Some(&new_key[..12]));
+    // Refusals.
+    for (body, status, code) in [
+        (
+            json!({"clientName": "x", "role": "ROLE_ADMIN"}),
+            422,
+            "ROLE_NOT_ISSUABLE",
+        ),
+        (
+            json!({"clientName": "x", "role": "ROLE_ROOT"}),
+            422,
+            "ROLE_NOT_ISSUABLE",
+        ),
+        (json!({"clientName": "  "}), 422, "INVALID_CLIENT_NAME"),
+        (json!({"name": "no clientName"}), 400, "INVALID_BODY"),
+    ] {
+        let (got, answer) = call(Method::POST, &path, Some(&operator), Some(body.clone())).await;
+        assert_eq!(
+            (got, answer["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
+    for unknown in [
+        "/v2/admin/tenants/999999/api-keys",
+        "/v2/admin/tenants/x/api-keys",
+    ] {
+        let (status, _) = call(Method::GET, unknown, Some(&operator), None).await;
+        assert_eq!(status, 404, "{unknown}");
+    }
+    // Revoke: the key stops at once; a second revoke finds nothing.
+    let revoke = format!("/v2/admin/api-keys/{}", issued["keyId"]);
+    let (status, revoked) = call(Method::DELETE, &revoke, Some(&operator), None).await;
+    assert_eq!(status, 200);
+    assert!(revoked["revokedAt"].is_string());
+    let (status, _) = call(Method::GET, "/v2/etims/device", Some(&new_key), None).await;
+    assert_eq!(status, 401);
+    let (status, _) = call(Method::DELETE, &revoke, Some(&operator), None).await;
+    assert_eq!(status, 404);
+
+    // The audit log names the operator and holds no key.
+    let (status, page) = call(
+        Method::GET,
+        "/v2/admin/audit?limit=1000",
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(!page.to_string().contains(&new_key) && !page.to_string().contains(&operator));
+    let events = page["events"].as_array().unwrap();
+    let actor = format!("operator:{}", operator_record.id);
+    let actions: Vec<&str> = events
+        .iter()
+        .filter(|e| e["actor"] == actor.as_str())
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["api_key.issued", "api_key.revoked"]);
+    assert_eq!(page["next"], events.last().unwrap()["id"]);
+    let (status, rest) = call(
+        Method::GET,
+        &format!("/v2/admin/audit?after={}", page["next"]),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, rest["events"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    for bad in [
+        "/v2/admin/audit?limit=0",
+        "/v2/admin/audit?limit=abc",
+        "/v2/admin/audit?after=-1",
+    ] {
+        let (status, body) = call(Method::GET, bad, Some(&operator), None).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("INVALID_QUERY")),
+            "{bad}"
+        );
+    }
+    finish(app).await;
+}
+
 /// A GET from a chosen loopback address (all of 127.0.0.0/8 reaches the server).
 async fn get_from(app: &App, from: [u8; 4], key: &str) -> reqwest::Response {
     reqwest::Client::builder()
@@ -1623,4 +1791,5 @@ on_both!(
     refusals_by_the_control_unit_and_malformed_uploads,
     a_refused_sale_gives_its_number_to_the_sales_behind_it,
     repeated_authentication_failures_are_throttled,
+    operators_manage_keys_and_read_the_audit_log,
 );

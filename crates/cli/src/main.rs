@@ -1,5 +1,6 @@
 //! `ushuru`: the command-line entry point.
 
+mod admin;
 mod calc;
 mod sandbox;
 mod serve;
@@ -34,6 +35,10 @@ enum Command {
     /// Run a control-unit sandbox (KRA OSCU / VSCU emulator with fault injection)
     #[command(long_about = sandbox::SANDBOX_HELP, after_long_help = sandbox::SANDBOX_EXAMPLE)]
     Sandbox(sandbox::SandboxArgs),
+    /// Bring the database's schema up to date (serve also does it at start)
+    Migrate(admin::MigrateArgs),
+    /// Operator commands on the database: operator keys, branch keys, tenants, audit log
+    Admin(admin::AdminArgs),
 }
 
 const CALC_HELP: &str = r#"Price invoices with the exact VAT arithmetic of KRA eTIMS: the rules of the taxid-etims
@@ -134,6 +139,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sandbox(args) => {
             init_logging();
             sandbox::run(args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Migrate(args) => {
+            init_logging();
+            admin::migrate(args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Admin(args) => {
+            init_logging();
+            admin::run(args).map(|()| ExitCode::SUCCESS)
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use serde_json::json;
 use ushuru_api::{AppState, BranchContext};
 use ushuru_engine::{DeviceIdentity, Pipeline, Relay, SystemClock};
 use ushuru_kra::endpoints::InitDevice;
@@ -20,7 +21,7 @@ use ushuru_kra::{
 use ushuru_sandbox::persist::StateFile;
 use ushuru_sandbox::server::GatewayAccess;
 use ushuru_sandbox::{ControlUnit, Sandbox};
-use ushuru_store::{DeviceRecord, Scope, SealedCmcKey, Store};
+use ushuru_store::{DeviceRecord, NewAuditEvent, Scope, SealedCmcKey, Store};
 use ushuru_tax::TaxRates;
 use ushuru_vault::{Binding, LocalMasterKey, Vault};
 
@@ -233,16 +234,37 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     // The bootstrap taxpayer and its branches, each with its device initialised.
+    let audit = |action: &str| NewAuditEvent::new(chrono::Utc::now(), "serve", action);
     let tenant = match store.tenant_by_tin(&args.tin).await? {
         Some(tenant) => tenant,
-        None => store.create_tenant(&args.tin, "Demo taxpayer").await?,
+        None => {
+            let tenant = store.create_tenant(&args.tin, "Demo taxpayer").await?;
+            store
+                .audit(
+                    audit("tenant.created")
+                        .tenant(tenant.id)
+                        .detail(json!({"tin": tenant.tin})),
+                )
+                .await?;
+            tenant
+        }
     };
     let mut first_scope = None;
     let mut new_branch_keys = Vec::new();
     for (position, bhf_id) in args.branch.iter().enumerate() {
         let branch = match store.branch_by_id(tenant.id, bhf_id).await? {
             Some(branch) => branch,
-            None => store.create_branch(tenant.id, bhf_id).await?,
+            None => {
+                let branch = store.create_branch(tenant.id, bhf_id).await?;
+                store
+                    .audit(
+                        audit("branch.created")
+                            .scope(branch.scope())
+                            .detail(json!({"bhfId": bhf_id})),
+                    )
+                    .await?;
+                branch
+            }
         };
         let scope = branch.scope();
         first_scope.get_or_insert(scope);
@@ -265,10 +287,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .await?;
         store.save_device(scope, &device).await?;
+        store
+            .audit(audit("device.initialised").scope(scope).detail(json!({
+                "sdcId": device.sdc_id,
+                "controlUnit": device.control_unit_url,
+                "dataKeyVersion": device.cmc_key.data_key.version,
+                "masterKeyVersion": device.cmc_key.data_key.master_version,
+            })))
+            .await?;
         tracing::info!(sdc_id = %device.sdc_id, branch = %bhf_id, "device initialised");
         // The first branch's key is handled below; the others get theirs once, now.
         if position > 0 {
-            let (key, _) = store.create_api_key(scope, "bootstrap").await?;
+            let (key, record) = store.create_api_key(scope, "bootstrap").await?;
+            store
+                .audit(
+                    audit("api_key.issued")
+                        .scope(scope)
+                        .detail(json!({"keyId": record.id, "prefix": record.prefix})),
+                )
+                .await?;
             new_branch_keys.push((bhf_id.clone(), key));
         }
     }
@@ -287,8 +324,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await?;
             "$USHURU_BOOTSTRAP_API_KEY".to_owned()
         }
-        None => store.create_api_key(first_scope, "bootstrap").await?.0,
+        None => {
+            let (key, record) = store.create_api_key(first_scope, "bootstrap").await?;
+            store
+                .audit(
+                    audit("api_key.issued")
+                        .scope(first_scope)
+                        .detail(json!({"keyId": record.id, "prefix": record.prefix})),
+                )
+                .await?;
+            key
+        }
     };
+    let operator_key = bootstrap_operator_key(&store).await?;
 
     // A relay for every initialised branch in the database, bootstrap or not.
     let owner = relay_owner();
@@ -394,6 +442,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.branch.join(", ")
     );
     eprintln!("API key: {shown_key}");
+    if let Some(operator_key) = &operator_key {
+        eprintln!("Operator key (admin routes; shown once, now): {operator_key}");
+    }
     // Shown once: the key of each branch provisioned by this start (not the first).
     for (bhf_id, branch_key) in &new_branch_keys {
         eprintln!("API key for branch {bhf_id}: {branch_key}");
@@ -495,6 +546,35 @@ async fn initialise_device(
     })
 }
 
+/// The operator's key: `USHURU_OPERATOR_KEY` (stored as a hash, never printed), else, when
+/// no operator key was ever issued, a new one, returned to be shown once.
+async fn bootstrap_operator_key(store: &Store) -> anyhow::Result<Option<String>> {
+    let existed = store.operator_keys_exist().await?;
+    let chosen = std::env::var("USHURU_OPERATOR_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty());
+    let (shown, record) = match chosen {
+        Some(key) => (
+            None,
+            store.ensure_operator_key(key.trim(), "bootstrap").await?,
+        ),
+        None if existed => return Ok(None),
+        None => {
+            let (key, record) = store.create_operator_key("bootstrap").await?;
+            (Some(key), record)
+        }
+    };
+    if !existed {
+        store
+            .audit(
+                NewAuditEvent::new(chrono::Utc::now(), "serve", "operator_key.issued")
+                    .detail(json!({"keyId": record.id, "prefix": record.prefix})),
+            )
+            .await?;
+    }
+    Ok(shown)
+}
+
 /// The vault binding of a branch.
 fn binding(scope: Scope) -> Binding {
     Binding {
@@ -560,7 +640,18 @@ async fn seal_plaintext_cmc_keys(store: &Store, vault: &Vault) -> anyhow::Result
         let sealed = vault
             .seal_cmc_key(binding(key.scope), &key.cmc_key)
             .context("cannot seal a stored cmcKey")?;
-        store.seal_plaintext_cmc_key(key.scope, &sealed).await?;
+        if store.seal_plaintext_cmc_key(key.scope, &sealed).await? {
+            store
+                .audit(
+                    NewAuditEvent::new(chrono::Utc::now(), "serve", "cmc_key.sealed")
+                        .scope(key.scope)
+                        .detail(json!({
+                            "dataKeyVersion": sealed.data_key.version,
+                            "masterKeyVersion": sealed.data_key.master_version,
+                        })),
+                )
+                .await?;
+        }
     }
     if !plaintext.is_empty() {
         tracing::info!(

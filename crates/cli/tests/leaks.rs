@@ -1,5 +1,5 @@
 //! Secrets never leak (issue 5): `ushuru serve` signs sales with every log at TRACE level,
-//! and the cmcKey, the API key and the master key, raw, in hex and in base64, appear
+//! and the cmcKey, the API and operator keys and the master key, raw, in hex and in base64, appear
 //! nowhere in its logs, in any HTTP answer (bodies and headers), or in a dump of its
 //! database (`pg_dump`; the SQLite file and its WAL, byte for byte). Once with the
 //! built-in sandbox on SQLite, once with a control unit over HTTP (a separate `ushuru
@@ -14,8 +14,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+mod common;
+
 const TIN: &str = "P000000000A";
 const API_KEY: &str = "ush_leak_test_key_0123456789abcdefXYZ";
+const OPERATOR_KEY: &str = "ushop_leak_test_operator_key_9876543210fedcba";
 
 struct Process(Child);
 
@@ -166,6 +169,34 @@ async fn exercise(url: &str) -> Answers {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    // The operator's routes: tenants, the branch's keys, the audit log; and a branch key
+    // refused there.
+    let (status, tenants) = answers
+        .call(
+            client
+                .get(format!("{url}/v2/admin/tenants"))
+                .bearer_auth(OPERATOR_KEY),
+        )
+        .await;
+    assert_eq!(status, 200, "{tenants}");
+    let device_id = tenants[0]["branches"][0]["deviceId"].as_i64().unwrap();
+    for path in [
+        format!("/v2/admin/tenants/{device_id}/api-keys"),
+        "/v2/admin/audit".to_owned(),
+    ] {
+        let (status, body) = answers
+            .call(client.get(format!("{url}{path}")).bearer_auth(OPERATOR_KEY))
+            .await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, _) = answers
+        .call(
+            client
+                .get(format!("{url}/v2/admin/audit"))
+                .bearer_auth(API_KEY),
+        )
+        .await;
+    assert_eq!(status, 403);
     // Refusals: a wrong key, no key, a body that is not JSON.
     let (status, _) = answers
         .call(
@@ -237,6 +268,7 @@ async fn signs_at_trace_without_leaking(database_url: Option<&str>, external_uni
         .args(["--data-dir", dir.to_str().unwrap()])
         .env("USHURU_BOOTSTRAP_API_KEY", API_KEY)
         .env("USHURU_MASTER_KEY", &master_text)
+        .env("USHURU_OPERATOR_KEY", OPERATOR_KEY)
         .env("RUST_LOG", "trace")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("serve.log")).unwrap());
@@ -272,6 +304,7 @@ async fn signs_at_trace_without_leaking(database_url: Option<&str>, external_uni
     let secrets = [
         ("cmcKey", forms(cmc_key.as_bytes())),
         ("API key", forms(API_KEY.as_bytes())),
+        ("operator key", forms(OPERATOR_KEY.as_bytes())),
         ("master key", {
             let mut all = forms(&master);
             all.push(master_text.clone());
@@ -326,22 +359,6 @@ async fn on_sqlite_with_the_built_in_sandbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_with_a_control_unit_over_http() {
-    let admin_url = std::env::var("USHURU_TEST_POSTGRES_URL")
-        .expect("USHURU_TEST_POSTGRES_URL is not set: run ./scripts/test");
-    let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let name = format!("ushuru_leaks_{}", std::process::id());
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    let url = format!("{base}/{name}");
+    let url = common::fresh_postgres_database("ushuru_leaks").await;
     signs_at_trace_without_leaking(Some(&url), true).await;
 }

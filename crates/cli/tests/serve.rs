@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+mod common;
+
 const KEY: &str = "ush_test_key_fixed_by_the_operator_0001";
 const TIN: &str = "P000000000A";
 
@@ -183,22 +185,7 @@ async fn on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres() {
-    let admin_url = std::env::var("USHURU_TEST_POSTGRES_URL")
-        .expect("USHURU_TEST_POSTGRES_URL is not set: run ./scripts/test, which starts PostgreSQL and sets it");
-    let name = format!("ushuru_conformance_serve_{}", std::process::id());
-    let (admin, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+    let url = common::fresh_postgres_database("ushuru_conformance_serve").await;
     serves_the_sdk_and_carries_on_after_a_restart(Some(url)).await;
 }
 

@@ -1,0 +1,271 @@
+//! `ushuru migrate` and `ushuru admin`: the operator's commands, straight on the database
+//! (SQLite file or PostgreSQL), beside or without a running `serve`. Everything `admin`
+//! changes is written to the audit log with the actor `cli`. Keys are printed once, when
+//! issued, and never again: only their hash and prefix are kept.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use ushuru_store::{BranchId, NewAuditEvent, Scope, Store};
+
+/// Where the database is: the same options and variables as `serve`.
+#[derive(clap::Args)]
+pub struct DatabaseArgs {
+    /// The data directory whose SQLite database to use
+    #[arg(long, env = "USHURU_DATA_DIR", default_value = "ushuru-data")]
+    data_dir: PathBuf,
+    /// A PostgreSQL URL (postgres://…) instead of the SQLite file in the data directory
+    #[arg(long, env = "USHURU_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    async fn open(&self) -> anyhow::Result<Store> {
+        let url = match &self.database_url {
+            Some(url) => url.clone(),
+            None => {
+                let path = self.data_dir.join("ushuru.sqlite");
+                if !path.exists() {
+                    bail!(
+                        "no database at {}: give --data-dir or --database-url (or run `ushuru migrate` to create one)",
+                        path.display()
+                    );
+                }
+                path.to_string_lossy().into_owned()
+            }
+        };
+        Store::connect(&url)
+            .await
+            .context("cannot open the database")
+    }
+}
+
+#[derive(clap::Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+#[derive(clap::Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum AdminCommand {
+    /// Operator keys (ROLE_ADMIN): they open the /v2/admin routes
+    #[command(subcommand)]
+    OperatorKey(OperatorKeyCommand),
+    /// Every tenant with its branches (a branch's id is its deviceId)
+    Tenants,
+    /// Branch API keys
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// The security audit log, oldest first, as JSON lines
+    Audit {
+        /// Events after this id
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// At most this many
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum OperatorKeyCommand {
+    /// Issues an operator key and prints it, once
+    Issue {
+        /// Who it is for
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum KeyCommand {
+    /// Issues a key for a branch and prints it, once
+    Issue {
+        /// The branch's id (see `ushuru admin tenants`)
+        #[arg(long)]
+        device_id: i64,
+        /// Who it is for
+        #[arg(long)]
+        name: String,
+    },
+    /// A branch's keys, never the keys themselves
+    List {
+        #[arg(long)]
+        device_id: i64,
+    },
+    /// Revokes a key at once
+    Revoke {
+        #[arg(long)]
+        key_id: i64,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let url = match &args.database.database_url {
+            Some(url) => url.clone(),
+            None => {
+                std::fs::create_dir_all(&args.database.data_dir).with_context(|| {
+                    format!("cannot create {}", args.database.data_dir.display())
+                })?;
+                args.database
+                    .data_dir
+                    .join("ushuru.sqlite")
+                    .to_string_lossy()
+                    .into_owned()
+            }
+        };
+        let store = Store::connect(&url)
+            .await
+            .context("cannot open the database")?;
+        let applied = store
+            .migrate()
+            .await
+            .context("cannot migrate the database")?;
+        if applied.is_empty() {
+            println!("the database is up to date");
+        } else {
+            for name in applied {
+                println!("applied {name}");
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let store = args.database.open().await?;
+        let now = chrono::Utc::now();
+        match args.command {
+            AdminCommand::OperatorKey(OperatorKeyCommand::Issue { name }) => {
+                let name = checked_name(&name)?;
+                let (key, record) = store.create_operator_key(name).await?;
+                store
+                    .audit(
+                        NewAuditEvent::new(now, "cli", "operator_key.issued")
+                            .detail(json!({"keyId": record.id, "prefix": record.prefix, "name": name})),
+                    )
+                    .await?;
+                println!("{key}");
+                eprintln!(
+                    "operator key {} ({}) issued; it is shown only now",
+                    record.id, record.prefix
+                );
+            }
+            AdminCommand::Tenants => {
+                for tenant in store.tenants_overview().await? {
+                    for branch in &tenant.branches {
+                        println!(
+                            "{}",
+                            json!({
+                                "tenantId": tenant.tenant.id.0, "tin": tenant.tenant.tin,
+                                "deviceId": branch.id.0, "bhfId": branch.bhf_id,
+                                "sdcId": branch.sdc_id,
+                            })
+                        );
+                    }
+                }
+            }
+            AdminCommand::Key(KeyCommand::Issue { device_id, name }) => {
+                let name = checked_name(&name)?;
+                let scope = scope_of(&store, device_id).await?;
+                let (key, record) = store.create_api_key(scope, name).await?;
+                store
+                    .audit(
+                        NewAuditEvent::new(now, "cli", "api_key.issued")
+                            .scope(scope)
+                            .detail(json!({"keyId": record.id, "prefix": record.prefix, "clientName": name})),
+                    )
+                    .await?;
+                println!("{key}");
+                eprintln!(
+                    "key {} ({}) issued for device {device_id}; it is shown only now",
+                    record.id, record.prefix
+                );
+            }
+            AdminCommand::Key(KeyCommand::List { device_id }) => {
+                let scope = scope_of(&store, device_id).await?;
+                for key in store.api_keys(scope).await? {
+                    println!(
+                        "{}",
+                        json!({
+                            "keyId": key.id, "prefix": key.prefix, "clientName": key.name,
+                            "createdAt": key.created_at.to_rfc3339(),
+                            "lastUsedAt": key.last_used_at.map(|t| t.to_rfc3339()),
+                            "revokedAt": key.revoked_at.map(|t| t.to_rfc3339()),
+                        })
+                    );
+                }
+            }
+            AdminCommand::Key(KeyCommand::Revoke { key_id }) => {
+                let Some(key) = store.revoke_api_key_by_id(key_id, now).await? else {
+                    bail!("no live API key with id {key_id}");
+                };
+                store
+                    .audit(
+                        NewAuditEvent::new(now, "cli", "api_key.revoked")
+                            .scope(key.scope)
+                            .detail(json!({"keyId": key.id, "prefix": key.prefix})),
+                    )
+                    .await?;
+                eprintln!("key {} ({}) revoked", key.id, key.prefix);
+            }
+            AdminCommand::Audit { after, limit } => {
+                for event in store.audit_events(after, limit.clamp(1, 10_000)).await? {
+                    println!(
+                        "{}",
+                        json!({
+                            "id": event.id, "at": event.at.to_rfc3339(), "actor": event.actor,
+                            "action": event.action, "tenantId": event.tenant.map(|t| t.0),
+                            "deviceId": event.branch.map(|b| b.0), "detail": event.detail,
+                        })
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn checked_name(name: &str) -> anyhow::Result<&str> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        bail!("--name must be 1 to 100 characters");
+    }
+    Ok(name)
+}
+
+async fn scope_of(store: &Store, device_id: i64) -> anyhow::Result<Scope> {
+    store
+        .tenants_overview()
+        .await?
+        .into_iter()
+        .find_map(|tenant| {
+            tenant
+                .branches
+                .iter()
+                .find(|b| b.id == BranchId(device_id))
+                .map(|b| Scope {
+                    tenant: tenant.tenant.id,
+                    branch: b.id,
+                })
+        })
+        .with_context(|| format!("no branch with id {device_id} (see `ushuru admin tenants`)"))
+}

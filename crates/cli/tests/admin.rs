@@ -1,0 +1,192 @@
+//! `ushuru migrate` and `ushuru admin` as processes, on SQLite and PostgreSQL: the schema
+//! brought up to date (then found up to date), operator and branch keys issued once,
+//! listed without the key and revoked, the audit log read back, and the refusals.
+
+// A test crate: a panic in a helper is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+mod common;
+
+fn ushuru(database: &[String], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ushuru"))
+        .args(&args[..1])
+        .args(database)
+        .args(&args[1..])
+        .env_remove("USHURU_DATABASE_URL")
+        .env_remove("USHURU_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn migrate_and_administer(database: Vec<String>) {
+    // Migrate: everything, then nothing.
+    let first = ok(&ushuru(&database, &["migrate"]));
+    assert!(first.contains("applied 0001_foundation"), "{first}");
+    assert!(
+        first.contains("applied 0011_operators_and_audit"),
+        "{first}"
+    );
+    assert_eq!(
+        ok(&ushuru(&database, &["migrate"])).trim(),
+        "the database is up to date"
+    );
+
+    // A tenant and branch to administer, as serve would have made them.
+    let store = match database.as_slice() {
+        [flag, url] if flag == "--database-url" => ushuru_store::Store::connect(url).await,
+        [flag, dir] => {
+            assert_eq!(flag, "--data-dir");
+            ushuru_store::Store::connect(&format!("{dir}/ushuru.sqlite")).await
+        }
+        _ => unreachable!(),
+    }
+    .unwrap();
+    let tenant = store.create_tenant("P051234567A", "Traders").await.unwrap();
+    let branch = store.create_branch(tenant.id, "00").await.unwrap();
+    let device_id = branch.id.0.to_string();
+
+    let operator = ok(&ushuru(
+        &database,
+        &["admin", "operator-key", "issue", "--name", "ops"],
+    ));
+    let operator = operator.trim();
+    assert!(operator.starts_with("ushop_"), "{operator}");
+    assert!(
+        store
+            .authenticate_operator(operator, chrono::Utc::now())
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let tenants = lines(&ok(&ushuru(&database, &["admin", "tenants"])));
+    assert_eq!(tenants.len(), 1);
+    assert_eq!(tenants[0]["deviceId"].to_string(), device_id);
+
+    let key = ok(&ushuru(
+        &database,
+        &[
+            "admin",
+            "key",
+            "issue",
+            "--device-id",
+            &device_id,
+            "--name",
+            "till",
+        ],
+    ));
+    let key = key.trim();
+    let issued = store
+        .authenticate(key, chrono::Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(issued.scope.branch, branch.id);
+    let listed = ok(&ushuru(
+        &database,
+        &["admin", "key", "list", "--device-id", &device_id],
+    ));
+    assert!(!listed.contains(key), "a listing never shows the key");
+    assert_eq!(lines(&listed)[0]["prefix"].as_str(), Some(&key[..12]));
+    ok(&ushuru(
+        &database,
+        &["admin", "key", "revoke", "--key-id", &issued.id.to_string()],
+    ));
+    assert!(
+        store
+            .authenticate(key, chrono::Utc::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Refusals: exit status 2 and a reason, nothing written.
+    for (args, reason) in [
+        (
+            vec!["admin", "key", "revoke", "--key-id", &issued.id.to_string()],
+            "no live API key",
+        ),
+        (
+            vec![
+                "admin",
+                "key",
+                "issue",
+                "--device-id",
+                "999999",
+                "--name",
+                "x",
+            ],
+            "no branch with id 999999",
+        ),
+        (
+            vec!["admin", "operator-key", "issue", "--name", " "],
+            "--name must be",
+        ),
+    ] {
+        let output = ushuru(&database, &args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+
+    let audit = ok(&ushuru(&database, &["admin", "audit"]));
+    assert!(!audit.contains(key) && !audit.contains(operator));
+    let actions: Vec<String> = lines(&audit)
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["actor"].as_str().unwrap(),
+                e["action"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "cli operator_key.issued",
+            "cli api_key.issued",
+            "cli api_key.revoked"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite() {
+    let dir = std::env::temp_dir().join(format!("ushuru-admin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Administering a directory with no database says so, instead of creating one.
+    let output = ushuru(
+        &["--data-dir".into(), dir.to_str().unwrap().into()],
+        &["admin", "tenants"],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no database at"));
+    migrate_and_administer(vec!["--data-dir".into(), dir.to_str().unwrap().into()]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres() {
+    let url = common::fresh_postgres_database("ushuru_admin_cli").await;
+    migrate_and_administer(vec!["--database-url".into(), url]).await;
+}
