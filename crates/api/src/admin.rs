@@ -461,3 +461,169 @@ pub(crate) async fn audit(
         Err(e) => ApiError::from(e).into_response(),
     }
 }
+
+/// An OAuth client request.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct OAuthClientRequest {
+    /// Who the client is (shown in the audit log).
+    client_name: String,
+}
+
+#[allow(dead_code)]
+mod described_oauth {
+    /// A new OAuth client: its secret is shown only here.
+    #[derive(utoipa::ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub(crate) struct IssuedClient {
+        /// The numeric id, for revoking.
+        id: i64,
+        /// The HTTP Basic user name at `POST /oauth/token`.
+        client_id: String,
+        client_secret: String,
+        client_name: String,
+        device_id: i64,
+    }
+
+    /// A revoked OAuth client.
+    #[derive(utoipa::ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub(crate) struct RevokedClient {
+        id: i64,
+        client_id: String,
+        client_name: String,
+        device_id: i64,
+    }
+}
+
+/// `POST /v2/admin/tenants/{deviceId}/oauth-clients`: OAuth client credentials for a branch.
+#[utoipa::path(
+    post,
+    path = "/v2/admin/tenants/{deviceId}/oauth-clients",
+    tag = "admin",
+    summary = "Issue OAuth client credentials for a branch",
+    description = "A client id and secret for `POST /oauth/token` (the SDK's OAuth mode); the \
+        tokens act for the branch `deviceId`. The secret is shown in this answer only. \
+        Written to the audit log.",
+    params(("deviceId" = i64, Path, description = "The branch's id (GET /v2/admin/tenants).")),
+    request_body(content = OAuthClientRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The client, its secret shown once.", body = described_oauth::IssuedClient),
+        (status = 400, description = "The body does not read (`INVALID_BODY`).", body = ErrorBody),
+        (status = 401, description = "No live key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 404, description = "No such device (`NOT_FOUND`).", body = ErrorBody),
+        (status = 422, description = "`INVALID_CLIENT_NAME`: empty or over 100 characters.", body = ErrorBody),
+        (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("apiKey" = [])),
+)]
+pub(crate) async fn issue_oauth_client(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(device_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request_id = request_id();
+    let request: OAuthClientRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return ApiError::bad_request("INVALID_BODY", format!("the body does not read: {e}"))
+                .into_response();
+        }
+    };
+    let name = request.client_name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return ApiError::invalid(
+            "INVALID_CLIENT_NAME",
+            "clientName must be 1 to 100 characters",
+        )
+        .into_response();
+    }
+    let (_, scope, _) = match branch_named(&state, &device_id).await {
+        Ok(found) => found,
+        Err(error) => return error.into_response(),
+    };
+    let (secret, client) = match state.store.create_oauth_client(scope, name).await {
+        Ok(issued) => issued,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    state
+        .store
+        .audit_or_log(
+            NewAuditEvent::new(state.clock.now(), operator.actor(), "oauth_client.issued")
+                .scope(scope)
+                .detail(json!({"id": client.id, "clientId": client.client_id, "clientName": name})),
+        )
+        .await;
+    respond(
+        StatusCode::CREATED,
+        json!({
+            "id": client.id,
+            "clientId": client.client_id,
+            "clientSecret": secret,
+            "clientName": name,
+            "deviceId": scope.branch.0,
+        }),
+        &request_id,
+    )
+}
+
+/// `DELETE /v2/admin/oauth-clients/{id}`: revokes a client and every token it holds.
+#[utoipa::path(
+    delete,
+    path = "/v2/admin/oauth-clients/{id}",
+    tag = "admin",
+    summary = "Revoke OAuth client credentials",
+    description = "The client can get no more tokens and its tokens stop working at once. \
+        Written to the audit log.",
+    params(("id" = i64, Path, description = "The client's numeric id.")),
+    responses(
+        (status = 200, description = "The client as revoked.", body = described_oauth::RevokedClient),
+        (status = 401, description = "No live key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 404, description = "No live client with that id (`NOT_FOUND`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("apiKey" = [])),
+)]
+pub(crate) async fn revoke_oauth_client(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(id): Path<String>,
+) -> Response {
+    let request_id = request_id();
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no live OAuth client with that id",
+        )
+        .into_response()
+    };
+    let Ok(id) = id.parse::<i64>() else {
+        return not_found();
+    };
+    match state.store.revoke_oauth_client(id, state.clock.now()).await {
+        Ok(Some(client)) => {
+            state
+                .store
+                .audit_or_log(
+                    NewAuditEvent::new(state.clock.now(), operator.actor(), "oauth_client.revoked")
+                        .scope(client.scope)
+                        .detail(json!({"id": client.id, "clientId": client.client_id})),
+                )
+                .await;
+            respond(
+                StatusCode::OK,
+                json!({
+                    "id": client.id,
+                    "clientId": client.client_id,
+                    "clientName": client.name,
+                    "deviceId": client.scope.branch.0,
+                }),
+                &request_id,
+            )
+        }
+        Ok(None) => not_found(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}

@@ -15,6 +15,7 @@ mod docs;
 mod error;
 mod init;
 mod items;
+mod oauth;
 mod operations;
 mod sale;
 mod schema;
@@ -73,6 +74,8 @@ pub struct AppState {
     pub receipt_host: String,
     /// Repeated authentication failures, per client address and key prefix.
     pub auth_throttle: Arc<throttle::AuthThrottle>,
+    /// How long an OAuth access token lives.
+    pub oauth_token_ttl: Duration,
 }
 
 /// The document's fixed parts; the paths and their schemas come from [`routes`].
@@ -154,10 +157,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(customers::register))
         .routes(routes!(init::init))
         .routes(routes!(init::handshake))
+        .routes(routes!(oauth::token))
         .routes(routes!(admin::tenants))
         .routes(routes!(admin::issue_key, admin::list_keys))
         .routes(routes!(admin::revoke_key))
         .routes(routes!(admin::audit))
+        .routes(routes!(admin::issue_oauth_client))
+        .routes(routes!(admin::revoke_oauth_client))
         .routes(routes!(docs::openapi_json))
         .routes(routes!(docs::page))
 }
@@ -323,7 +329,13 @@ async fn authenticate_request(
     if let Some(presented) = presented {
         let at = state.clock.now();
         let store = &state.store;
-        let found = if operator_route {
+        let found = if presented.starts_with(ushuru_store::OAUTH_TOKEN_START) {
+            // An OAuth access token acts as its client's branch key.
+            store
+                .authenticate_oauth_token(presented, at)
+                .await?
+                .map(Presented::Branch)
+        } else if operator_route {
             match store.authenticate_operator(presented, at).await? {
                 Some(key) => Some(Presented::Operator(key)),
                 None => store
@@ -344,7 +356,20 @@ async fn authenticate_request(
             return Ok(found);
         }
     }
-    if state.auth_throttle.failed(&subjects, now) {
+    count_failure(state, &subjects, now, address, presented).await;
+    Err(ApiError::unauthenticated())
+}
+
+/// Counts a failed authentication; the failure that starts a throttle is logged and
+/// written to the audit log (address and key prefix, never the key).
+pub(crate) async fn count_failure(
+    state: &AppState,
+    subjects: &[throttle::Subject],
+    now: std::time::Instant,
+    address: Option<std::net::IpAddr>,
+    presented: Option<&str>,
+) {
+    if state.auth_throttle.failed(subjects, now) {
         let address = address.map(|a| a.to_string());
         let key_prefix = presented.map(ushuru_store::key_prefix);
         tracing::warn!(
@@ -360,7 +385,6 @@ async fn authenticate_request(
             )
             .await;
     }
-    Err(ApiError::unauthenticated())
 }
 
 impl FromRequestParts<AppState> for Caller {

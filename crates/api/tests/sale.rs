@@ -1691,6 +1691,166 @@ async fn operators_manage_keys_and_read_the_audit_log(store: Store) {
     finish(app).await;
 }
 
+/// OAuth client credentials: a token from `POST /oauth/token` acts for the client's
+/// branch until it expires or the client is revoked; every failure answers RFC 6749's
+/// error and counts toward the throttle.
+async fn oauth_tokens_act_for_their_branch_until_they_die(store: Store) {
+    let app = start(store, Duration::from_secs(5)).await;
+    let (operator, _) = app.store.create_operator_key("ops").await.unwrap();
+    let client = reqwest::Client::new();
+    let (status, tenants) = {
+        let response = client
+            .get(format!("{}/v2/admin/tenants", app.url))
+            .bearer_auth(&operator)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(status, 200);
+    let device_id = tenants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tin"] == TINS[1])
+        .unwrap()["branches"][0]["deviceId"]
+        .clone();
+    let response = client
+        .post(format!(
+            "{}/v2/admin/tenants/{device_id}/oauth-clients",
+            app.url
+        ))
+        .bearer_auth(&operator)
+        .json(&json!({"clientName": "ERP"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let issued: Value = response.json().await.unwrap();
+    let (client_id, secret) = (
+        issued["clientId"].as_str().unwrap().to_owned(),
+        issued["clientSecret"].as_str().unwrap().to_owned(),
+    );
+    let token_request = |id: &str, secret: &str, form: &str| {
+        client
+            .post(format!("{}/oauth/token", app.url))
+            .basic_auth(id, Some(secret))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form.to_owned())
+    };
+    // Refusals, RFC 6749 style.
+    for (request, status, error) in [
+        (
+            token_request(&client_id, "ushs_wrong", "grant_type=client_credentials"),
+            401,
+            "invalid_client",
+        ),
+        (
+            token_request("ushc_nobody", &secret, "grant_type=client_credentials"),
+            401,
+            "invalid_client",
+        ),
+        (
+            client
+                .post(format!("{}/oauth/token", app.url))
+                .body("grant_type=client_credentials"),
+            401,
+            "invalid_client",
+        ),
+        (
+            token_request(&client_id, &secret, "grant_type=password"),
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            token_request(&client_id, &secret, ""),
+            400,
+            "invalid_request",
+        ),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        if status == 401 {
+            assert!(response.headers().contains_key("www-authenticate"));
+        }
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"].as_str(), Some(error), "{body}");
+        assert!(body["error_description"].is_string());
+    }
+    // A token: for the client's branch only.
+    let response = token_request(&client_id, &secret, "grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let token: Value = response.json().await.unwrap();
+    assert_eq!(
+        (token["token_type"].as_str(), token["expires_in"].as_u64()),
+        (Some("Bearer"), Some(OAUTH_TOKEN_TTL.as_secs()))
+    );
+    let access = token["access_token"].as_str().unwrap().to_owned();
+    let device = |token: String| {
+        let client = client.clone();
+        let url = format!("{}/v2/etims/device", app.url);
+        async move {
+            let response = client.get(url).bearer_auth(token).send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, view) = device(access.clone()).await;
+    assert_eq!((status, view["tin"].as_str()), (200, Some(TINS[1])));
+    let (status, _) = device(access.clone()).await;
+    assert_eq!(status, 200);
+    let signed = client
+        .post(format!("{}/v2/etims/sale", app.url))
+        .bearer_auth(&access)
+        .json(&json!({"supplierPin": TINS[1], "clientReference": "OAUTH-1", "amount": "116.00",
+                      "invoiceDate": "2026-09-25", "itemDescription": "Consulting", "taxAmount": "16.00",
+                      "pmtTyCd": "01", "taxBand": "B"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status().as_u16(), 200);
+    // Expired: dead.
+    tokio::time::sleep(OAUTH_TOKEN_TTL + Duration::from_millis(200)).await;
+    let (status, _) = device(access).await;
+    assert_eq!(status, 401);
+    // Revoked client: its fresh token dies with it, and it gets no more.
+    let fresh: Value = token_request(&client_id, &secret, "grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fresh = fresh["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(device(fresh.clone()).await.0, 200);
+    let response = client
+        .delete(format!(
+            "{}/v2/admin/oauth-clients/{}",
+            app.url, issued["id"]
+        ))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(device(fresh).await.0, 401);
+    let response = token_request(&client_id, &secret, "grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    finish(app).await;
+}
+
 /// A GET from a chosen loopback address (all of 127.0.0.0/8 reaches the server).
 async fn get_from(app: &App, from: [u8; 4], key: &str) -> reqwest::Response {
     reqwest::Client::builder()
@@ -1792,4 +1952,5 @@ on_both!(
     a_refused_sale_gives_its_number_to_the_sales_behind_it,
     repeated_authentication_failures_are_throttled,
     operators_manage_keys_and_read_the_audit_log,
+    oauth_tokens_act_for_their_branch_until_they_die,
 );

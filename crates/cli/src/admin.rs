@@ -65,6 +65,9 @@ enum AdminCommand {
     /// Branch API keys
     #[command(subcommand)]
     Key(KeyCommand),
+    /// OAuth client credentials for a branch (POST /oauth/token)
+    #[command(subcommand)]
+    OauthClient(OAuthClientCommand),
     /// The security audit log, oldest first, as JSON lines
     Audit {
         /// Events after this id
@@ -83,6 +86,25 @@ enum OperatorKeyCommand {
         /// Who it is for
         #[arg(long)]
         name: String,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum OAuthClientCommand {
+    /// Issues a client for a branch and prints its id and secret (the secret once)
+    Issue {
+        /// The branch's id (see `ushuru admin tenants`)
+        #[arg(long)]
+        device_id: i64,
+        /// Who it is for
+        #[arg(long)]
+        name: String,
+    },
+    /// Revokes a client and every token it holds
+    Revoke {
+        /// The client's numeric id
+        #[arg(long)]
+        id: i64,
     },
 }
 
@@ -226,6 +248,36 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     )
                     .await?;
                 eprintln!("key {} ({}) revoked", key.id, key.prefix);
+            }
+            AdminCommand::OauthClient(OAuthClientCommand::Issue { device_id, name }) => {
+                let name = checked_name(&name)?;
+                let scope = scope_of(&store, device_id).await?;
+                let (secret, client) = store.create_oauth_client(scope, name).await?;
+                store
+                    .audit(
+                        NewAuditEvent::new(now, "cli", "oauth_client.issued")
+                            .scope(scope)
+                            .detail(json!({"id": client.id, "clientId": client.client_id, "clientName": name})),
+                    )
+                    .await?;
+                println!(
+                    "{}",
+                    json!({"id": client.id, "clientId": client.client_id, "clientSecret": secret})
+                );
+                eprintln!("OAuth client {} issued for device {device_id}; its secret is shown only now", client.id);
+            }
+            AdminCommand::OauthClient(OAuthClientCommand::Revoke { id }) => {
+                let Some(client) = store.revoke_oauth_client(id, now).await? else {
+                    bail!("no live OAuth client with id {id}");
+                };
+                store
+                    .audit(
+                        NewAuditEvent::new(now, "cli", "oauth_client.revoked")
+                            .scope(client.scope)
+                            .detail(json!({"id": client.id, "clientId": client.client_id})),
+                    )
+                    .await?;
+                eprintln!("OAuth client {} ({}) revoked", client.id, client.client_id);
             }
             AdminCommand::Audit { after, limit } => {
                 for event in store.audit_events(after, limit.clamp(1, 10_000)).await? {

@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// The window of --auth-failure-limit, in seconds
     #[arg(long, env = "USHURU_AUTH_FAILURE_WINDOW_SECS", default_value_t = 60)]
     auth_failure_window_secs: u64,
+    /// How long an OAuth access token from POST /oauth/token lives, in seconds
+    #[arg(long, env = "USHURU_OAUTH_TOKEN_TTL_SECS", default_value_t = 3600)]
+    oauth_token_ttl_secs: u64,
     /// The master key of the cmcKey vault, in a file (32 bytes as base64 or hex). The key
     /// itself may instead be given in `USHURU_MASTER_KEY` (never as a flag: a command line
     /// is visible to every user of the machine). With neither, a development key is
@@ -101,6 +104,7 @@ struct ConfigFile {
     master_key_file: Option<PathBuf>,
     auth_failure_limit: Option<u32>,
     auth_failure_window_secs: Option<u64>,
+    oauth_token_ttl_secs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -148,6 +152,7 @@ impl ServeArgs {
             master_key_file => |v| anyhow::Ok(Some(v)),
             auth_failure_limit => anyhow::Ok,
             auth_failure_window_secs => anyhow::Ok,
+            oauth_token_ttl_secs => anyhow::Ok,
         );
         Ok(())
     }
@@ -427,6 +432,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.auth_failure_limit,
             Duration::from_secs(args.auth_failure_window_secs),
         )),
+        oauth_token_ttl: Duration::from_secs(args.oauth_token_ttl_secs.max(1)),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -680,6 +686,11 @@ async fn purge_idempotency_records(store: Store) {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "expired idempotency records deleted"),
             Err(e) => tracing::warn!(error = %e, "idempotency purge failed; retrying later"),
+        }
+        match store.purge_oauth_tokens(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired access tokens deleted"),
+            Err(e) => tracing::warn!(error = %e, "access token purge failed; retrying later"),
         }
     }
 }

@@ -148,8 +148,51 @@ async fn migrate_and_administer(database: Vec<String>) {
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
 
+    // OAuth client credentials: issued (the secret once), then revoked.
+    let issued: Value = serde_json::from_str(&ok(&ushuru(
+        &database,
+        &[
+            "admin",
+            "oauth-client",
+            "issue",
+            "--device-id",
+            &device_id,
+            "--name",
+            "erp",
+        ],
+    )))
+    .unwrap();
+    let (client_id, secret) = (
+        issued["clientId"].as_str().unwrap(),
+        issued["clientSecret"].as_str().unwrap(),
+    );
+    assert!(
+        store
+            .authenticate_oauth_client(client_id, secret)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    ok(&ushuru(
+        &database,
+        &[
+            "admin",
+            "oauth-client",
+            "revoke",
+            "--id",
+            &issued["id"].to_string(),
+        ],
+    ));
+    assert!(
+        store
+            .authenticate_oauth_client(client_id, secret)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
     let audit = ok(&ushuru(&database, &["admin", "audit"]));
-    assert!(!audit.contains(key) && !audit.contains(operator));
+    assert!(!audit.contains(key) && !audit.contains(operator) && !audit.contains(secret));
     let actions: Vec<String> = lines(&audit)
         .iter()
         .map(|e| {
@@ -165,7 +208,9 @@ async fn migrate_and_administer(database: Vec<String>) {
         [
             "cli operator_key.issued",
             "cli api_key.issued",
-            "cli api_key.revoked"
+            "cli api_key.revoked",
+            "cli oauth_client.issued",
+            "cli oauth_client.revoked"
         ]
     );
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 mod common;
 
 const KEY: &str = "ush_test_key_fixed_by_the_operator_0001";
+const OPERATOR_KEY: &str = "ushop_test_operator_key_fixed_0001";
 const TIN: &str = "P000000000A";
 
 struct Running(Child);
@@ -43,6 +44,7 @@ async fn start(data_dir: &Path, port: u16, database_url: Option<&str>) -> (Runni
             data_dir.to_str().unwrap(),
         ])
         .env("USHURU_BOOTSTRAP_API_KEY", KEY)
+        .env("USHURU_OPERATOR_KEY", OPERATOR_KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if let Some(url) = database_url {
@@ -142,11 +144,58 @@ async fn serves_the_sdk_and_carries_on_after_a_restart(database_url: Option<Stri
     );
     assert!(stdout.contains("22 checks passed"), "{stdout}");
 
+    // The SDK's OAuth mode, with a client the operator issues through the admin API.
+    let client = reqwest::Client::new();
+    let tenants: Value = client
+        .get(format!("{url}/v2/admin/tenants"))
+        .bearer_auth(OPERATOR_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device_id = &tenants[0]["branches"][0]["deviceId"];
+    let issued: Value = client
+        .post(format!("{url}/v2/admin/tenants/{device_id}/oauth-clients"))
+        .bearer_auth(OPERATOR_KEY)
+        .json(&json!({"clientName": "sdk"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/oauth_flow.py");
+    let sdk = Command::new(sdk_python())
+        .arg(&script)
+        .env("TAXID_API_URL", &url)
+        .env("USHURU_TIN", TIN)
+        .env(
+            "USHURU_OAUTH_CLIENT_ID",
+            issued["clientId"].as_str().unwrap(),
+        )
+        .env(
+            "USHURU_OAUTH_CLIENT_SECRET",
+            issued["clientSecret"].as_str().unwrap(),
+        )
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&sdk.stdout),
+        String::from_utf8_lossy(&sdk.stderr),
+    );
+    assert!(
+        sdk.status.success(),
+        "the SDK's OAuth run failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("4 OAuth checks passed"), "{stdout}");
+
     let third = sell(&url, "R-3").await;
     assert_eq!(
         (third["status"].as_str(), third["invcNo"].as_str()),
-        // The SDK signed two sales and two credit notes: 1-4.
-        (Some("SIGNED"), Some("5"))
+        // The SDK signed two sales and two credit notes (1-4), and one sale in OAuth mode.
+        (Some("SIGNED"), Some("6"))
     );
     terminate(running);
 
@@ -155,7 +204,7 @@ async fn serves_the_sdk_and_carries_on_after_a_restart(database_url: Option<Stri
     let fourth = sell(&url, "R-4").await;
     assert_eq!(
         (fourth["status"].as_str(), fourth["invcNo"].as_str()),
-        (Some("SIGNED"), Some("6"))
+        (Some("SIGNED"), Some("7"))
     );
     assert_eq!(
         fourth["sdcId"], third["sdcId"],

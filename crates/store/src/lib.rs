@@ -638,6 +638,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0011_operators_and_audit.sql"),
         postgres: include_str!("../migrations/postgres/0011_operators_and_audit.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_oauth_clients",
+        sqlite: include_str!("../migrations/sqlite/0012_oauth_clients.sql"),
+        postgres: include_str!("../migrations/postgres/0012_oauth_clients.sql"),
+    },
 ];
 
 /// A lease expiry, `now + lease`, within [`clamp_time`]'s range.

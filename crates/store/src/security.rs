@@ -191,3 +191,99 @@ pub(crate) fn group_overview(
     }
     overview
 }
+
+/// An OAuth 2.0 client (client credentials): acts for one branch, like a branch key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OAuthClient {
+    pub id: i64,
+    pub scope: Scope,
+    /// Public: sent as the HTTP Basic user name.
+    pub client_id: String,
+    pub name: String,
+}
+
+/// What starts each kind of credential, so a presented one is looked up in its own table.
+pub const OAUTH_CLIENT_ID_START: &str = "ushc_";
+pub const OAUTH_SECRET_START: &str = "ushs_";
+pub const OAUTH_TOKEN_START: &str = "usht_";
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut random = vec![0u8; bytes];
+    getrandom::fill(&mut random)
+        .map_err(|e| StoreError::Database(format!("no randomness for a credential: {e}")))?;
+    Ok(data_encoding::HEXLOWER.encode(&random))
+}
+
+/// Equal without telling, by its timing, how much of the two agreed.
+fn same_digest(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |differ, (x, y)| differ | (x ^ y))
+            == 0
+}
+
+impl Store {
+    /// A new OAuth client for a branch: its id and its secret, the secret shown only now.
+    pub async fn create_oauth_client(
+        &self,
+        scope: Scope,
+        name: &str,
+    ) -> Result<(String, OAuthClient)> {
+        let client_id = format!("{OAUTH_CLIENT_ID_START}{}", random_hex(16)?);
+        let secret = format!("{OAUTH_SECRET_START}{}", random_hex(32)?);
+        let client = dispatch!(self, s => s.insert_oauth_client(scope, &client_id, &key_sha256(&secret), name))?;
+        Ok((secret, client))
+    }
+
+    /// The live client whose id and secret these are; `None` for anything else.
+    pub async fn authenticate_oauth_client(
+        &self,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<Option<OAuthClient>> {
+        let found = dispatch!(self, s => s.live_oauth_client(client_id))?;
+        Ok(found
+            .filter(|(_, stored)| same_digest(stored, &key_sha256(secret)))
+            .map(|(client, _)| client))
+    }
+
+    /// A new access token for `client`, valid for `ttl`: the token and its expiry.
+    pub async fn issue_oauth_token(
+        &self,
+        client: &OAuthClient,
+        ttl: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<(String, DateTime<Utc>)> {
+        let token = format!("{OAUTH_TOKEN_START}{}", random_hex(32)?);
+        let ttl = chrono::Duration::from_std(ttl)
+            .map_err(|_| StoreError::Conflict("token lifetime out of range".into()))?;
+        let expires = crate::clamp_time(now + ttl);
+        dispatch!(self, s => s.insert_oauth_token(&key_sha256(&token), client, expires))?;
+        Ok((token, expires))
+    }
+
+    /// The branch an access token acts for, as a key: `None` once it expired or its client
+    /// was revoked. The key's id is the client's, its prefix the start of the client id.
+    pub async fn authenticate_oauth_token(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<crate::ApiKey>> {
+        dispatch!(self, s => s.oauth_token(&key_sha256(token), now))
+    }
+
+    /// Revokes a client and deletes its tokens; the client as it was, or `None`.
+    pub async fn revoke_oauth_client(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OAuthClient>> {
+        dispatch!(self, s => s.revoke_oauth_client(id, now))
+    }
+
+    /// Deletes expired access tokens; how many.
+    pub async fn purge_oauth_tokens(&self, now: DateTime<Utc>) -> Result<u64> {
+        dispatch!(self, s => s.purge_oauth_tokens(now))
+    }
+}

@@ -68,7 +68,7 @@ async fn postgres_database() -> String {
 }
 
 /// Every migration, in order: what a fresh database runs.
-const ALL_MIGRATIONS: [&str; 11] = [
+const ALL_MIGRATIONS: [&str; 12] = [
     "0001_foundation",
     "0002_sale_search",
     "0003_sale_lines",
@@ -80,6 +80,7 @@ const ALL_MIGRATIONS: [&str; 11] = [
     "0009_scope_led_indexes",
     "0010_sealed_cmc_keys",
     "0011_operators_and_audit",
+    "0012_oauth_clients",
 ];
 
 fn now() -> DateTime<Utc> {
@@ -2086,6 +2087,95 @@ async fn on_postgres_a_replica_that_lost_its_lock_connection_stops_claiming() {
     );
 }
 
+/// OAuth client credentials: the secret checked, tokens for the client's branch, dead once
+/// expired or once the client is revoked, purged when expired.
+async fn oauth_clients_issue_tokens_that_die_with_them(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let (secret, client) = store.create_oauth_client(scope, "erp").await.unwrap();
+    assert!(client.client_id.starts_with("ushc_") && secret.starts_with("ushs_"));
+    assert_eq!(
+        store
+            .authenticate_oauth_client(&client.client_id, &secret)
+            .await
+            .unwrap(),
+        Some(client.clone())
+    );
+    let wrong = format!("{secret}x");
+    assert_eq!(
+        store
+            .authenticate_oauth_client(&client.client_id, &wrong)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .authenticate_oauth_client("ushc_nobody", &secret)
+            .await
+            .unwrap(),
+        None
+    );
+    let start = now();
+    let (token, expires) = store
+        .issue_oauth_token(&client, std::time::Duration::from_secs(600), start)
+        .await
+        .unwrap();
+    assert!(token.starts_with("usht_"));
+    assert_eq!(expires, start + chrono::Duration::seconds(600));
+    let acting = store
+        .authenticate_oauth_token(&token, start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((acting.scope, acting.id), (scope, client.id));
+    // Not a branch key, and dead after its expiry.
+    assert_eq!(store.authenticate(&token, start).await.unwrap(), None);
+    assert_eq!(
+        store
+            .authenticate_oauth_token(&token, expires)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.purge_oauth_tokens(start).await.unwrap(), 0);
+    assert_eq!(store.purge_oauth_tokens(expires).await.unwrap(), 1);
+    // Dies with its client.
+    let (second, _) = store
+        .issue_oauth_token(&client, std::time::Duration::from_secs(600), start)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .authenticate_oauth_token(&second, start)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        store.revoke_oauth_client(client.id, start).await.unwrap(),
+        Some(client.clone())
+    );
+    assert_eq!(
+        store
+            .authenticate_oauth_token(&second, start)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .authenticate_oauth_client(&client.client_id, &secret)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.revoke_oauth_client(client.id, start).await.unwrap(),
+        None,
+        "once"
+    );
+}
+
 /// Operator keys, branch keys as an operator lists and revokes them, the tenants overview,
 /// and the audit log (issue 5).
 async fn operators_key_listings_and_the_audit_log(store: Store) {
@@ -2355,6 +2445,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    oauth_clients_issue_tokens_that_die_with_them,
     operators_key_listings_and_the_audit_log,
     a_refused_number_is_given_back_to_the_sales_behind_it,
     operations_are_numbered_keyed_claimed_in_order_and_settled,

@@ -86,6 +86,9 @@ pub fn test_vault() -> Vault {
 /// Failed authentications per address or key prefix per minute before 429.
 pub const AUTH_FAILURE_LIMIT: u32 = 8;
 
+/// How long access tokens live in the tests: short enough to see one expire.
+pub const OAUTH_TOKEN_TTL: Duration = Duration::from_secs(2);
+
 pub const TINS: [&str; 2] = ["P051234567A", "P000000001Z"];
 
 pub async fn start(store: Store, deadline: Duration) -> App {
@@ -206,6 +209,7 @@ pub async fn start(store: Store, deadline: Duration) -> App {
             AUTH_FAILURE_LIMIT,
             Duration::from_secs(60),
         )),
+        oauth_token_ttl: OAUTH_TOKEN_TTL,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -5,10 +5,12 @@ use chrono::{DateTime, Utc};
 
 use super::{PostgresStore, query_error};
 use crate::security::{
-    ApiKeyListing, AuditEvent, BranchOverview, NewAuditEvent, OperatorKey, TenantOverview,
-    group_overview,
+    ApiKeyListing, AuditEvent, BranchOverview, NewAuditEvent, OAuthClient, OperatorKey,
+    TenantOverview, group_overview,
 };
-use crate::{BranchId, Result, Scope, Tenant, TenantId, clamp_time, last_used_is_stale};
+use crate::{
+    ApiKey, BranchId, Result, Scope, Tenant, TenantId, clamp_time, key_prefix, last_used_is_stale,
+};
 
 const LISTING_COLUMNS: &str =
     "id, tenant_id, branch_id, prefix, name, created_at, last_used_at, revoked_at";
@@ -228,5 +230,149 @@ impl PostgresStore {
                     .0,
             })
             .collect())
+    }
+}
+
+impl PostgresStore {
+    pub async fn insert_oauth_client(
+        &self,
+        scope: Scope,
+        client_id: &str,
+        secret_sha256: &str,
+        name: &str,
+    ) -> Result<OAuthClient> {
+        let client = self.client().await?;
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO oauth_clients (tenant_id, branch_id, client_id, secret_sha256, name)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                &[
+                    &scope.tenant.0,
+                    &scope.branch.0,
+                    &client_id,
+                    &secret_sha256,
+                    &name,
+                ],
+            )
+            .await
+            .map_err(query_error)?
+            .get(0);
+        Ok(OAuthClient {
+            id,
+            scope,
+            client_id: client_id.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    pub async fn live_oauth_client(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<(OAuthClient, String)>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, tenant_id, branch_id, client_id, name, secret_sha256 FROM oauth_clients
+                 WHERE client_id = $1 AND revoked_at IS NULL",
+                &[&client_id],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(row.map(|r| (oauth_client(&r), r.get(5))))
+    }
+
+    pub async fn insert_oauth_token(
+        &self,
+        token_sha256: &str,
+        oauth: &OAuthClient,
+        expires: DateTime<Utc>,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO oauth_tokens (token_sha256, client, tenant_id, branch_id, expires_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &token_sha256,
+                    &oauth.id,
+                    &oauth.scope.tenant.0,
+                    &oauth.scope.branch.0,
+                    &expires,
+                ],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(())
+    }
+
+    pub async fn oauth_token(
+        &self,
+        token_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT c.id, c.tenant_id, c.branch_id, c.client_id, c.name
+                 FROM oauth_tokens t JOIN oauth_clients c ON c.id = t.client
+                 WHERE t.token_sha256 = $1 AND t.expires_at > $2 AND c.revoked_at IS NULL",
+                &[&token_sha256, &clamp_time(now)],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(row.map(|r| {
+            let oauth = oauth_client(&r);
+            ApiKey {
+                id: oauth.id,
+                scope: oauth.scope,
+                prefix: key_prefix(&oauth.client_id),
+                name: oauth.name,
+            }
+        }))
+    }
+
+    pub async fn revoke_oauth_client(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OAuthClient>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        let row = tx
+            .query_opt(
+                "UPDATE oauth_clients SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL
+                 RETURNING id, tenant_id, branch_id, client_id, name",
+                &[&clamp_time(now), &id],
+            )
+            .await
+            .map_err(query_error)?;
+        tx.execute("DELETE FROM oauth_tokens WHERE client = $1", &[&id])
+            .await
+            .map_err(query_error)?;
+        tx.commit().await.map_err(query_error)?;
+        Ok(row.as_ref().map(oauth_client))
+    }
+
+    pub async fn purge_oauth_tokens(&self, now: DateTime<Utc>) -> Result<u64> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM oauth_tokens WHERE expires_at <= $1",
+                &[&clamp_time(now)],
+            )
+            .await
+            .map_err(query_error)
+    }
+}
+
+fn oauth_client(r: &tokio_postgres::Row) -> OAuthClient {
+    OAuthClient {
+        id: r.get(0),
+        scope: Scope {
+            tenant: TenantId(r.get(1)),
+            branch: BranchId(r.get(2)),
+        },
+        client_id: r.get(3),
+        name: r.get(4),
     }
 }

@@ -5,10 +5,12 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{SqliteStore, database, parse_timestamp, timestamp};
 use crate::security::{
-    ApiKeyListing, AuditEvent, BranchOverview, NewAuditEvent, OperatorKey, TenantOverview,
-    group_overview,
+    ApiKeyListing, AuditEvent, BranchOverview, NewAuditEvent, OAuthClient, OperatorKey,
+    TenantOverview, group_overview,
 };
-use crate::{BranchId, Result, Scope, StoreError, Tenant, TenantId, last_used_is_stale};
+use crate::{
+    ApiKey, BranchId, Result, Scope, StoreError, Tenant, TenantId, key_prefix, last_used_is_stale,
+};
 
 const LISTING_COLUMNS: &str =
     "id, tenant_id, branch_id, prefix, name, created_at, last_used_at, revoked_at";
@@ -316,5 +318,152 @@ impl SqliteStore {
                 })
             })
             .collect()
+    }
+}
+
+fn oauth_client(r: &rusqlite::Row<'_>) -> rusqlite::Result<OAuthClient> {
+    Ok(OAuthClient {
+        id: r.get(0)?,
+        scope: Scope {
+            tenant: TenantId(r.get(1)?),
+            branch: BranchId(r.get(2)?),
+        },
+        client_id: r.get(3)?,
+        name: r.get(4)?,
+    })
+}
+
+impl SqliteStore {
+    pub async fn insert_oauth_client(
+        &self,
+        scope: Scope,
+        client_id: &str,
+        secret_sha256: &str,
+        name: &str,
+    ) -> Result<OAuthClient> {
+        let (client_id, secret_sha256, name) = (
+            client_id.to_owned(),
+            secret_sha256.to_owned(),
+            name.to_owned(),
+        );
+        self.run(move |connection| {
+            connection
+                .execute(
+                    "INSERT INTO oauth_clients (tenant_id, branch_id, client_id, secret_sha256, name, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![scope.tenant.0, scope.branch.0, client_id, secret_sha256, name, timestamp(Utc::now())],
+                )
+                .map_err(database)?;
+            Ok(OAuthClient {
+                id: connection.last_insert_rowid(),
+                scope,
+                client_id,
+                name,
+            })
+        })
+        .await
+    }
+
+    pub async fn live_oauth_client(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<(OAuthClient, String)>> {
+        let client_id = client_id.to_owned();
+        self.read(move |connection| {
+            connection
+                .query_row(
+                    "SELECT id, tenant_id, branch_id, client_id, name, secret_sha256 FROM oauth_clients
+                     WHERE client_id = ?1 AND revoked_at IS NULL",
+                    params![client_id],
+                    |r| Ok((oauth_client(r)?, r.get(5)?)),
+                )
+                .optional()
+                .map_err(database)
+        })
+        .await
+    }
+
+    pub async fn insert_oauth_token(
+        &self,
+        token_sha256: &str,
+        oauth: &OAuthClient,
+        expires: DateTime<Utc>,
+    ) -> Result<()> {
+        let (token_sha256, oauth) = (token_sha256.to_owned(), oauth.clone());
+        self.run(move |connection| {
+            connection
+                .execute(
+                    "INSERT INTO oauth_tokens (token_sha256, client, tenant_id, branch_id, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![token_sha256, oauth.id, oauth.scope.tenant.0, oauth.scope.branch.0, timestamp(expires)],
+                )
+                .map_err(database)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn oauth_token(
+        &self,
+        token_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>> {
+        let token_sha256 = token_sha256.to_owned();
+        let found = self
+            .read(move |connection| {
+                connection
+                    .query_row(
+                        "SELECT c.id, c.tenant_id, c.branch_id, c.client_id, c.name
+                         FROM oauth_tokens t JOIN oauth_clients c ON c.id = t.client
+                         WHERE t.token_sha256 = ?1 AND t.expires_at > ?2 AND c.revoked_at IS NULL",
+                        params![token_sha256, timestamp(now)],
+                        oauth_client,
+                    )
+                    .optional()
+                    .map_err(database)
+            })
+            .await?;
+        Ok(found.map(|oauth| ApiKey {
+            id: oauth.id,
+            scope: oauth.scope,
+            prefix: key_prefix(&oauth.client_id),
+            name: oauth.name,
+        }))
+    }
+
+    pub async fn revoke_oauth_client(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OAuthClient>> {
+        self.run(move |connection| {
+            let client = connection
+                .query_row(
+                    "UPDATE oauth_clients SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL
+                     RETURNING id, tenant_id, branch_id, client_id, name",
+                    params![timestamp(now), id],
+                    oauth_client,
+                )
+                .optional()
+                .map_err(database)?;
+            connection
+                .execute("DELETE FROM oauth_tokens WHERE client = ?1", params![id])
+                .map_err(database)?;
+            Ok(client)
+        })
+        .await
+    }
+
+    pub async fn purge_oauth_tokens(&self, now: DateTime<Utc>) -> Result<u64> {
+        self.run(move |connection| {
+            let purged = connection
+                .execute(
+                    "DELETE FROM oauth_tokens WHERE expires_at <= ?1",
+                    params![timestamp(now)],
+                )
+                .map_err(database)?;
+            Ok(u64::try_from(purged).unwrap_or(u64::MAX))
+        })
+        .await
     }
 }
