@@ -627,3 +627,148 @@ pub(crate) async fn revoke_oauth_client(
         Err(e) => ApiError::from(e).into_response(),
     }
 }
+
+fn rotation_error(error: crate::keys::RotationError) -> Response {
+    use crate::keys::RotationError;
+    match error {
+        RotationError::NotInitialised => ApiError::new(
+            StatusCode::CONFLICT,
+            "DEVICE_NOT_INITIALISED",
+            error.to_string(),
+        )
+        .into_response(),
+        RotationError::Raced => {
+            ApiError::new(StatusCode::CONFLICT, "ROTATION_RACED", error.to_string()).into_response()
+        }
+        RotationError::Vault(ushuru_vault::VaultError::NotRotatable(how)) => {
+            ApiError::new(StatusCode::CONFLICT, "MASTER_KEY_NOT_ROTATABLE", how).into_response()
+        }
+        RotationError::Vault(e) => ApiError::internal(e).into_response(),
+        RotationError::Store(e) => ApiError::from(e).into_response(),
+    }
+}
+
+#[allow(dead_code)]
+mod described_rotation {
+    /// A branch's data key rotation.
+    #[derive(utoipa::ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub(crate) struct DataKeyRotated {
+        device_id: i64,
+        from_version: u32,
+        to_version: u32,
+        master_key_version: u32,
+    }
+
+    /// A master key rotation.
+    #[derive(utoipa::ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub(crate) struct MasterKeyRotated {
+        /// The versions data keys were wrapped under before.
+        from_versions: Vec<u32>,
+        to_version: u32,
+        /// Whether a new master key version was made (false: an operator-supplied one).
+        new_version: bool,
+        /// Data keys re-wrapped.
+        rewrapped: usize,
+    }
+}
+
+/// `POST /v2/admin/tenants/{deviceId}/data-key/rotate`: a new data key for the branch.
+#[utoipa::path(
+    post,
+    path = "/v2/admin/tenants/{deviceId}/data-key/rotate",
+    tag = "admin",
+    summary = "Rotate a branch's data key",
+    description = "Seals the branch's cmcKey under a new data key (its version one more), wrapped \
+        by the current master key. No restart; sales go on signing (the relay opens the new form \
+        from its next call). Written to the audit log with both versions, never a key.",
+    params(("deviceId" = i64, Path, description = "The branch's id (GET /v2/admin/tenants).")),
+    responses(
+        (status = 200, description = "Rotated.", body = described_rotation::DataKeyRotated),
+        (status = 401, description = "No live key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 404, description = "No such device (`NOT_FOUND`).", body = ErrorBody),
+        (status = 409, description = "`DEVICE_NOT_INITIALISED`, or `ROTATION_RACED` (another \
+            rotation of the branch won: try again).", body = ErrorBody),
+        (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("apiKey" = [])),
+)]
+pub(crate) async fn rotate_data_key(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(device_id): Path<String>,
+) -> Response {
+    let request_id = request_id();
+    let (_, scope, _) = match branch_named(&state, &device_id).await {
+        Ok(found) => found,
+        Err(error) => return error.into_response(),
+    };
+    match crate::keys::rotate_data_key(
+        &state.store,
+        &state.vault,
+        Some(&state.sealed_keys),
+        scope,
+        &operator.actor(),
+    )
+    .await
+    {
+        Ok(rotation) => respond(
+            StatusCode::OK,
+            json!({
+                "deviceId": scope.branch.0,
+                "fromVersion": rotation.from,
+                "toVersion": rotation.to,
+                "masterKeyVersion": rotation.master_version,
+            }),
+            &request_id,
+        ),
+        Err(error) => rotation_error(error),
+    }
+}
+
+/// `POST /v2/admin/master-key/rotate`: a new master key version, every data key re-wrapped.
+#[utoipa::path(
+    post,
+    path = "/v2/admin/master-key/rotate",
+    tag = "admin",
+    summary = "Rotate the master key",
+    description = "Makes a new master key version (a key file gets it appended; a key from \
+        `USHURU_MASTER_KEY` cannot, so give it as `1:<old>,2:<new>` and restart first) and \
+        re-wraps every branch's data key under the current version. No restart; sales go on \
+        signing. Written to the audit log with the versions, never a key.",
+    responses(
+        (status = 200, description = "Rotated.", body = described_rotation::MasterKeyRotated),
+        (status = 401, description = "No live key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 409, description = "`MASTER_KEY_NOT_ROTATABLE` (with how to rotate this \
+            provider), or `ROTATION_RACED`.", body = ErrorBody),
+        (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("apiKey" = [])),
+)]
+pub(crate) async fn rotate_master_key(
+    State(state): State<AppState>,
+    operator: Operator,
+) -> Response {
+    let request_id = request_id();
+    match crate::keys::rotate_master_key(
+        &state.store,
+        &state.vault,
+        Some(&state.sealed_keys),
+        &operator.actor(),
+    )
+    .await
+    {
+        Ok(rotation) => respond(
+            StatusCode::OK,
+            json!({
+                "fromVersions": rotation.from,
+                "toVersion": rotation.to,
+                "newVersion": rotation.new_version,
+                "rewrapped": rotation.rewrapped,
+            }),
+            &request_id,
+        ),
+        Err(error) => rotation_error(error),
+    }
+}

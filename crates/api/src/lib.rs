@@ -15,6 +15,7 @@ mod docs;
 mod error;
 mod init;
 mod items;
+pub mod keys;
 mod oauth;
 mod operations;
 mod sale;
@@ -76,6 +77,10 @@ pub struct AppState {
     pub auth_throttle: Arc<throttle::AuthThrottle>,
     /// How long an OAuth access token lives.
     pub oauth_token_ttl: Duration,
+    /// The cmcKey vault (rotations through the admin routes).
+    pub vault: ushuru_vault::Vault,
+    /// The latest sealed cmcKey of each branch, which the relays open.
+    pub sealed_keys: Arc<keys::SealedKeys>,
 }
 
 /// The document's fixed parts; the paths and their schemas come from [`routes`].
@@ -164,6 +169,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::audit))
         .routes(routes!(admin::issue_oauth_client))
         .routes(routes!(admin::revoke_oauth_client))
+        .routes(routes!(admin::rotate_data_key))
+        .routes(routes!(admin::rotate_master_key))
         .routes(routes!(docs::openapi_json))
         .routes(routes!(docs::page))
 }

@@ -4,6 +4,7 @@
 // A test crate: a panic in a helper is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -248,6 +249,7 @@ async fn an_outage_answers_202_then_the_sale_signs(store: Store) {
         pipeline,
         state_dir,
         vault,
+        sealed_keys,
     } = app;
     sandbox.stop().await; // the control unit is down: nothing listens on its port
     let (status, body, _) = post_to(&url, &key, "OUT-1", &flat("OUT-1", "116.00", "16.00")).await;
@@ -285,6 +287,7 @@ async fn an_outage_answers_202_then_the_sale_signs(store: Store) {
         pipeline,
         state_dir,
         vault,
+        sealed_keys,
     };
     let id = body["purchaseId"].as_i64().unwrap();
     let mut signed = Value::Null;
@@ -1457,6 +1460,7 @@ async fn an_operation_waits_out_an_outage(store: Store) {
         pipeline,
         state_dir,
         vault,
+        sealed_keys,
     } = app;
     sandbox.stop().await;
     let app = App {
@@ -1473,6 +1477,7 @@ async fn an_operation_waits_out_an_outage(store: Store) {
         pipeline,
         state_dir,
         vault,
+        sealed_keys,
     };
     let adjustment = json!({"lines": [stock_line("SKU1", "M", "1")]});
     let (status, body) = post_json(
@@ -1851,6 +1856,163 @@ async fn oauth_tokens_act_for_their_branch_until_they_die(store: Store) {
     finish(app).await;
 }
 
+/// Hot rotation: a branch's data key (three times) and the master key (once) rotate
+/// through the admin API while sales are being signed; every sale signs, the stored key
+/// and the relays' copy move to the new versions, and each rotation is audited.
+async fn keys_rotate_while_sales_are_signed(store: Store) {
+    let app = start(store, Duration::from_secs(5)).await;
+    let (operator, _) = app.store.create_operator_key("ops").await.unwrap();
+    let client = reqwest::Client::new();
+    let scope = app
+        .store
+        .authenticate(&app.keys[0], chrono::Utc::now())
+        .await
+        .unwrap()
+        .unwrap()
+        .scope;
+    let other = app
+        .store
+        .authenticate(&app.keys[1], chrono::Utc::now())
+        .await
+        .unwrap()
+        .unwrap()
+        .scope;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seller = {
+        let (url, key, stop) = (app.url.clone(), app.keys[0].clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut statuses = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 10 {
+                n += 1;
+                let reference = format!("ROT-{n}");
+                let response = client
+                    .post(format!("{url}/v2/etims/sale"))
+                    .bearer_auth(&key)
+                    .header("Idempotency-Key", &reference)
+                    .json(&flat(&reference, "116.00", "16.00"))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap();
+                statuses.push((status, body["status"].as_str().unwrap_or("").to_owned()));
+            }
+            statuses
+        })
+    };
+    let rotate = |path: String| {
+        let (client, url, operator) = (client.clone(), app.url.clone(), operator.clone());
+        async move {
+            let response = client
+                .post(format!("{url}{path}"))
+                .bearer_auth(operator)
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let data_key = format!("/v2/admin/tenants/{}/data-key/rotate", scope.branch.0);
+    for expected in [(1, 2), (2, 3)] {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let (status, body) = rotate(data_key.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (body["fromVersion"].as_u64(), body["toVersion"].as_u64()),
+            (Some(expected.0), Some(expected.1))
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (status, master) = rotate("/v2/admin/master-key/rotate".into()).await;
+    assert_eq!(status, 200, "{master}");
+    assert_eq!(master["toVersion"], 2);
+    assert_eq!(master["newVersion"], true);
+    assert_eq!(master["fromVersions"], json!([1]));
+    assert_eq!(master["rewrapped"], 2, "both branches");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (status, body) = rotate(data_key.clone()).await;
+    assert_eq!(
+        (status, body["masterKeyVersion"].as_u64()),
+        (200, Some(2)),
+        "{body}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = seller.await.unwrap();
+    assert!(statuses.len() >= 10);
+    assert!(
+        statuses
+            .iter()
+            .all(|(status, sale)| *status == 200 && sale == "SIGNED"),
+        "{statuses:?}"
+    );
+
+    // Stored and in the relays' hands: the new versions, opening to the same cmcKey.
+    let device = app.store.device(scope).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            device.cmc_key.data_key.version,
+            device.cmc_key.data_key.master_version
+        ),
+        (4, 2)
+    );
+    assert_eq!(
+        app.sealed_keys.get(scope.branch),
+        Some(device.cmc_key.clone())
+    );
+    let untouched = app.store.device(other).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            untouched.cmc_key.data_key.version,
+            untouched.cmc_key.data_key.master_version
+        ),
+        (1, 2)
+    );
+    let binding = ushuru_vault::Binding {
+        tenant: scope.tenant.0,
+        branch: scope.branch.0,
+    };
+    assert_eq!(
+        app.vault
+            .open_cmc_key(binding, &device.cmc_key)
+            .unwrap()
+            .len(),
+        32
+    );
+    // A sale after it all signs with the rotated key.
+    let (status, body, _) = post(
+        &app,
+        Some(&app.keys[0]),
+        Some("ROT-AFTER"),
+        &flat("ROT-AFTER", "116.00", "16.00"),
+    )
+    .await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("SIGNED")));
+
+    // Audited, with versions only.
+    let events = app.store.audit_events(0, 1000).await.unwrap();
+    let rotations: Vec<(&str, &Value)> = events
+        .iter()
+        .filter(|e| e.action.ends_with(".rotated"))
+        .map(|e| (e.action.as_str(), &e.detail))
+        .collect();
+    assert_eq!(rotations.len(), 4);
+    assert_eq!(rotations[2].0, "master_key.rotated");
+    assert_eq!(rotations[3].1["toVersion"], 4);
+    // A branch without a device has no key to rotate.
+    let bare = app.store.create_branch(scope.tenant, "07").await.unwrap();
+    let (status, body) = rotate(format!("/v2/admin/tenants/{}/data-key/rotate", bare.id.0)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("DEVICE_NOT_INITIALISED"))
+    );
+    finish(app).await;
+}
+
 /// A GET from a chosen loopback address (all of 127.0.0.0/8 reaches the server).
 async fn get_from(app: &App, from: [u8; 4], key: &str) -> reqwest::Response {
     reqwest::Client::builder()
@@ -1953,4 +2115,5 @@ on_both!(
     repeated_authentication_failures_are_throttled,
     operators_manage_keys_and_read_the_audit_log,
     oauth_tokens_act_for_their_branch_until_they_die,
+    keys_rotate_while_sales_are_signed,
 );

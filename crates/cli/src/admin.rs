@@ -51,6 +51,10 @@ pub struct MigrateArgs {
 pub struct AdminArgs {
     #[command(flatten)]
     database: DatabaseArgs,
+    /// The vault's master key file, as for `serve` (rotations only; `USHURU_MASTER_KEY`
+    /// is read too, and without either the data directory's `master.key`)
+    #[arg(long, env = "USHURU_MASTER_KEY_FILE", value_name = "FILE")]
+    master_key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -68,6 +72,9 @@ enum AdminCommand {
     /// OAuth client credentials for a branch (POST /oauth/token)
     #[command(subcommand)]
     OauthClient(OAuthClientCommand),
+    /// Key rotations, while `serve` runs or not
+    #[command(subcommand)]
+    Rotate(RotateCommand),
     /// The security audit log, oldest first, as JSON lines
     Audit {
         /// Events after this id
@@ -87,6 +94,18 @@ enum OperatorKeyCommand {
         #[arg(long)]
         name: String,
     },
+}
+
+#[derive(clap::Subcommand)]
+enum RotateCommand {
+    /// Seals a branch's cmcKey under a new data key
+    DataKey {
+        /// The branch's id (see `ushuru admin tenants`)
+        #[arg(long)]
+        device_id: i64,
+    },
+    /// Makes a new master key version (in the key file) and re-wraps every data key
+    MasterKey,
 }
 
 #[derive(clap::Subcommand)]
@@ -279,6 +298,34 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     .await?;
                 eprintln!("OAuth client {} ({}) revoked", client.id, client.client_id);
             }
+            AdminCommand::Rotate(rotate) => {
+                let vault = open_existing_vault(&args.database, args.master_key_file.as_deref())?;
+                match rotate {
+                    RotateCommand::DataKey { device_id } => {
+                        let scope = scope_of(&store, device_id).await?;
+                        let done =
+                            ushuru_api::keys::rotate_data_key(&store, &vault, None, scope, "cli")
+                                .await?;
+                        println!(
+                            "{}",
+                            json!({"deviceId": device_id, "fromVersion": done.from,
+                                   "toVersion": done.to, "masterKeyVersion": done.master_version})
+                        );
+                    }
+                    RotateCommand::MasterKey => {
+                        let done =
+                            ushuru_api::keys::rotate_master_key(&store, &vault, None, "cli").await?;
+                        println!(
+                            "{}",
+                            json!({"fromVersions": done.from, "toVersion": done.to,
+                                   "newVersion": done.new_version, "rewrapped": done.rewrapped})
+                        );
+                    }
+                }
+                eprintln!(
+                    "a running serve goes on with the key it holds, which still opens; it opens the new one after its next start"
+                );
+            }
             AdminCommand::Audit { after, limit } => {
                 for event in store.audit_events(after, limit.clamp(1, 10_000)).await? {
                     println!(
@@ -294,6 +341,34 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The master key, which must already exist: a rotation with a new key would orphan every
+/// key sealed under the old one.
+fn open_existing_vault(
+    database: &DatabaseArgs,
+    master_key_file: Option<&std::path::Path>,
+) -> anyhow::Result<ushuru_vault::Vault> {
+    use ushuru_vault::Keyring;
+    let from_env = std::env::var("USHURU_MASTER_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .map(zeroize::Zeroizing::new);
+    let keyring = match (from_env, master_key_file) {
+        (Some(text), _) => Keyring::from_text(&text).context("USHURU_MASTER_KEY")?,
+        (None, Some(path)) => Keyring::from_file(path)?,
+        (None, None) => {
+            let path = database.data_dir.join("master.key");
+            if !path.exists() {
+                bail!(
+                    "no master key: give USHURU_MASTER_KEY or --master-key-file, or --data-dir of a serve that made {}",
+                    path.display()
+                );
+            }
+            Keyring::from_file(&path)?
+        }
+    };
+    Ok(ushuru_vault::Vault::new(std::sync::Arc::new(keyring)))
 }
 
 fn checked_name(name: &str) -> anyhow::Result<&str> {

@@ -10,20 +10,20 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::json;
+use ushuru_api::keys::{SealedKeyOpener, SealedKeys, binding};
 use ushuru_api::{AppState, BranchContext};
 use ushuru_engine::{DeviceIdentity, Pipeline, Relay, SystemClock};
 use ushuru_kra::endpoints::InitDevice;
 use ushuru_kra::types::InitRequest;
 use ushuru_kra::{
-    ClientConfig, CmcKeyOpener, InProcessUnit, KraClient, Outcome, Profile, ResultCode, Secret,
-    Timeouts,
+    ClientConfig, CmcKeyOpener, InProcessUnit, KraClient, Outcome, Profile, ResultCode, Timeouts,
 };
 use ushuru_sandbox::persist::StateFile;
 use ushuru_sandbox::server::GatewayAccess;
 use ushuru_sandbox::{ControlUnit, Sandbox};
-use ushuru_store::{DeviceRecord, NewAuditEvent, Scope, SealedCmcKey, Store};
+use ushuru_store::{DeviceRecord, NewAuditEvent, Scope, Store};
 use ushuru_tax::TaxRates;
-use ushuru_vault::{Binding, LocalMasterKey, Vault};
+use ushuru_vault::{Keyring, Vault};
 
 /// The control-unit "URL" recorded for a device on the built-in sandbox, which runs in
 /// this process and is called without a network.
@@ -208,7 +208,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !applied.is_empty() {
         tracing::info!(?applied, "database migrated");
     }
-    let vault = open_vault(&args)?;
+    let vault = open_vault(&args.data_dir, args.master_key_file.as_deref())?;
     seal_plaintext_cmc_keys(&store, &vault).await?;
 
     // The built-in sandbox runs when no control unit is named, and whenever a branch
@@ -347,6 +347,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let owner = relay_owner();
     let mut relays = Vec::new();
     let mut branches = HashMap::new();
+    let sealed_keys = Arc::new(SealedKeys::default());
     for served in store.initialised_branches().await? {
         if served.device.control_unit_url == BUILT_IN_SANDBOX && sandbox.is_none() {
             bail!(
@@ -362,10 +363,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
         // The relay holds the cmcKey sealed and opens it for each call.
-        let key = BranchCmcKey {
+        // The relay's client holds no key: it opens the branch's latest sealed form, kept
+        // in `sealed_keys` (which rotations update), for each call.
+        sealed_keys.set(served.scope.branch, served.device.cmc_key.clone());
+        let key = SealedKeyOpener {
             vault: vault.clone(),
-            binding: binding(served.scope),
-            sealed: served.device.cmc_key.clone(),
+            scope: served.scope,
+            keys: Arc::clone(&sealed_keys),
         };
         // Found now, not at the first sale: a master key that does not open a branch's key.
         drop(key.open().map_err(|e| {
@@ -433,6 +437,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Duration::from_secs(args.auth_failure_window_secs),
         )),
         oauth_token_ttl: Duration::from_secs(args.oauth_token_ttl_secs.max(1)),
+        vault: vault.clone(),
+        sealed_keys,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -581,47 +587,24 @@ async fn bootstrap_operator_key(store: &Store) -> anyhow::Result<Option<String>>
     Ok(shown)
 }
 
-/// The vault binding of a branch.
-fn binding(scope: Scope) -> Binding {
-    Binding {
-        tenant: scope.tenant.0,
-        branch: scope.branch.0,
-    }
-}
-
-/// A branch's sealed cmcKey, opened by its relay's client for the moment of each call.
-struct BranchCmcKey {
-    vault: Vault,
-    binding: Binding,
-    sealed: SealedCmcKey,
-}
-
-impl CmcKeyOpener for BranchCmcKey {
-    fn open(&self) -> Result<Secret, String> {
-        let mut opened = self
-            .vault
-            .open_cmc_key(self.binding, &self.sealed)
-            .map_err(|e| e.to_string())?;
-        // Moved, not copied: the one buffer is zeroized when the call's Secret drops.
-        Ok(Secret::new(std::mem::take(&mut *opened)))
-    }
-}
-
-/// The vault's master key: `USHURU_MASTER_KEY`, else `--master-key-file`, else a development
-/// key file in the data directory, created on first start.
-fn open_vault(args: &ServeArgs) -> anyhow::Result<Vault> {
+/// The vault's master key: `USHURU_MASTER_KEY`, else `master_key_file`, else a
+/// development key file in the data directory, created on first start (with a warning).
+/// A key file is a keyring that master key rotation adds versions to; a key from the
+/// environment is a keyring too (`1:<old>,2:<new>`), fixed while the process runs.
+pub(crate) fn open_vault(
+    data_dir: &std::path::Path,
+    master_key_file: Option<&std::path::Path>,
+) -> anyhow::Result<Vault> {
     let from_env = std::env::var("USHURU_MASTER_KEY")
         .ok()
         .filter(|k| !k.trim().is_empty())
         .map(zeroize::Zeroizing::new);
-    let master = match (from_env, &args.master_key_file) {
-        (Some(text), _) => {
-            LocalMasterKey::from_text(&text, MASTER_KEY_VERSION).context("USHURU_MASTER_KEY")?
-        }
-        (None, Some(path)) => LocalMasterKey::from_file(path, MASTER_KEY_VERSION)?,
+    let master = match (from_env, master_key_file) {
+        (Some(text), _) => Keyring::from_text(&text).context("USHURU_MASTER_KEY")?,
+        (None, Some(path)) => Keyring::from_file(path)?,
         (None, None) => {
-            let path = args.data_dir.join("master.key");
-            let (key, created) = LocalMasterKey::load_or_generate(&path, MASTER_KEY_VERSION)?;
+            let path = data_dir.join("master.key");
+            let (key, created) = Keyring::load_or_generate(&path)?;
             let what = if created { "generated" } else { "read" };
             tracing::warn!(path = %path.display(), "development master key {what}");
             eprintln!(
@@ -635,9 +618,6 @@ fn open_vault(args: &ServeArgs) -> anyhow::Result<Vault> {
     };
     Ok(Vault::new(Arc::new(master)))
 }
-
-/// The only master key version until master-key rotation arrives.
-const MASTER_KEY_VERSION: u32 = 1;
 
 /// Seals the cmcKeys a database written before the vault holds in plain text.
 async fn seal_plaintext_cmc_keys(store: &Store, vault: &Vault) -> anyhow::Result<()> {

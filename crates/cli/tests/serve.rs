@@ -574,7 +574,71 @@ async fn the_cmc_key_is_stored_sealed_and_opens_only_with_its_master_key() {
     );
     assert!(!stderr.contains("not-a-key-at-all"), "{stderr}");
 
-    // The right key again: the relay opens the sealed key and signs on.
+    // Rotations by `ushuru admin` between starts: the data key rotates; the master key from
+    // the environment cannot make a version of its own and says how to rotate it.
+    let admin = |master: Option<&str>, args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ushuru"));
+        command
+            .args(["admin", "--data-dir", dir.to_str().unwrap()])
+            .args(args)
+            .env_remove("USHURU_MASTER_KEY")
+            .env_remove("USHURU_MASTER_KEY_FILE");
+        if let Some(master) = master {
+            command.env("USHURU_MASTER_KEY", master);
+        }
+        command.output().unwrap()
+    };
+    let device_id = rusqlite::Connection::open(dir.join("ushuru.sqlite"))
+        .unwrap()
+        .query_row(
+            "SELECT id FROM branches WHERE cmc_key_sealed IS NOT NULL",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+        .to_string();
+    let rotated = admin(
+        Some(&master),
+        &["rotate", "data-key", "--device-id", &device_id],
+    );
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let rotated: Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    assert_eq!(
+        (
+            rotated["fromVersion"].as_u64(),
+            rotated["toVersion"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let refused = admin(Some(&master), &["rotate", "master-key"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("1:<old>,2:<new>"));
+    // Given as a keyring with a second version, it re-wraps every data key under it.
+    let keyring = format!("1:{master},2:{}", data_encoding::BASE64.encode(&[7u8; 32]));
+    let rewrapped = admin(Some(&keyring), &["rotate", "master-key"]);
+    assert!(
+        rewrapped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rewrapped.stderr)
+    );
+    let rewrapped: Value = serde_json::from_slice(&rewrapped.stdout).unwrap();
+    assert_eq!(
+        (
+            rewrapped["toVersion"].as_u64(),
+            rewrapped["rewrapped"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    // Now the old key alone no longer opens it: a start with it is refused.
+    let refused = serve_with(Some(&master), free_port()).output().unwrap();
+    assert!(!refused.status.success());
+
+    // The keyring: the relay opens the rotated key and signs on.
+    let master = keyring;
     let port = free_port();
     let mut again = serve_with(Some(&master), port);
     again.stdout(Stdio::null()).stderr(Stdio::null());
@@ -606,5 +670,32 @@ async fn the_cmc_key_is_stored_sealed_and_opens_only_with_its_master_key() {
         warning.contains("WARNING") && warning.contains("master key"),
         "{warning}"
     );
+    // That key file is a keyring: `ushuru admin` adds a version and re-wraps, and the next
+    // start opens the key with it.
+    let rotated = admin(None, &["rotate", "master-key"]);
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let rotated: Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    assert_eq!(
+        (
+            rotated["newVersion"].as_bool(),
+            rotated["toVersion"].as_u64()
+        ),
+        (Some(true), Some(2))
+    );
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap().lines().count(),
+        2
+    );
+    let port = free_port();
+    let mut after = serve_with(None, port);
+    after.stdout(Stdio::null()).stderr(Stdio::null());
+    let running = Running(after.spawn().unwrap());
+    let url = wait_until_up(port).await;
+    assert_eq!(sell(&url, "vault-4").await["status"], "SIGNED");
+    terminate(running);
     let _ = std::fs::remove_dir_all(&dir);
 }

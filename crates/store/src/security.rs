@@ -282,6 +282,17 @@ impl Store {
         dispatch!(self, s => s.revoke_oauth_client(id, now))
     }
 
+    /// Replaces a branch's sealed cmcKey (after a rotation) if it is still `expected`: the
+    /// versions are compared, so two rotations at once cannot both win; false otherwise.
+    pub async fn replace_sealed_cmc_key(
+        &self,
+        scope: Scope,
+        expected: &crate::SealedCmcKey,
+        new: &crate::SealedCmcKey,
+    ) -> Result<bool> {
+        dispatch!(self, s => s.replace_sealed_cmc_key(scope, expected, new))
+    }
+
     /// Deletes expired access tokens; how many.
     pub async fn purge_oauth_tokens(&self, now: DateTime<Utc>) -> Result<u64> {
         dispatch!(self, s => s.purge_oauth_tokens(now))

@@ -39,6 +39,8 @@ pub enum VaultError {
     OtherMasterVersion { found: u32, have: u32 },
     #[error("the system's random source failed: {0}")]
     Random(String),
+    #[error("{0}")]
+    NotRotatable(String),
 }
 
 pub type Result<T> = std::result::Result<T, VaultError>;
@@ -140,12 +142,19 @@ impl fmt::Debug for SecretKey {
     }
 }
 
-/// Wraps and unwraps data keys: a local key ([`LocalMasterKey`]) or a KMS.
+/// Wraps and unwraps data keys: a local key ([`LocalMasterKey`], [`Keyring`]) or a KMS.
 pub trait MasterKey: Send + Sync {
     /// The version new wraps are made under.
     fn version(&self) -> u32;
     fn wrap(&self, data_key: &SecretKey, aad: &[u8]) -> Result<Sealed>;
     fn unwrap(&self, master_version: u32, wrapped: &Sealed, aad: &[u8]) -> Result<SecretKey>;
+    /// Makes a new version the current one (earlier versions still unwrap); its number.
+    /// A provider that cannot (a key given in the environment) says how to rotate instead.
+    fn add_version(&self) -> Result<u32> {
+        Err(VaultError::NotRotatable(
+            "this master key provider cannot make a new version".into(),
+        ))
+    }
 }
 
 /// A master key held in this process, read from `USHURU_MASTER_KEY` or a key file.
@@ -248,6 +257,203 @@ impl MasterKey for LocalMasterKey {
     }
 }
 
+/// Several versions of a local master key: the highest wraps, all unwrap. Read from
+/// `USHURU_MASTER_KEY` or a key file, one `<version>:<key>` per line (or comma); a bare
+/// key is version 1, which is what a single-key file or variable holds. From a file it
+/// can make a new version ([`MasterKey::add_version`]): the file is rewritten with it,
+/// atomically and readable by its owner only, and a version another process added is
+/// found by reading the file again.
+pub struct Keyring {
+    keys: std::sync::RwLock<std::collections::BTreeMap<u32, Arc<SecretKey>>>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("versions", &self.versions())
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
+fn parse_keyring(text: &str) -> Result<std::collections::BTreeMap<u32, Arc<SecretKey>>> {
+    let mut keys = std::collections::BTreeMap::new();
+    for entry in text
+        .split(['\n', ','])
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.starts_with('#'))
+    {
+        let (version, key) = match entry.split_once(':') {
+            Some((version, key)) => {
+                let version = version
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|v| *v > 0)
+                    .ok_or_else(|| {
+                        VaultError::MasterKey(
+                            "a keyring entry is `<version>:<key>`, version 1 or more".into(),
+                        )
+                    })?;
+                (version, key)
+            }
+            None => (1, entry),
+        };
+        let key = LocalMasterKey::from_text(key, version)?.key;
+        if keys.insert(version, Arc::new(key)).is_some() {
+            return Err(VaultError::MasterKey(format!(
+                "version {version} is given twice"
+            )));
+        }
+    }
+    if keys.is_empty() {
+        return Err(VaultError::MasterKey("no key given".into()));
+    }
+    Ok(keys)
+}
+
+impl Keyring {
+    /// From text (`USHURU_MASTER_KEY`): fixed, it cannot add versions itself.
+    pub fn from_text(text: &str) -> Result<Self> {
+        Ok(Keyring {
+            keys: std::sync::RwLock::new(parse_keyring(text)?),
+            file: None,
+        })
+    }
+
+    /// From a key file, which new versions are added to.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let keys = Self::read_file(path)?;
+        Ok(Keyring {
+            keys: std::sync::RwLock::new(keys),
+            file: Some(path.to_owned()),
+        })
+    }
+
+    /// The key file at `path`, created with a new random key if there is none (see
+    /// [`LocalMasterKey::load_or_generate`]). The boolean says whether it was created now.
+    pub fn load_or_generate(path: &Path) -> Result<(Self, bool)> {
+        let created = !path.exists();
+        if created {
+            LocalMasterKey::load_or_generate(path, 1)?;
+        }
+        Ok((Self::from_file(path)?, created))
+    }
+
+    fn read_file(path: &Path) -> Result<std::collections::BTreeMap<u32, Arc<SecretKey>>> {
+        let error = |message: String| VaultError::KeyFile {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?);
+        parse_keyring(&text).map_err(|e| error(e.to_string()))
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, std::collections::BTreeMap<u32, Arc<SecretKey>>> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The versions held, oldest first.
+    pub fn versions(&self) -> Vec<u32> {
+        self.lock().keys().copied().collect()
+    }
+
+    fn key(&self, version: u32) -> Option<Arc<SecretKey>> {
+        if let Some(key) = self.lock().get(&version) {
+            return Some(Arc::clone(key));
+        }
+        // Another process (`ushuru admin`) may have added it to the file.
+        let file = self.file.as_ref()?;
+        let fresh = Self::read_file(file).ok()?;
+        let found = fresh.get(&version).cloned();
+        let mut keys = self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (v, key) in fresh {
+            keys.entry(v).or_insert(key);
+        }
+        found
+    }
+}
+
+impl MasterKey for Keyring {
+    fn version(&self) -> u32 {
+        self.lock().keys().next_back().copied().unwrap_or(1)
+    }
+
+    fn wrap(&self, data_key: &SecretKey, aad: &[u8]) -> Result<Sealed> {
+        let version = self.version();
+        let key = self.key(version).ok_or(VaultError::DoesNotOpen)?;
+        key.seal(data_key.0.as_ref(), aad)
+    }
+
+    fn unwrap(&self, master_version: u32, wrapped: &Sealed, aad: &[u8]) -> Result<SecretKey> {
+        let key = self
+            .key(master_version)
+            .ok_or(VaultError::OtherMasterVersion {
+                found: master_version,
+                have: self.version(),
+            })?;
+        let bytes = key.open(wrapped, aad)?;
+        SecretKey::from_slice(&bytes).ok_or(VaultError::DoesNotOpen)
+    }
+
+    fn add_version(&self) -> Result<u32> {
+        let Some(path) = &self.file else {
+            return Err(VaultError::NotRotatable(
+                "the master key comes from USHURU_MASTER_KEY: give it as `1:<old>,2:<new>` \
+                 (new keys from any 32-byte random source), restart, then rotate to re-wrap \
+                 every data key under the new version"
+                    .into(),
+            ));
+        };
+        let error = |e: std::io::Error| VaultError::KeyFile {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let mut keys = self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // What the file holds now (another process may have added a version).
+        for (v, key) in Self::read_file(path)? {
+            keys.entry(v).or_insert(key);
+        }
+        let version = keys.keys().next_back().copied().unwrap_or(0) + 1;
+        let key = SecretKey::generate()?;
+        let mut text = Zeroizing::new(String::new());
+        for (v, k) in keys.iter() {
+            text.push_str(&format!(
+                "{v}:{}\n",
+                data_encoding::BASE64.encode(k.0.as_ref())
+            ));
+        }
+        text.push_str(&format!(
+            "{version}:{}\n",
+            data_encoding::BASE64.encode(key.0.as_ref())
+        ));
+        // Written beside, synced, then renamed over: the file is never half written.
+        let temporary = path.with_extension("new");
+        let _ = std::fs::remove_file(&temporary);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temporary).map_err(error)?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(error)?;
+        file.sync_all().map_err(error)?;
+        std::fs::rename(&temporary, path).map_err(error)?;
+        keys.insert(version, Arc::new(key));
+        Ok(version)
+    }
+}
+
 fn data_key_aad(binding: Binding, version: u32, master_version: u32) -> Vec<u8> {
     format!(
         "ushuru/data-key/v1|tenant={}|branch={}|version={version}|master={master_version}",
@@ -300,6 +506,72 @@ impl Vault {
             },
             sealed,
         })
+    }
+
+    /// The master key version new wraps are made under.
+    pub fn master_version(&self) -> u32 {
+        self.master.version()
+    }
+
+    /// A new master key version, made current (see [`MasterKey::add_version`]).
+    pub fn add_master_version(&self) -> Result<u32> {
+        self.master.add_version()
+    }
+
+    /// The same cmcKey sealed under a new data key (its version one more), wrapped by the
+    /// current master key.
+    pub fn rotate_data_key(&self, binding: Binding, sealed: &SealedCmcKey) -> Result<SealedCmcKey> {
+        let cmc_key = self.open_cmc_key(binding, sealed)?;
+        let version = sealed
+            .data_key
+            .version
+            .checked_add(1)
+            .ok_or(VaultError::DoesNotOpen)?;
+        let data_key = SecretKey::generate()?;
+        let master_version = self.master.version();
+        let wrapped = self
+            .master
+            .wrap(&data_key, &data_key_aad(binding, version, master_version))?;
+        let resealed = data_key.seal(cmc_key.as_bytes(), &cmc_key_aad(binding, version))?;
+        Ok(SealedCmcKey {
+            data_key: WrappedDataKey {
+                version,
+                master_version,
+                wrapped,
+            },
+            sealed: resealed,
+        })
+    }
+
+    /// The same data key wrapped by the current master key version (the cmcKey's own seal
+    /// does not change); `None` if it already is.
+    pub fn rewrap_data_key(
+        &self,
+        binding: Binding,
+        sealed: &SealedCmcKey,
+    ) -> Result<Option<SealedCmcKey>> {
+        let master_version = self.master.version();
+        let data_key = &sealed.data_key;
+        if data_key.master_version == master_version {
+            return Ok(None);
+        }
+        let key = self.master.unwrap(
+            data_key.master_version,
+            &data_key.wrapped,
+            &data_key_aad(binding, data_key.version, data_key.master_version),
+        )?;
+        let wrapped = self.master.wrap(
+            &key,
+            &data_key_aad(binding, data_key.version, master_version),
+        )?;
+        Ok(Some(SealedCmcKey {
+            data_key: WrappedDataKey {
+                version: data_key.version,
+                master_version,
+                wrapped,
+            },
+            sealed: sealed.sealed.clone(),
+        }))
     }
 
     /// The branch's cmcKey, for the moment of one call: zeroized when the answer drops.
@@ -418,6 +690,69 @@ mod tests {
             SecretKey::generate().unwrap()
         );
         assert!(!printed.contains(&master_text()), "{printed}");
+    }
+
+    #[test]
+    fn keys_rotate_and_every_version_still_opens() {
+        let dir = std::env::temp_dir().join(format!("ushuru-keyring-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("master.key");
+        let (ring, created) = Keyring::load_or_generate(&path).unwrap();
+        assert!(created);
+        let vault = Vault::new(Arc::new(ring));
+        let first = vault.seal_cmc_key(A, CMC_KEY).unwrap();
+        // Data key: a new version, the same cmcKey, the old seal still opening.
+        let second = vault.rotate_data_key(A, &first).unwrap();
+        assert_eq!(
+            (second.data_key.version, second.data_key.master_version),
+            (2, 1)
+        );
+        assert_ne!(second.data_key.wrapped, first.data_key.wrapped);
+        assert_eq!(vault.open_cmc_key(A, &second).unwrap().as_str(), CMC_KEY);
+        assert_eq!(vault.open_cmc_key(A, &first).unwrap().as_str(), CMC_KEY);
+        // Master key: a new version in the file; re-wrapping moves the data key to it.
+        assert_eq!(
+            vault.rewrap_data_key(A, &second).unwrap(),
+            None,
+            "already current"
+        );
+        assert_eq!(vault.add_master_version().unwrap(), 2);
+        let third = vault.rewrap_data_key(A, &second).unwrap().unwrap();
+        assert_eq!(
+            (third.data_key.version, third.data_key.master_version),
+            (2, 2)
+        );
+        assert_eq!(
+            third.sealed, second.sealed,
+            "the cmcKey's own seal is untouched"
+        );
+        assert_eq!(vault.open_cmc_key(A, &third).unwrap().as_str(), CMC_KEY);
+        // Another process reading the file holds both versions.
+        let reread = Vault::new(Arc::new(Keyring::from_file(&path).unwrap()));
+        assert_eq!(reread.master_version(), 2);
+        assert_eq!(reread.open_cmc_key(A, &second).unwrap().as_str(), CMC_KEY);
+        assert_eq!(reread.open_cmc_key(A, &third).unwrap().as_str(), CMC_KEY);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A keyring from the environment cannot make versions, and says what to do.
+        let text = format!(
+            "1:{},2:{}",
+            master_text(),
+            data_encoding::BASE64.encode(&[9u8; KEY_LEN])
+        );
+        let fixed = Keyring::from_text(&text).unwrap();
+        assert_eq!(fixed.versions(), [1, 2]);
+        assert!(
+            matches!(fixed.add_version(), Err(VaultError::NotRotatable(m)) if m.contains("USHURU_MASTER_KEY"))
+        );
+        assert!(Keyring::from_text(&format!("1:{0},1:{0}", master_text())).is_err());
+        assert!(Keyring::from_text("0:abc").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

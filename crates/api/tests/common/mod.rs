@@ -11,17 +11,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use ushuru_api::keys::{SealedKeyOpener, SealedKeys};
 use ushuru_api::{AppState, BranchContext};
 use ushuru_engine::{Backoff, DeviceIdentity, Pipeline, Relay, SystemClock};
 use ushuru_kra::endpoints::InitDevice;
 use ushuru_kra::types::InitRequest;
-use ushuru_kra::{ClientConfig, KraClient, Outcome, Profile, Secret, Timeouts};
+use ushuru_kra::{ClientConfig, KraClient, Outcome, Profile, Timeouts};
 use ushuru_sandbox::persist::StateFile;
 use ushuru_sandbox::server::GatewayAccess;
 use ushuru_sandbox::{Config, ControlUnit, Sandbox, SandboxHandle};
 use ushuru_store::{DeviceRecord, Store};
 use ushuru_tax::TaxRates;
-use ushuru_vault::{Binding, LocalMasterKey, Vault};
+use ushuru_vault::{Binding, Keyring, LocalMasterKey, Vault};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -73,8 +74,10 @@ pub struct App {
     pub sandbox: SandboxHandle,
     pub pipeline: Arc<Pipeline>,
     pub state_dir: std::path::PathBuf,
-    /// The vault the devices' cmcKeys are sealed in (a fixed test master key).
+    /// The vault the devices' cmcKeys are sealed in (a keyring file of the test's own).
     pub vault: Vault,
+    /// The sealed cmcKeys the relays open (what rotations update).
+    pub sealed_keys: Arc<SealedKeys>,
 }
 
 /// A test master key: the vault is real, the key is not secret.
@@ -103,7 +106,13 @@ pub async fn start(store: Store, deadline: Duration) -> App {
         .start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let vault = test_vault();
+    // A keyring file of its own: master key rotation can add versions to it.
+    let vault = Vault::new(Arc::new(
+        Keyring::load_or_generate(&state_dir.join("master.key"))
+            .unwrap()
+            .0,
+    ));
+    let sealed_keys = Arc::new(SealedKeys::default());
     let mut branches = HashMap::new();
     let mut relays = Vec::new();
     let mut keys = Vec::new();
@@ -140,6 +149,15 @@ pub async fn start(store: Store, deadline: Duration) -> App {
         };
         let tenant = store.create_tenant(tin, "Traders").await.unwrap();
         let scope = store.create_branch(tenant.id, "00").await.unwrap().scope();
+        let sealed = vault
+            .seal_cmc_key(
+                Binding {
+                    tenant: scope.tenant.0,
+                    branch: scope.branch.0,
+                },
+                &info.cmc_key,
+            )
+            .unwrap();
         store
             .save_device(
                 scope,
@@ -148,20 +166,18 @@ pub async fn start(store: Store, deadline: Duration) -> App {
                     profile: "oscu".into(),
                     sdc_id: info.sdc_id.clone(),
                     mrc_no: info.mrc_no.clone(),
-                    cmc_key: vault
-                        .seal_cmc_key(
-                            Binding {
-                                tenant: scope.tenant.0,
-                                branch: scope.branch.0,
-                            },
-                            &info.cmc_key,
-                        )
-                        .unwrap(),
+                    cmc_key: sealed.clone(),
                 },
             )
             .await
             .unwrap();
-        let client = client.with_cmc_key(Secret::new(info.cmc_key));
+        // As serve does: the relay opens the latest sealed form for each call.
+        sealed_keys.set(scope.branch, sealed);
+        let client = client.with_cmc_key_opener(Arc::new(SealedKeyOpener {
+            vault: vault.clone(),
+            scope,
+            keys: Arc::clone(&sealed_keys),
+        }));
         let device = DeviceIdentity {
             sdc_id: info.sdc_id,
             mrc_no: Some(info.mrc_no),
@@ -210,6 +226,8 @@ pub async fn start(store: Store, deadline: Duration) -> App {
             Duration::from_secs(60),
         )),
         oauth_token_ttl: OAUTH_TOKEN_TTL,
+        vault: vault.clone(),
+        sealed_keys: Arc::clone(&sealed_keys),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -226,6 +244,7 @@ pub async fn start(store: Store, deadline: Duration) -> App {
         pipeline,
         state_dir,
         vault,
+        sealed_keys,
     }
 }
 

@@ -376,3 +376,32 @@ fn oauth_client(r: &tokio_postgres::Row) -> OAuthClient {
         name: r.get(4),
     }
 }
+
+impl PostgresStore {
+    pub async fn replace_sealed_cmc_key(
+        &self,
+        scope: Scope,
+        expected: &crate::SealedCmcKey,
+        new: &crate::SealedCmcKey,
+    ) -> Result<bool> {
+        let old = crate::SealedColumns::of(expected);
+        let key = crate::SealedColumns::of(new);
+        let version = |v: i64| {
+            i32::try_from(v)
+                .map_err(|_| crate::StoreError::Conflict(format!("key version {v} out of range")))
+        };
+        let client = self.client().await?;
+        let replaced = client
+            .execute(
+                "UPDATE branches SET cmc_key_nonce = $1, cmc_key_sealed = $2, data_key_version = $3,
+                        data_key_nonce = $4, data_key_wrapped = $5, master_key_version = $6
+                 WHERE id = $7 AND tenant_id = $8 AND data_key_version = $9 AND master_key_version = $10",
+                &[&key.nonce, &key.sealed, &version(key.data_key_version)?, &key.data_key_nonce,
+                  &key.data_key_wrapped, &version(key.master_key_version)?, &scope.branch.0, &scope.tenant.0,
+                  &version(old.data_key_version)?, &version(old.master_key_version)?],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(replaced == 1)
+    }
+}

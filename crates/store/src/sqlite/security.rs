@@ -467,3 +467,29 @@ impl SqliteStore {
         .await
     }
 }
+
+impl SqliteStore {
+    pub async fn replace_sealed_cmc_key(
+        &self,
+        scope: Scope,
+        expected: &crate::SealedCmcKey,
+        new: &crate::SealedCmcKey,
+    ) -> Result<bool> {
+        let old = crate::SealedColumns::of(expected);
+        let key = crate::SealedColumns::of(new);
+        self.run(move |connection| {
+            let replaced = connection
+                .execute(
+                    "UPDATE branches SET cmc_key_nonce = ?1, cmc_key_sealed = ?2, data_key_version = ?3,
+                            data_key_nonce = ?4, data_key_wrapped = ?5, master_key_version = ?6
+                     WHERE id = ?7 AND tenant_id = ?8 AND data_key_version = ?9 AND master_key_version = ?10",
+                    params![key.nonce, key.sealed, key.data_key_version, key.data_key_nonce,
+                            key.data_key_wrapped, key.master_key_version, scope.branch.0, scope.tenant.0,
+                            old.data_key_version, old.master_key_version],
+                )
+                .map_err(database)?;
+            Ok(replaced == 1)
+        })
+        .await
+    }
+}
