@@ -101,6 +101,8 @@ pub async fn rotate_data_key(
     scope: Scope,
     actor: &str,
 ) -> Result<DataKeyRotation, RotationError> {
+    // Wrapped under the newest master key version, wherever it was made.
+    vault.refresh_master()?;
     let device = store
         .device(scope)
         .await?
@@ -156,52 +158,43 @@ pub async fn rotate_master_key(
     keys: Option<&SealedKeys>,
     actor: &str,
 ) -> Result<MasterKeyRotation, RotationError> {
+    vault.refresh_master()?;
     let branches = store.initialised_branches().await?;
-    let new_version = match vault.add_master_version() {
-        Ok(_) => true,
-        Err(VaultError::NotRotatable(how)) => {
-            let current = vault.master_version();
-            if branches
-                .iter()
-                .all(|b| b.device.cmc_key.data_key.master_version == current)
-            {
-                return Err(VaultError::NotRotatable(how).into());
-            }
-            false
+    let current = vault.master_version();
+    // A rotation that stopped midway (or another process's) left data keys behind on an
+    // older version: this one finishes re-wrapping them instead of making yet another.
+    let unfinished = branches
+        .iter()
+        .any(|b| b.device.cmc_key.data_key.master_version < current);
+    let new_version = if unfinished {
+        false
+    } else {
+        match vault.add_master_version() {
+            Ok(_) => true,
+            Err(VaultError::NotRotatable(how)) => return Err(VaultError::NotRotatable(how).into()),
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     };
     let to = vault.master_version();
     let mut from = std::collections::BTreeSet::new();
     let mut rewrapped = 0;
-    for branch in &branches {
-        let mut sealed = branch.device.cmc_key.clone();
-        // A data key rotated meanwhile: read it again, once.
-        for attempt in 0..2 {
-            let Some(moved) = vault.rewrap_data_key(binding(branch.scope), &sealed)? else {
-                break;
-            };
-            if store
-                .replace_sealed_cmc_key(branch.scope, &sealed, &moved)
-                .await?
-            {
-                from.insert(sealed.data_key.master_version);
-                rewrapped += 1;
-                if let Some(keys) = keys {
-                    keys.set(branch.scope.branch, moved);
-                }
-                break;
-            }
-            if attempt == 1 {
-                return Err(RotationError::Raced);
-            }
-            sealed = store
-                .device(branch.scope)
-                .await?
-                .ok_or(RotationError::NotInitialised)?
-                .cmc_key;
-        }
+    let progress = rewrap_all(store, vault, keys, &branches, &mut from, &mut rewrapped).await;
+    if let Err(error) = &progress {
+        // Whatever was done is on record, and a retry finishes it.
+        store
+            .audit_or_log(
+                NewAuditEvent::new(chrono::Utc::now(), actor, "master_key.rotation_stopped")
+                    .detail(json!({
+                        "toVersion": to,
+                        "newVersion": new_version,
+                        "rewrapped": rewrapped,
+                        "of": branches.len(),
+                        "error": error.to_string(),
+                    })),
+            )
+            .await;
     }
+    progress?;
     let rotation = MasterKeyRotation {
         from: from.into_iter().collect(),
         to,
@@ -219,4 +212,44 @@ pub async fn rotate_master_key(
         )
         .await?;
     Ok(rotation)
+}
+
+/// Re-wraps every branch's data key under the current master key version, counting.
+async fn rewrap_all(
+    store: &Store,
+    vault: &Vault,
+    keys: Option<&SealedKeys>,
+    branches: &[ushuru_store::InitialisedBranch],
+    from: &mut std::collections::BTreeSet<u32>,
+    rewrapped: &mut usize,
+) -> Result<(), RotationError> {
+    for branch in branches {
+        let mut sealed = branch.device.cmc_key.clone();
+        // A data key rotated meanwhile: read it again, once.
+        for attempt in 0..2 {
+            let Some(moved) = vault.rewrap_data_key(binding(branch.scope), &sealed)? else {
+                break;
+            };
+            if store
+                .replace_sealed_cmc_key(branch.scope, &sealed, &moved)
+                .await?
+            {
+                from.insert(sealed.data_key.master_version);
+                *rewrapped += 1;
+                if let Some(keys) = keys {
+                    keys.set(branch.scope.branch, moved);
+                }
+                break;
+            }
+            if attempt == 1 {
+                return Err(RotationError::Raced);
+            }
+            sealed = store
+                .device(branch.scope)
+                .await?
+                .ok_or(RotationError::NotInitialised)?
+                .cmc_key;
+        }
+    }
+    Ok(())
 }

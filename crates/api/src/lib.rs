@@ -328,55 +328,75 @@ async fn authenticate_request(
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0.ip());
-    let subjects = throttle::Subject::of(address, presented);
-    let now = std::time::Instant::now();
-    if let Some(wait) = state.auth_throttle.blocked(&subjects, now) {
-        return Err(ApiError::throttled(wait));
-    }
-    if let Some(presented) = presented {
-        let at = state.clock.now();
-        let store = &state.store;
-        let found = if presented.starts_with(ushuru_store::OAUTH_TOKEN_START) {
-            // An OAuth access token acts as its client's branch key.
-            store
-                .authenticate_oauth_token(presented, at)
-                .await?
-                .map(Presented::Branch)
-        } else if operator_route {
-            match store.authenticate_operator(presented, at).await? {
-                Some(key) => Some(Presented::Operator(key)),
-                None => store
-                    .authenticate(presented, at)
-                    .await?
-                    .map(Presented::Branch),
-            }
-        } else {
-            match store.authenticate(presented, at).await? {
-                Some(key) => Some(Presented::Branch(key)),
-                None => store
-                    .authenticate_operator(presented, at)
-                    .await?
-                    .map(Presented::Operator),
-            }
-        };
-        if let Some(found) = found {
-            return Ok(found);
+    // Counted before the lookup, taken back if the key is good.
+    let attempt = state
+        .auth_throttle
+        .begin(address, std::time::Instant::now())
+        .map_err(ApiError::throttled)?;
+    let found = match presented {
+        Some(presented) => find_key(state, presented, operator_route).await,
+        None => Ok(None),
+    };
+    match found {
+        Ok(Some(found)) => {
+            state.auth_throttle.succeeded(attempt);
+            Ok(found)
+        }
+        Ok(None) => Err(count_failure(state, attempt, address, presented).await),
+        // Not the caller's failure: nothing is counted against them.
+        Err(error) => {
+            state.auth_throttle.succeeded(attempt);
+            Err(error)
         }
     }
-    count_failure(state, &subjects, now, address, presented).await;
-    Err(ApiError::unauthenticated())
 }
 
-/// Counts a failed authentication; the failure that starts a throttle is logged and
-/// written to the audit log (address and key prefix, never the key).
+/// The live key `presented` is, trying first the kind the route wants.
+async fn find_key(
+    state: &AppState,
+    presented: &str,
+    operator_route: bool,
+) -> Result<Option<Presented>, ApiError> {
+    let at = state.clock.now();
+    let store = &state.store;
+    Ok(if presented.starts_with(ushuru_store::OAUTH_TOKEN_START) {
+        // An OAuth access token acts as its client's branch key.
+        store
+            .authenticate_oauth_token(presented, at)
+            .await?
+            .map(Presented::Branch)
+    } else if operator_route {
+        match store.authenticate_operator(presented, at).await? {
+            Some(key) => Some(Presented::Operator(key)),
+            None => store
+                .authenticate(presented, at)
+                .await?
+                .map(Presented::Branch),
+        }
+    } else {
+        match store.authenticate(presented, at).await? {
+            Some(key) => Some(Presented::Branch(key)),
+            None => store
+                .authenticate_operator(presented, at)
+                .await?
+                .map(Presented::Operator),
+        }
+    })
+}
+
+/// Counts a failed authentication and says how to answer it: 401, or 429 when failures
+/// with its key prefix are over the limit. The failure that starts a throttle is logged
+/// and written to the audit log (address and key prefix, never the key).
 pub(crate) async fn count_failure(
     state: &AppState,
-    subjects: &[throttle::Subject],
-    now: std::time::Instant,
+    attempt: throttle::Attempt,
     address: Option<std::net::IpAddr>,
     presented: Option<&str>,
-) {
-    if state.auth_throttle.failed(subjects, now) {
+) -> ApiError {
+    let failure = state
+        .auth_throttle
+        .failed(attempt, presented.map(throttle::Subject::key_prefix));
+    if failure.throttled_now {
         let address = address.map(|a| a.to_string());
         let key_prefix = presented.map(ushuru_store::key_prefix);
         tracing::warn!(
@@ -391,6 +411,10 @@ pub(crate) async fn count_failure(
                     .detail(serde_json::json!({"address": address, "keyPrefix": key_prefix})),
             )
             .await;
+    }
+    match failure.prefix_wait {
+        Some(wait) => ApiError::throttled(wait),
+        None => ApiError::unauthenticated(),
     }
 }
 

@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::AppState;
 use crate::schema::ErrorBody;
-use crate::{AppState, throttle};
 
 // The schema of the answer, for the OpenAPI document only.
 #[allow(dead_code)]
@@ -133,33 +133,36 @@ pub(crate) async fn token(
 ) -> Response {
     let credentials = basic_credentials(&headers);
     let address = connect.map(|axum::Extension(info)| info.0.ip());
-    let subjects = throttle::Subject::of(address, credentials.as_ref().map(|(id, _)| id.as_str()));
-    let now = std::time::Instant::now();
-    if let Some(wait) = state.auth_throttle.blocked(&subjects, now) {
-        return crate::error::ApiError::throttled(wait).into_response();
-    }
+    let attempt = match state
+        .auth_throttle
+        .begin(address, std::time::Instant::now())
+    {
+        Ok(attempt) => attempt,
+        Err(wait) => return crate::error::ApiError::throttled(wait).into_response(),
+    };
     let client = match &credentials {
         Some((id, secret)) => match state.store.authenticate_oauth_client(id, secret).await {
             Ok(client) => client,
-            Err(e) => return crate::error::ApiError::from(e).into_response(),
+            Err(e) => {
+                state.auth_throttle.succeeded(attempt);
+                return crate::error::ApiError::from(e).into_response();
+            }
         },
         None => None,
     };
     let Some(client) = client else {
-        crate::count_failure(
-            &state,
-            &subjects,
-            now,
-            address,
-            credentials.as_ref().map(|(id, _)| id.as_str()),
-        )
-        .await;
+        let client_id = credentials.as_ref().map(|(id, _)| id.as_str());
+        let answer = crate::count_failure(&state, attempt, address, client_id).await;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            return answer.into_response();
+        }
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "send a live client's id and secret with HTTP Basic",
         );
     };
+    state.auth_throttle.succeeded(attempt);
     match grant_type(&body) {
         Ok(grant) if grant == "client_credentials" => {}
         Ok(_) => {

@@ -1,14 +1,20 @@
-//! Throttling of repeated authentication failures (issue 5): after `limit` failures within
-//! `window` from one client address, or presenting keys with one key prefix, further
-//! attempts from that address or with that prefix are refused with 429 and `Retry-After`
-//! until the oldest counted failure leaves the window, whether or not the key they carry
-//! is valid (an answer that told a right guess from a wrong one would be an oracle).
+//! Throttling of repeated authentication failures (issue 5).
 //!
-//! The prefix counts guesses at one key from many addresses; the address counts one client
-//! guessing many keys. Counts live in this process: with several replicas behind a load
-//! balancer, each counts its own share, so an attacker gets at most `limit` per replica per
-//! window. Behind a reverse proxy every client has the proxy's address; the prefix count
-//! still holds there.
+//! - **Per client address:** after `limit` failures within `window` from one address (an
+//!   IPv6 client by its /64, which one client owns), every attempt from it gets 429 with
+//!   `Retry-After` until the oldest counted failure leaves the window, whether or not the
+//!   key it carries is valid: an answer that told a right guess from a wrong one would be
+//!   an oracle. The attempt is counted *before* its key is looked up and taken back if the
+//!   key is good, so concurrent guesses cannot all slip past the check.
+//! - **Per key prefix:** after `limit` failures with keys of one prefix (one key guessed
+//!   from many addresses), *failed* attempts with that prefix get 429. A valid key is never
+//!   refused for its prefix: prefixes are shown in listings and logs, and anyone could
+//!   otherwise lock a known key or OAuth client out.
+//!
+//! Counts live in this process: with several replicas behind a load balancer, each counts
+//! its own share. Behind a reverse proxy every client has the proxy's address; the prefix
+//! count still holds there. Memory is bounded: past `MAX_SUBJECTS`, subjects whose
+//! failures all left the window go first, then the one failing least recently.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -24,30 +30,54 @@ pub enum Subject {
 }
 
 impl Subject {
-    /// The subjects of one attempt: its address if known, its key's prefix if it sent one.
-    pub fn of(address: Option<IpAddr>, key: Option<&str>) -> Vec<Subject> {
-        let mut subjects = Vec::with_capacity(2);
-        if let Some(address) = address {
-            subjects.push(Subject::Address(address));
+    /// A client address; an IPv6 one by its /64 network (one client's allocation).
+    pub fn address(address: IpAddr) -> Subject {
+        match address {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Subject::Address(IpAddr::V4(v4)),
+                None => {
+                    let network = u128::from(v6) & !u128::from(u64::MAX);
+                    Subject::Address(IpAddr::V6(network.into()))
+                }
+            },
+            v4 => Subject::Address(v4),
         }
-        if let Some(key) = key {
-            subjects.push(Subject::KeyPrefix(ushuru_store::key_prefix(key)));
-        }
-        subjects
+    }
+
+    /// The prefix of a presented key.
+    pub fn key_prefix(key: &str) -> Subject {
+        Subject::KeyPrefix(ushuru_store::key_prefix(key))
     }
 }
 
-/// At most this many subjects are tracked; past it, subjects whose failures all left the
-/// window are forgotten, and if that is not enough new subjects go uncounted (logged), so
-/// a flood of addresses costs bounded memory. The key-prefix count still applies to them.
+/// An attempt counted in advance against its address, until it is known to have failed
+/// ([`AuthThrottle::failed`]) or succeeded ([`AuthThrottle::succeeded`]).
+#[must_use]
+pub struct Attempt {
+    address: Option<Subject>,
+    at: Instant,
+}
+
+/// A failure's consequences.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// This failure reached the limit of its address or prefix (logged and audited once).
+    pub throttled_now: bool,
+    /// The prefix is over its limit: answer 429 after this long instead of 401.
+    pub prefix_wait: Option<Duration>,
+}
+
+/// At most this many subjects are tracked.
 const MAX_SUBJECTS: usize = 65_536;
+
+type Counts = HashMap<Subject, VecDeque<Instant>>;
 
 /// The failure counts.
 #[derive(Debug)]
 pub struct AuthThrottle {
     limit: usize,
     window: Duration,
-    failures: Mutex<HashMap<Subject, VecDeque<Instant>>>,
+    failures: Mutex<Counts>,
 }
 
 impl AuthThrottle {
@@ -60,60 +90,103 @@ impl AuthThrottle {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Subject, VecDeque<Instant>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// How long until any of `subjects` may try again, if one is throttled now.
-    pub fn blocked(&self, subjects: &[Subject], now: Instant) -> Option<Duration> {
-        let failures = self.lock();
-        subjects
+    /// How long until `subject` is let through, if it is over its limit now.
+    fn wait(&self, failures: &Counts, subject: &Subject, now: Instant) -> Option<Duration> {
+        let times = failures.get(subject)?;
+        let recent: Vec<&Instant> = times
             .iter()
-            .filter_map(|subject| {
-                let times = failures.get(subject)?;
-                let recent: Vec<&Instant> = times
-                    .iter()
-                    .filter(|at| now.saturating_duration_since(**at) < self.window)
-                    .collect();
-                // Free again once enough of the counted failures have aged out to leave
-                // fewer than `limit`.
-                let excess = recent.len().checked_sub(self.limit)?;
-                let frees_at = **recent.get(excess)? + self.window;
-                Some(frees_at.saturating_duration_since(now))
-            })
-            .max()
+            .filter(|at| now.saturating_duration_since(**at) < self.window)
+            .collect();
+        // Free again once enough counted failures have aged out to leave fewer than `limit`.
+        let excess = recent.len().checked_sub(self.limit)?;
+        let frees_at = **recent.get(excess)? + self.window;
+        Some(frees_at.saturating_duration_since(now))
     }
 
-    /// Counts a failure against each subject; true if this one throttles any of them.
-    pub fn failed(&self, subjects: &[Subject], now: Instant) -> bool {
-        let mut failures = self.lock();
-        if failures.len() >= MAX_SUBJECTS {
+    /// Counts `now` against `subject`, making room first if the table is full; the count.
+    fn count(&self, failures: &mut Counts, subject: &Subject, now: Instant) -> usize {
+        if !failures.contains_key(subject) && failures.len() >= MAX_SUBJECTS {
             let window = self.window;
             failures.retain(|_, times| {
                 times
                     .back()
                     .is_some_and(|last| now.saturating_duration_since(*last) < window)
             });
-        }
-        let mut throttled = false;
-        for subject in subjects {
-            if !failures.contains_key(subject) && failures.len() >= MAX_SUBJECTS {
-                tracing::warn!("authentication failures from too many clients to count each");
-                continue;
+            if failures.len() >= MAX_SUBJECTS {
+                let stalest = failures
+                    .iter()
+                    .min_by_key(|(_, times)| times.back().copied())
+                    .map(|(subject, _)| subject.clone());
+                if let Some(stalest) = stalest {
+                    failures.remove(&stalest);
+                }
             }
-            let times = failures.entry(subject.clone()).or_default();
-            while times
-                .front()
-                .is_some_and(|at| now.saturating_duration_since(*at) >= self.window)
-            {
-                times.pop_front();
-            }
-            times.push_back(now);
-            throttled |= times.len() == self.limit;
         }
-        throttled
+        let times = failures.entry(subject.clone()).or_default();
+        while times
+            .front()
+            .is_some_and(|at| now.saturating_duration_since(*at) >= self.window)
+        {
+            times.pop_front();
+        }
+        times.push_back(now);
+        times.len()
+    }
+
+    /// Starts an attempt from `address`: refused (how long to wait) if the address is over
+    /// its limit, else counted against it in advance.
+    pub fn begin(&self, address: Option<IpAddr>, now: Instant) -> Result<Attempt, Duration> {
+        let address = address.map(Subject::address);
+        let mut failures = self.lock();
+        if let Some(subject) = &address {
+            if let Some(wait) = self.wait(&failures, subject, now) {
+                return Err(wait);
+            }
+            self.count(&mut failures, subject, now);
+        }
+        Ok(Attempt { address, at: now })
+    }
+
+    /// The attempt's key was good: its advance count is taken back.
+    pub fn succeeded(&self, attempt: Attempt) {
+        let Some(subject) = attempt.address else {
+            return;
+        };
+        let mut failures = self.lock();
+        if let Some(times) = failures.get_mut(&subject)
+            && let Some(position) = times.iter().rposition(|at| *at == attempt.at)
+        {
+            times.remove(position);
+        }
+    }
+
+    /// The attempt failed (its address is counted already), with a key of `prefix` if it
+    /// presented one.
+    pub fn failed(&self, attempt: Attempt, prefix: Option<Subject>) -> Failure {
+        let mut failures = self.lock();
+        let at_address = attempt
+            .address
+            .as_ref()
+            .and_then(|subject| failures.get(subject))
+            .map_or(0, VecDeque::len);
+        // Over the limit before this failure: refused; the failure that reaches the limit
+        // is still answered as itself, as at an address.
+        let prefix_wait = prefix
+            .as_ref()
+            .and_then(|subject| self.wait(&failures, subject, attempt.at));
+        let at_prefix = prefix
+            .as_ref()
+            .map_or(0, |subject| self.count(&mut failures, subject, attempt.at));
+        Failure {
+            throttled_now: at_address == self.limit || at_prefix == self.limit,
+            prefix_wait,
+        }
     }
 }
 
@@ -123,59 +196,97 @@ mod tests {
 
     use super::*;
 
-    fn address(last: u8) -> Subject {
-        Subject::Address(IpAddr::from([10, 0, 0, last]))
+    fn v4(last: u8) -> Option<IpAddr> {
+        Some(IpAddr::from([10, 0, 0, last]))
+    }
+
+    /// A failed attempt from `address` with `key`.
+    fn fail(
+        throttle: &AuthThrottle,
+        address: Option<IpAddr>,
+        key: Option<&str>,
+        at: Instant,
+    ) -> Failure {
+        let attempt = throttle.begin(address, at).unwrap();
+        throttle.failed(attempt, key.map(Subject::key_prefix))
     }
 
     #[test]
-    fn the_limit_th_failure_throttles_until_the_oldest_leaves_the_window() {
+    fn the_limit_th_failure_throttles_an_address_until_the_oldest_ages_out() {
         let throttle = AuthThrottle::new(3, Duration::from_secs(60));
         let start = Instant::now();
-        let one = [address(1)];
-        assert!(!throttle.failed(&one, start));
-        assert!(!throttle.failed(&one, start + Duration::from_secs(10)));
+        assert!(!fail(&throttle, v4(1), None, start).throttled_now);
+        assert!(!fail(&throttle, v4(1), None, start + Duration::from_secs(10)).throttled_now);
+        assert!(fail(&throttle, v4(1), None, start + Duration::from_secs(20)).throttled_now);
+        // Refused until the first failure (at 0 s) is 60 s old, valid key or not.
         assert_eq!(
-            throttle.blocked(&one, start + Duration::from_secs(10)),
-            None
-        );
-        assert!(throttle.failed(&one, start + Duration::from_secs(20)));
-        // Blocked until the first failure (at 0 s) is 60 s old.
-        assert_eq!(
-            throttle.blocked(&one, start + Duration::from_secs(20)),
+            throttle.begin(v4(1), start + Duration::from_secs(20)).err(),
             Some(Duration::from_secs(40))
         );
         assert_eq!(
-            throttle.blocked(&one, start + Duration::from_secs(59)),
+            throttle.begin(v4(1), start + Duration::from_secs(59)).err(),
             Some(Duration::from_secs(1))
         );
-        assert_eq!(
-            throttle.blocked(&one, start + Duration::from_secs(60)),
-            None
+        assert!(
+            throttle
+                .begin(v4(1), start + Duration::from_secs(60))
+                .is_ok()
         );
-        // Another address is not affected.
-        assert_eq!(throttle.blocked(&[address(2)], start), None);
+        assert!(throttle.begin(v4(2), start).is_ok(), "another address");
     }
 
     #[test]
-    fn a_key_prefix_is_counted_across_addresses() {
+    fn attempts_are_counted_before_their_key_is_looked_up() {
+        let throttle = AuthThrottle::new(3, Duration::from_secs(60));
+        let now = Instant::now();
+        // Three guesses in flight at once: the fourth is refused before any has failed.
+        let in_flight: Vec<Attempt> = (0..3)
+            .map(|_| throttle.begin(v4(1), now).unwrap())
+            .collect();
+        assert!(throttle.begin(v4(1), now).is_err());
+        // Successes are taken back.
+        for attempt in in_flight {
+            throttle.succeeded(attempt);
+        }
+        assert!(throttle.begin(v4(1), now).is_ok());
+    }
+
+    #[test]
+    fn a_key_prefix_is_counted_across_addresses_and_refuses_only_failures() {
         let throttle = AuthThrottle::new(2, Duration::from_secs(60));
         let now = Instant::now();
-        let guess = Subject::of(
-            Some(IpAddr::from([10, 0, 0, 1])),
-            Some("ush_0123456789abcdef"),
+        assert_eq!(
+            fail(&throttle, v4(1), Some("ush_0123456789abcdef"), now).prefix_wait,
+            None
         );
-        let other_guess = Subject::of(Some(IpAddr::from([10, 0, 0, 2])), Some("ush_01234567zzzz"));
-        assert_eq!(guess.len(), 2);
-        throttle.failed(&guess, now);
+        let second = fail(&throttle, v4(2), Some("ush_01234567zzzz"), now);
+        assert!(second.throttled_now && second.prefix_wait.is_none());
+        // A third address failing with that prefix is told to wait; one with another
+        // prefix is not; and the address itself is not blocked for a valid key.
         assert!(
-            throttle.failed(&other_guess, now),
-            "same prefix, second failure"
+            fail(&throttle, v4(3), Some("ush_01234567aaaa"), now)
+                .prefix_wait
+                .is_some()
         );
-        // A third address with the same prefix is refused; one with another prefix is not.
-        let third = Subject::of(Some(IpAddr::from([10, 0, 0, 3])), Some("ush_01234567aaaa"));
-        assert!(throttle.blocked(&third, now).is_some());
-        let unrelated = Subject::of(Some(IpAddr::from([10, 0, 0, 3])), Some("ush_ffffffffaaaa"));
-        assert_eq!(throttle.blocked(&unrelated, now), None);
+        assert_eq!(
+            fail(&throttle, v4(4), Some("ush_ffffffffaaaa"), now).prefix_wait,
+            None
+        );
+        assert!(throttle.begin(v4(5), now).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_network() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(Subject::address(a), Subject::address(b));
+        assert_ne!(Subject::address(a), Subject::address(other));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            Subject::address(mapped),
+            Subject::address(IpAddr::from([10, 0, 0, 1]))
+        );
     }
 
     #[test]
@@ -183,12 +294,13 @@ mod tests {
         let throttle = AuthThrottle::new(5, Duration::from_secs(1));
         let start = Instant::now();
         for n in 0..(MAX_SUBJECTS + 10) {
-            let subject = Subject::Address(IpAddr::from(u32::try_from(n).unwrap().to_be_bytes()));
-            throttle.failed(&[subject], start);
+            let address = IpAddr::from(u32::try_from(n).unwrap().to_be_bytes());
+            fail(&throttle, Some(address), None, start);
         }
+        // Full: each new subject pushed out the stalest one.
         assert_eq!(throttle.lock().len(), MAX_SUBJECTS);
-        // Once their failures age out, the old subjects make room.
-        throttle.failed(&[address(9)], start + Duration::from_secs(2));
+        // Once their failures age out, the old subjects make room at once.
+        fail(&throttle, v4(9), None, start + Duration::from_secs(2));
         assert_eq!(throttle.lock().len(), 1);
     }
 }

@@ -2087,6 +2087,42 @@ async fn on_postgres_a_replica_that_lost_its_lock_connection_stops_claiming() {
     );
 }
 
+/// A rotation writes its sealed key only over the one it read: a stale one loses.
+async fn a_sealed_key_is_replaced_only_if_unchanged(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let vault = test_vault();
+    let binding = ushuru_vault::Binding {
+        tenant: scope.tenant.0,
+        branch: scope.branch.0,
+    };
+    let first = vault.seal_cmc_key(binding, "SECRET-KEY").unwrap();
+    let device = ushuru_store::DeviceRecord {
+        control_unit_url: "http://127.0.0.1:8088".into(),
+        profile: "oscu".into(),
+        sdc_id: "KRACU0000000001".into(),
+        mrc_no: "WIS00000001".into(),
+        cmc_key: first.clone(),
+    };
+    store.save_device(scope, &device).await.unwrap();
+    let second = vault.rotate_data_key(binding, &first).unwrap();
+    assert!(
+        store
+            .replace_sealed_cmc_key(scope, &first, &second)
+            .await
+            .unwrap()
+    );
+    // A second rotation that read the first form too loses, even at the same versions.
+    let rival = vault.rotate_data_key(binding, &first).unwrap();
+    assert_eq!(rival.data_key.version, second.data_key.version);
+    assert!(
+        !store
+            .replace_sealed_cmc_key(scope, &first, &rival)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.device(scope).await.unwrap().unwrap().cmc_key, second);
+}
+
 /// OAuth client credentials: the secret checked, tokens for the client's branch, dead once
 /// expired or once the client is revoked, purged when expired.
 async fn oauth_clients_issue_tokens_that_die_with_them(store: Store) {
@@ -2445,6 +2481,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_sealed_key_is_replaced_only_if_unchanged,
     oauth_clients_issue_tokens_that_die_with_them,
     operators_key_listings_and_the_audit_log,
     a_refused_number_is_given_back_to_the_sales_behind_it,

@@ -155,6 +155,11 @@ pub trait MasterKey: Send + Sync {
             "this master key provider cannot make a new version".into(),
         ))
     }
+
+    /// Takes in versions made elsewhere (another process rotating), before a rotation.
+    fn refresh(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A master key held in this process, read from `USHURU_MASTER_KEY` or a key file.
@@ -368,17 +373,68 @@ impl Keyring {
             return Some(Arc::clone(key));
         }
         // Another process (`ushuru admin`) may have added it to the file.
-        let file = self.file.as_ref()?;
-        let fresh = Self::read_file(file).ok()?;
-        let found = fresh.get(&version).cloned();
+        self.reload().ok()?;
+        self.lock().get(&version).cloned()
+    }
+
+    /// Takes in the versions the file holds now. A version whose key differs from the one
+    /// held here means the file was replaced under us: refused, never silently mixed.
+    fn reload(&self) -> Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let fresh = Self::read_file(file)?;
         let mut keys = self
             .keys
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (v, key) in fresh {
-            keys.entry(v).or_insert(key);
+        merge(&mut keys, fresh, file)
+    }
+}
+
+/// Adds `fresh` to `keys`; a version both hold with different keys is an error.
+fn merge(
+    keys: &mut std::collections::BTreeMap<u32, Arc<SecretKey>>,
+    fresh: std::collections::BTreeMap<u32, Arc<SecretKey>>,
+    file: &Path,
+) -> Result<()> {
+    for (version, key) in fresh {
+        match keys.get(&version) {
+            Some(held) if held.0.as_ref() != key.0.as_ref() => {
+                return Err(VaultError::KeyFile {
+                    path: file.display().to_string(),
+                    message: format!(
+                        "master key version {version} in the file is not the one this process \
+                         holds: the file was replaced; restore it, do not start anew"
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => {
+                keys.insert(version, key);
+            }
         }
-        found
+    }
+    Ok(())
+}
+
+/// An exclusive lock on `<key file>.lock`, held while the key file is rewritten, so that
+/// two processes rotating at once take turns (the second sees the first's version).
+struct FileLock(#[allow(dead_code)] std::fs::File);
+
+impl FileLock {
+    fn take(path: &Path) -> std::io::Result<FileLock> {
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(std::path::PathBuf::from(lock_path))?;
+        // Released when the file closes (this lock drops), or the process dies.
+        #[cfg(unix)]
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(FileLock(file))
     }
 }
 
@@ -404,6 +460,10 @@ impl MasterKey for Keyring {
         SecretKey::from_slice(&bytes).ok_or(VaultError::DoesNotOpen)
     }
 
+    fn refresh(&self) -> Result<()> {
+        self.reload()
+    }
+
     fn add_version(&self) -> Result<u32> {
         let Some(path) = &self.file else {
             return Err(VaultError::NotRotatable(
@@ -413,33 +473,51 @@ impl MasterKey for Keyring {
                     .into(),
             ));
         };
-        let error = |e: std::io::Error| VaultError::KeyFile {
-            path: path.display().to_string(),
-            message: e.to_string(),
+        let error = |e: std::io::Error| {
+            // A key file that cannot be written (a read-only secret mount) is a provider
+            // that cannot make versions, not an internal failure.
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ) {
+                VaultError::NotRotatable(format!(
+                    "the master key file {} cannot be written ({e}): add a version to it \
+                     by hand (`<version>:<key>` on a line of its own), restart, then rotate",
+                    path.display()
+                ))
+            } else {
+                VaultError::KeyFile {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                }
+            }
         };
+        let _lock = FileLock::take(path).map_err(error)?;
         let mut keys = self
             .keys
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // What the file holds now (another process may have added a version).
-        for (v, key) in Self::read_file(path)? {
-            keys.entry(v).or_insert(key);
-        }
+        // What the file holds now: another process may have added a version.
+        merge(&mut keys, Self::read_file(path)?, path)?;
         let version = keys.keys().next_back().copied().unwrap_or(0) + 1;
         let key = SecretKey::generate()?;
-        let mut text = Zeroizing::new(String::new());
-        for (v, k) in keys.iter() {
-            text.push_str(&format!(
-                "{v}:{}\n",
-                data_encoding::BASE64.encode(k.0.as_ref())
-            ));
+        // Sized up front and written in place: no copy of a key is left behind unzeroized.
+        let mut text = Zeroizing::new(String::with_capacity(64 * (keys.len() + 1)));
+        for (v, k) in keys
+            .iter()
+            .map(|(v, k)| (*v, k.as_ref()))
+            .chain([(version, &key)])
+        {
+            text.push_str(&v.to_string());
+            text.push(':');
+            data_encoding::BASE64.encode_append(k.0.as_ref(), &mut text);
+            text.push('\n');
         }
-        text.push_str(&format!(
-            "{version}:{}\n",
-            data_encoding::BASE64.encode(key.0.as_ref())
-        ));
-        // Written beside, synced, then renamed over: the file is never half written.
-        let temporary = path.with_extension("new");
+        // Written beside under a name of its own, synced, renamed over, and the directory
+        // synced: the file is never half written, and the new version survives a crash.
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(format!(".{}.new", std::process::id()));
+        let temporary = std::path::PathBuf::from(temporary);
         let _ = std::fs::remove_file(&temporary);
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
@@ -449,6 +527,11 @@ impl MasterKey for Keyring {
         std::io::Write::write_all(&mut file, text.as_bytes()).map_err(error)?;
         file.sync_all().map_err(error)?;
         std::fs::rename(&temporary, path).map_err(error)?;
+        if let Some(directory) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(directory)
+                .and_then(|d| d.sync_all())
+                .map_err(error)?;
+        }
         keys.insert(version, Arc::new(key));
         Ok(version)
     }
@@ -516,6 +599,11 @@ impl Vault {
     /// A new master key version, made current (see [`MasterKey::add_version`]).
     pub fn add_master_version(&self) -> Result<u32> {
         self.master.add_version()
+    }
+
+    /// Takes in master key versions another process made (see [`MasterKey::refresh`]).
+    pub fn refresh_master(&self) -> Result<()> {
+        self.master.refresh()
     }
 
     /// The same cmcKey sealed under a new data key (its version one more), wrapped by the
@@ -739,6 +827,32 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        // Two processes rotating at once take turns: each makes a version of its own.
+        let (one, two) = (
+            Keyring::from_file(&path).unwrap(),
+            Keyring::from_file(&path).unwrap(),
+        );
+        let (a, b) = std::thread::scope(|scope| {
+            let a = scope.spawn(|| one.add_version().unwrap());
+            let b = scope.spawn(|| two.add_version().unwrap());
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let mut made = [a, b];
+        made.sort_unstable();
+        assert_eq!(made, [3, 4]);
+        let both = Keyring::from_file(&path).unwrap();
+        assert_eq!(both.versions(), [1, 2, 3, 4]);
+        // A file replaced under a running process is refused, not mixed in.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let replaced = text.replacen(
+            text.lines().next().unwrap(),
+            &format!("1:{}", data_encoding::BASE64.encode(&[3u8; KEY_LEN])),
+            1,
+        );
+        std::fs::write(&path, replaced).unwrap();
+        assert!(
+            matches!(both.refresh(), Err(VaultError::KeyFile { message, .. }) if message.contains("replaced"))
+        );
         // A keyring from the environment cannot make versions, and says what to do.
         let text = format!(
             "1:{},2:{}",

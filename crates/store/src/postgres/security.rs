@@ -395,10 +395,12 @@ impl PostgresStore {
             .execute(
                 "UPDATE branches SET cmc_key_nonce = $1, cmc_key_sealed = $2, data_key_version = $3,
                         data_key_nonce = $4, data_key_wrapped = $5, master_key_version = $6
-                 WHERE id = $7 AND tenant_id = $8 AND data_key_version = $9 AND master_key_version = $10",
+                 WHERE id = $7 AND tenant_id = $8 AND data_key_version = $9 AND master_key_version = $10
+                   AND data_key_nonce = $11 AND cmc_key_nonce = $12",
                 &[&key.nonce, &key.sealed, &version(key.data_key_version)?, &key.data_key_nonce,
                   &key.data_key_wrapped, &version(key.master_key_version)?, &scope.branch.0, &scope.tenant.0,
-                  &version(old.data_key_version)?, &version(old.master_key_version)?],
+                  &version(old.data_key_version)?, &version(old.master_key_version)?,
+                  &old.data_key_nonce, &old.nonce],
             )
             .await
             .map_err(query_error)?;

@@ -482,10 +482,11 @@ impl SqliteStore {
                 .execute(
                     "UPDATE branches SET cmc_key_nonce = ?1, cmc_key_sealed = ?2, data_key_version = ?3,
                             data_key_nonce = ?4, data_key_wrapped = ?5, master_key_version = ?6
-                     WHERE id = ?7 AND tenant_id = ?8 AND data_key_version = ?9 AND master_key_version = ?10",
+                     WHERE id = ?7 AND tenant_id = ?8 AND data_key_version = ?9 AND master_key_version = ?10
+                       AND data_key_nonce = ?11 AND cmc_key_nonce = ?12",
                     params![key.nonce, key.sealed, key.data_key_version, key.data_key_nonce,
                             key.data_key_wrapped, key.master_key_version, scope.branch.0, scope.tenant.0,
-                            old.data_key_version, old.master_key_version],
+                            old.data_key_version, old.master_key_version, old.data_key_nonce, old.nonce],
                 )
                 .map_err(database)?;
             Ok(replaced == 1)
