@@ -772,3 +772,120 @@ pub(crate) async fn rotate_master_key(
         Err(error) => rotation_error(error),
     }
 }
+
+#[allow(dead_code)]
+mod described_operators {
+    /// An operator key as listed: never the key.
+    #[derive(utoipa::ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub(crate) struct OperatorKeyListing {
+        key_id: i64,
+        prefix: String,
+        name: String,
+        created_at: String,
+        last_used_at: Option<String>,
+        revoked_at: Option<String>,
+    }
+
+    #[derive(utoipa::ToSchema)]
+    pub(crate) struct OperatorKeyList {
+        keys: Vec<OperatorKeyListing>,
+    }
+
+    /// A revoked operator key.
+    #[derive(utoipa::ToSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub(crate) struct RevokedOperatorKey {
+        key_id: i64,
+        prefix: String,
+        name: String,
+    }
+}
+
+/// `GET /v2/admin/operator-keys`: every operator key, never the keys themselves.
+#[utoipa::path(
+    get,
+    path = "/v2/admin/operator-keys",
+    tag = "admin",
+    summary = "List operator keys",
+    description = "Every operator key, newest first, revoked ones included: prefix, name, when \
+        issued, last used and revoked. Never the key.",
+    responses(
+        (status = 200, description = "The keys.", body = described_operators::OperatorKeyList),
+        (status = 401, description = "No live key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("apiKey" = [])),
+)]
+pub(crate) async fn operator_keys(State(state): State<AppState>, _operator: Operator) -> Response {
+    let request_id = request_id();
+    match state.store.operator_keys().await {
+        Ok(keys) => respond(
+            StatusCode::OK,
+            json!({"keys": keys.iter().map(|k| json!({
+                "keyId": k.key.id,
+                "prefix": k.key.prefix,
+                "name": k.key.name,
+                "createdAt": k.created_at.to_rfc3339(),
+                "lastUsedAt": k.last_used_at.map(|t| t.to_rfc3339()),
+                "revokedAt": k.revoked_at.map(|t| t.to_rfc3339()),
+            })).collect::<Vec<_>>()}),
+            &request_id,
+        ),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// `DELETE /v2/admin/operator-keys/{keyId}`: revokes an operator key at once.
+#[utoipa::path(
+    delete,
+    path = "/v2/admin/operator-keys/{keyId}",
+    tag = "admin",
+    summary = "Revoke an operator key",
+    description = "The key stops working with its next request (the caller's own included). \
+        Written to the audit log.",
+    params(("keyId" = i64, Path, description = "The key's id (from its listing).")),
+    responses(
+        (status = 200, description = "The key as revoked.", body = described_operators::RevokedOperatorKey),
+        (status = 401, description = "No live key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 404, description = "No live operator key with that id (`NOT_FOUND`).", body = ErrorBody),
+        (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("apiKey" = [])),
+)]
+pub(crate) async fn revoke_operator_key(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(key_id): Path<String>,
+) -> Response {
+    let request_id = request_id();
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no live operator key with that id",
+        )
+        .into_response()
+    };
+    let Ok(id) = key_id.parse::<i64>() else {
+        return not_found();
+    };
+    match state.store.revoke_operator_key(id, state.clock.now()).await {
+        Ok(Some(key)) => {
+            state
+                .store
+                .audit_or_log(
+                    NewAuditEvent::new(state.clock.now(), operator.actor(), "operator_key.revoked")
+                        .detail(json!({"keyId": key.id, "prefix": key.prefix})),
+                )
+                .await;
+            respond(
+                StatusCode::OK,
+                json!({"keyId": key.id, "prefix": key.prefix, "name": key.name}),
+                &request_id,
+            )
+        }
+        Ok(None) => not_found(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}

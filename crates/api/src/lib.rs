@@ -171,6 +171,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::revoke_oauth_client))
         .routes(routes!(admin::rotate_data_key))
         .routes(routes!(admin::rotate_master_key))
+        .routes(routes!(admin::operator_keys))
+        .routes(routes!(admin::revoke_operator_key))
         .routes(routes!(docs::openapi_json))
         .routes(routes!(docs::page))
 }

@@ -16,7 +16,7 @@ use common::*;
 
 /// Every route the router serves, as `METHOD path`. Written out so that an endpoint dropped
 /// from the router (and so from the document) fails here; a new one is added here too.
-const EXPECTED: [&str; 28] = [
+const EXPECTED: [&str; 30] = [
     "POST /v2/etims/sale",
     "GET /v2/etims/sales/{id}/status",
     "POST /v2/etims/sale/{id}/credit-note",
@@ -43,6 +43,8 @@ const EXPECTED: [&str; 28] = [
     "POST /oauth/token",
     "POST /v2/admin/tenants/{deviceId}/data-key/rotate",
     "POST /v2/admin/master-key/rotate",
+    "GET /v2/admin/operator-keys",
+    "DELETE /v2/admin/operator-keys/{keyId}",
     "GET /openapi.json",
     "GET /docs",
 ];

@@ -94,6 +94,13 @@ enum OperatorKeyCommand {
         #[arg(long)]
         name: String,
     },
+    /// Every operator key, never the keys themselves
+    List,
+    /// Revokes an operator key at once
+    Revoke {
+        #[arg(long)]
+        key_id: i64,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -209,6 +216,31 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     "operator key {} ({}) issued; it is shown only now",
                     record.id, record.prefix
                 );
+            }
+            AdminCommand::OperatorKey(OperatorKeyCommand::List) => {
+                for listed in store.operator_keys().await? {
+                    println!(
+                        "{}",
+                        json!({
+                            "keyId": listed.key.id, "prefix": listed.key.prefix, "name": listed.key.name,
+                            "createdAt": listed.created_at.to_rfc3339(),
+                            "lastUsedAt": listed.last_used_at.map(|t| t.to_rfc3339()),
+                            "revokedAt": listed.revoked_at.map(|t| t.to_rfc3339()),
+                        })
+                    );
+                }
+            }
+            AdminCommand::OperatorKey(OperatorKeyCommand::Revoke { key_id }) => {
+                let Some(key) = store.revoke_operator_key(key_id, now).await? else {
+                    bail!("no live operator key with id {key_id}");
+                };
+                store
+                    .audit(
+                        NewAuditEvent::new(now, "cli", "operator_key.revoked")
+                            .detail(json!({"keyId": key.id, "prefix": key.prefix})),
+                    )
+                    .await?;
+                eprintln!("operator key {} ({}) revoked", key.id, key.prefix);
             }
             AdminCommand::Tenants => {
                 for tenant in store.tenants_overview().await? {

@@ -71,7 +71,8 @@ pub struct ServeArgs {
     #[arg(long, env = "USHURU_AUTH_FAILURE_WINDOW_SECS", default_value_t = 60)]
     auth_failure_window_secs: u64,
     /// How long an OAuth access token from POST /oauth/token lives, in seconds
-    #[arg(long, env = "USHURU_OAUTH_TOKEN_TTL_SECS", default_value_t = 3600)]
+    #[arg(long, env = "USHURU_OAUTH_TOKEN_TTL_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(60..=86_400))]
     oauth_token_ttl_secs: u64,
     /// The master key of the cmcKey vault, in a file (32 bytes as base64 or hex). The key
     /// itself may instead be given in `USHURU_MASTER_KEY` (never as a flag: a command line
@@ -341,7 +342,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             key
         }
     };
-    let operator_key = bootstrap_operator_key(&store).await?;
+    let operator_key_file = bootstrap_operator_key(&store, &args.data_dir).await?;
 
     // A relay for every initialised branch in the database, bootstrap or not.
     let owner = relay_owner();
@@ -454,8 +455,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.branch.join(", ")
     );
     eprintln!("API key: {shown_key}");
-    if let Some(operator_key) = &operator_key {
-        eprintln!("Operator key (admin routes; shown once, now): {operator_key}");
+    if let Some(file) = &operator_key_file {
+        eprintln!(
+            "Operator key (admin routes): written once to {}, readable by you only; move it \
+             somewhere safe",
+            file.display()
+        );
     }
     // Shown once: the key of each branch provisioned by this start (not the first).
     for (bhf_id, branch_key) in &new_branch_keys {
@@ -559,8 +564,12 @@ async fn initialise_device(
 }
 
 /// The operator's key: `USHURU_OPERATOR_KEY` (stored as a hash, never printed), else, when
-/// no operator key was ever issued, a new one, returned to be shown once.
-async fn bootstrap_operator_key(store: &Store) -> anyhow::Result<Option<String>> {
+/// no operator key was ever issued, a new one, written to `<data dir>/operator.key` (mode
+/// 0600; never to the output, which ends up in logs). The file's path, if one was written.
+async fn bootstrap_operator_key(
+    store: &Store,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Option<PathBuf>> {
     let existed = store.operator_keys_exist().await?;
     let chosen = std::env::var("USHURU_OPERATOR_KEY")
         .ok()
@@ -573,7 +582,17 @@ async fn bootstrap_operator_key(store: &Store) -> anyhow::Result<Option<String>>
         None if existed => return Ok(None),
         None => {
             let (key, record) = store.create_operator_key("bootstrap").await?;
-            (Some(key), record)
+            let path = data_dir.join("operator.key");
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options
+                .open(&path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            std::io::Write::write_all(&mut file, format!("{key}\n").as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            (Some(path), record)
         }
     };
     if !existed {

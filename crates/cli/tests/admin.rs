@@ -191,6 +191,22 @@ async fn migrate_and_administer(database: Vec<String>) {
             .is_none()
     );
 
+    // Operator keys: listed without the key, then revoked.
+    let operators = ok(&ushuru(&database, &["admin", "operator-key", "list"]));
+    assert!(!operators.contains(operator));
+    let operator_id = lines(&operators)[0]["keyId"].to_string();
+    ok(&ushuru(
+        &database,
+        &["admin", "operator-key", "revoke", "--key-id", &operator_id],
+    ));
+    assert!(
+        store
+            .authenticate_operator(operator, chrono::Utc::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
     let audit = ok(&ushuru(&database, &["admin", "audit"]));
     assert!(!audit.contains(key) && !audit.contains(operator) && !audit.contains(secret));
     let actions: Vec<String> = lines(&audit)
@@ -210,7 +226,8 @@ async fn migrate_and_administer(database: Vec<String>) {
             "cli api_key.issued",
             "cli api_key.revoked",
             "cli oauth_client.issued",
-            "cli oauth_client.revoked"
+            "cli oauth_client.revoked",
+            "cli operator_key.revoked"
         ]
     );
 }

@@ -480,7 +480,8 @@ async fn the_cmc_key_is_stored_sealed_and_opens_only_with_its_master_key() {
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--data-dir", dir.to_str().unwrap()])
             .env("USHURU_BOOTSTRAP_API_KEY", KEY)
-            .env_remove("USHURU_MASTER_KEY");
+            .env_remove("USHURU_MASTER_KEY")
+            .env_remove("USHURU_OPERATOR_KEY");
         if let Some(master) = master {
             command.env("USHURU_MASTER_KEY", master);
         }
@@ -670,6 +671,20 @@ async fn the_cmc_key_is_stored_sealed_and_opens_only_with_its_master_key() {
         warning.contains("WARNING") && warning.contains("master key"),
         "{warning}"
     );
+    // The operator key of a first start is written to a private file, not printed.
+    let operator_file = dir.join("operator.key");
+    let operator_key = std::fs::read_to_string(&operator_file).unwrap();
+    assert!(operator_key.trim().starts_with("ushop_"));
+    assert!(!warning.contains(operator_key.trim()), "{warning}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&operator_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     // That key file is a keyring: `ushuru admin` adds a version and re-wraps, and the next
     // start opens the key with it.
     let rotated = admin(None, &["rotate", "master-key"]);

@@ -452,8 +452,9 @@ impl KraClient {
                     };
                 }
             };
-            let outcome = self.interpret(status, &text);
-            let text = redact_issued_key(endpoint, text);
+            let redacted = redact_issued_key(endpoint, text.clone());
+            let outcome = self.interpret(status, &text, &redacted);
+            let text = redacted;
             let exchange = self.exchange(
                 endpoint,
                 request_body,
@@ -499,12 +500,9 @@ impl KraClient {
                 (Outcome::Ambiguous { reason }, None, None)
             }
             Ok(Some(InProcessAnswer { status, body })) => {
-                let outcome = self.interpret(status, &body);
-                (
-                    outcome,
-                    Some(redact_issued_key(endpoint, body)),
-                    Some(status),
-                )
+                let redacted = redact_issued_key(endpoint, body.clone());
+                let outcome = self.interpret(status, &body, &redacted);
+                (outcome, Some(redacted), Some(status))
             }
         };
         let exchange = self.exchange(
@@ -573,8 +571,9 @@ impl KraClient {
         request
     }
 
-    /// Reads an answer into an outcome.
-    fn interpret(&self, status: u16, text: &str) -> Outcome<Value> {
+    /// Reads an answer into an outcome. `shown` is the same answer with an issued cmcKey
+    /// redacted: what error reasons quote.
+    fn interpret(&self, status: u16, text: &str, shown: &str) -> Outcome<Value> {
         let envelope = match self.config.profile {
             Profile::GavaConnect => match serde_json::from_str::<GatewayEnvelope<Value>>(text) {
                 Ok(GatewayEnvelope {
@@ -609,7 +608,7 @@ impl KraClient {
         match envelope {
             // A server error may come after the work was done, envelope or not.
             _ if status >= 500 => Outcome::Ambiguous {
-                reason: format!("HTTP {status}: {}", excerpt(text)),
+                reason: format!("HTTP {status}: {}", excerpt(shown)),
             },
             // A redirect is a definite answer: the request was not processed there.
             _ if (300..400).contains(&status) => Outcome::Rejected {
@@ -629,10 +628,13 @@ impl KraClient {
             // was processed; anything else may have been processed.
             None if (400..500).contains(&status) && status != 408 => Outcome::Rejected {
                 code: ResultCode::Other(format!("HTTP{status}")),
-                message: excerpt(text),
+                message: excerpt(shown),
             },
             None => Outcome::Ambiguous {
-                reason: format!("HTTP {status} without a usable envelope: {}", excerpt(text)),
+                reason: format!(
+                    "HTTP {status} without a usable envelope: {}",
+                    excerpt(shown)
+                ),
             },
         }
     }

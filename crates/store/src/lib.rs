@@ -244,6 +244,12 @@ impl Store {
             }
             return Ok(existing);
         }
+        // A revoked key stays revoked: it is never brought back by being given again.
+        if dispatch!(self, s => s.api_key_known(&key_sha256(key)))? {
+            return Err(StoreError::Conflict(
+                "that API key was revoked: choose another one".into(),
+            ));
+        }
         dispatch!(self, s => s.insert_api_key(scope, name, &key_prefix(key), &key_sha256(key)))
     }
 

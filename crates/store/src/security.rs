@@ -15,6 +15,15 @@ pub struct OperatorKey {
     pub name: String,
 }
 
+/// An operator key as listed: never the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorKeyListing {
+    pub key: OperatorKey,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 /// A branch key as an operator lists it: never the key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiKeyListing {
@@ -133,6 +142,20 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<OperatorKey>> {
         dispatch!(self, s => s.authenticate_operator(&key_sha256(key), now))
+    }
+
+    /// Every operator key, newest first, revoked ones included.
+    pub async fn operator_keys(&self) -> Result<Vec<OperatorKeyListing>> {
+        dispatch!(self, s => s.operator_keys())
+    }
+
+    /// Revokes an operator key; the key as it was, or `None` if none is live with that id.
+    pub async fn revoke_operator_key(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OperatorKey>> {
+        dispatch!(self, s => s.revoke_operator_key(id, now))
     }
 
     /// A branch's keys, newest first, revoked ones included.

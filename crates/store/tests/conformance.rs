@@ -2279,6 +2279,11 @@ async fn operators_key_listings_and_the_audit_log(store: Store) {
         "once"
     );
     assert_eq!(store.authenticate(&branch_key, now()).await.unwrap(), None);
+    // A revoked key given again (USHURU_BOOTSTRAP_API_KEY) is refused, not revived.
+    assert!(matches!(
+        store.ensure_api_key(scope, &branch_key, "bootstrap").await,
+        Err(StoreError::Conflict(m)) if m.contains("revoked")
+    ));
 
     let overview = store.tenants_overview().await.unwrap();
     let ours = overview

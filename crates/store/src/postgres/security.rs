@@ -186,9 +186,16 @@ impl PostgresStore {
     }
 
     pub async fn audit(&self, event: NewAuditEvent) -> Result<i64> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let detail = tokio_postgres::types::Json(&event.detail);
-        Ok(client
+        // One writer at a time: ids are handed out before commit, so two concurrent
+        // inserts could commit out of id order, and a reader paging by id would skip the
+        // lower one for good. Security events are rare; serialising them costs nothing.
+        let tx = client.transaction().await.map_err(query_error)?;
+        tx.execute("SELECT pg_advisory_xact_lock(7020302)", &[])
+            .await
+            .map_err(query_error)?;
+        let id = tx
             .query_one(
                 "INSERT INTO audit_events (at, actor, action, tenant_id, branch_id, detail)
                  VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -203,7 +210,9 @@ impl PostgresStore {
             )
             .await
             .map_err(query_error)?
-            .get(0))
+            .get(0);
+        tx.commit().await.map_err(query_error)?;
+        Ok(id)
     }
 
     pub async fn audit_events(&self, after: i64, limit: u32) -> Result<Vec<AuditEvent>> {
@@ -405,5 +414,67 @@ impl PostgresStore {
             .await
             .map_err(query_error)?;
         Ok(replaced == 1)
+    }
+}
+
+impl PostgresStore {
+    pub async fn operator_keys(&self) -> Result<Vec<crate::OperatorKeyListing>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, prefix, name, created_at, last_used_at, revoked_at FROM operator_keys
+                 ORDER BY id DESC",
+                &[],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::OperatorKeyListing {
+                key: OperatorKey {
+                    id: r.get(0),
+                    prefix: r.get(1),
+                    name: r.get(2),
+                },
+                created_at: r.get(3),
+                last_used_at: r.get(4),
+                revoked_at: r.get(5),
+            })
+            .collect())
+    }
+
+    pub async fn revoke_operator_key(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OperatorKey>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "UPDATE operator_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL
+                 RETURNING id, prefix, name",
+                &[&clamp_time(now), &id],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(row.map(|r| OperatorKey {
+            id: r.get(0),
+            prefix: r.get(1),
+            name: r.get(2),
+        }))
+    }
+}
+
+impl PostgresStore {
+    pub async fn api_key_known(&self, sha256: &str) -> Result<bool> {
+        let client = self.client().await?;
+        Ok(client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM api_keys WHERE key_sha256 = $1)",
+                &[&sha256],
+            )
+            .await
+            .map_err(query_error)?
+            .get(0))
     }
 }

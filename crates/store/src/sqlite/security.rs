@@ -494,3 +494,77 @@ impl SqliteStore {
         .await
     }
 }
+
+impl SqliteStore {
+    pub async fn operator_keys(&self) -> Result<Vec<crate::OperatorKeyListing>> {
+        type Raw = (i64, String, String, String, Option<String>, Option<String>);
+        let raw: Vec<Raw> = self
+            .read(|connection| {
+                let mut statement = connection
+                    .prepare(
+                        "SELECT id, prefix, name, created_at, last_used_at, revoked_at FROM operator_keys
+                         ORDER BY id DESC",
+                    )
+                    .map_err(database)?;
+                let rows = statement
+                    .query_map([], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                    })
+                    .map_err(database)?;
+                rows.collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(database)
+            })
+            .await?;
+        raw.into_iter()
+            .map(|(id, prefix, name, created, used, revoked)| {
+                Ok(crate::OperatorKeyListing {
+                    key: OperatorKey { id, prefix, name },
+                    created_at: parse_timestamp(&created)?,
+                    last_used_at: optional_time(used)?,
+                    revoked_at: optional_time(revoked)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn revoke_operator_key(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<OperatorKey>> {
+        self.run(move |connection| {
+            connection
+                .query_row(
+                    "UPDATE operator_keys SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL
+                     RETURNING id, prefix, name",
+                    params![timestamp(now), id],
+                    |r| {
+                        Ok(OperatorKey {
+                            id: r.get(0)?,
+                            prefix: r.get(1)?,
+                            name: r.get(2)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(database)
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    pub async fn api_key_known(&self, sha256: &str) -> Result<bool> {
+        let sha256 = sha256.to_owned();
+        self.read(move |connection| {
+            connection
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM api_keys WHERE key_sha256 = ?1)",
+                    params![sha256],
+                    |r| r.get(0),
+                )
+                .map_err(database)
+        })
+        .await
+    }
+}
