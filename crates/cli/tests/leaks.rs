@@ -80,8 +80,9 @@ fn assert_absent(place: &str, haystack: &str, secrets: &[(&str, Vec<String>)]) {
     }
 }
 
-/// What the API answered, headers and bodies, as one text.
-struct Answers(String);
+/// What the API answered, headers and bodies, as one text; and the OAuth secret and
+/// token it issued (shown once, in answers not kept in that text).
+struct Answers(String, Vec<String>);
 
 impl Answers {
     async fn call(&mut self, request: reqwest::RequestBuilder) -> (u16, Value) {
@@ -106,7 +107,7 @@ fn sale(reference: &str) -> Value {
 /// Drives every kind of call through the API, failures included; returns the answers.
 async fn exercise(url: &str) -> Answers {
     let client = reqwest::Client::new();
-    let mut answers = Answers(String::new());
+    let mut answers = Answers(String::new(), Vec::new());
     let mut signed = Vec::new();
     for n in 0..5 {
         let reference = format!("LEAK-{n}");
@@ -197,6 +198,60 @@ async fn exercise(url: &str) -> Answers {
         )
         .await;
     assert_eq!(status, 403);
+    // OAuth: a client (its secret is shown once, in an answer not kept here), a token (the
+    // same), and the token at work; then a data key rotation, and a sale after it.
+    let issued: Value = client
+        .post(format!("{url}/v2/admin/tenants/{device_id}/oauth-clients"))
+        .bearer_auth(OPERATOR_KEY)
+        .json(&json!({"clientName": "leak test"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_secret = issued["clientSecret"].as_str().unwrap().to_owned();
+    let token: Value = client
+        .post(format!("{url}/oauth/token"))
+        .basic_auth(issued["clientId"].as_str().unwrap(), Some(&client_secret))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access_token = token["access_token"].as_str().unwrap().to_owned();
+    let (status, _) = answers
+        .call(
+            client
+                .get(format!("{url}/v2/etims/device"))
+                .bearer_auth(&access_token),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = answers
+        .call(
+            client
+                .post(format!(
+                    "{url}/v2/admin/tenants/{device_id}/data-key/rotate"
+                ))
+                .bearer_auth(OPERATOR_KEY),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = answers
+        .call(
+            client
+                .post(format!("{url}/v2/etims/sale"))
+                .bearer_auth(&access_token)
+                .header("Idempotency-Key", "LEAK-AFTER-ROTATION")
+                .json(&sale("LEAK-AFTER-ROTATION")),
+        )
+        .await;
+    assert_eq!(status, 200);
+    answers.1 = vec![client_secret, access_token];
     // Refusals: a wrong key, no key, a body that is not JSON.
     let (status, _) = answers
         .call(
@@ -305,6 +360,8 @@ async fn signs_at_trace_without_leaking(database_url: Option<&str>, external_uni
         ("cmcKey", forms(cmc_key.as_bytes())),
         ("API key", forms(API_KEY.as_bytes())),
         ("operator key", forms(OPERATOR_KEY.as_bytes())),
+        ("OAuth client secret", forms(answers.1[0].as_bytes())),
+        ("OAuth access token", forms(answers.1[1].as_bytes())),
         ("master key", {
             let mut all = forms(&master);
             all.push(master_text.clone());
