@@ -2013,6 +2013,71 @@ async fn keys_rotate_while_sales_are_signed(store: Store) {
     finish(app).await;
 }
 
+/// Tenant isolation through the API (issue 5): everything tenant A made, tried by a
+/// branch client of tenant B with A's ids and keys, answers 404 (or nothing), and the
+/// same Idempotency-Key in B is B's own.
+async fn a_branch_client_cannot_reach_another_tenant(store: Store) {
+    let app = start(store, Duration::from_secs(5)).await;
+    let (a, b) = (app.keys[0].as_str(), app.keys[1].as_str());
+    let (status, sale, _) = post(
+        &app,
+        Some(a),
+        Some("ISO-1"),
+        &flat("ISO-REF", "116.00", "16.00"),
+    )
+    .await;
+    assert_eq!(status, 200, "{sale}");
+    let id = sale["purchaseId"].as_i64().unwrap();
+    let stock = json!({"lines": [stock_line("SKU1", "A", "1")], "orgSarNo": 0});
+    let (status, _) = post_json(
+        &app,
+        a,
+        "/v2/etims/stock/adjustment",
+        Some("ISO-STK"),
+        &stock,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for path in [
+        format!("/v2/etims/sales/{id}/status"),
+        format!("/v2/etims/sales/{id}/original"),
+        "/v2/etims/stock/operations/ISO-STK".to_owned(),
+        "/v2/etims/sales/search?clientReference=ISO-REF".to_owned(),
+    ] {
+        let (status, body) = get(&app, b, &path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(!body.to_string().contains("ISO-REF"), "{path}: {body}");
+        // A sees its own.
+        assert_eq!(get(&app, a, &path).await.0, 200, "{path}");
+    }
+    let (status, body) = post_json(
+        &app,
+        b,
+        &format!("/v2/etims/sale/{id}/credit-note"),
+        Some("ISO-CN"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    // The same Idempotency-Key and body in tenant B: B's own sale, not A's replayed.
+    let mut b_sale = flat("ISO-REF", "116.00", "16.00");
+    b_sale["supplierPin"] = json!(TINS[1]);
+    let (status, own, _) = post(&app, Some(b), Some("ISO-1"), &b_sale).await;
+    assert_eq!(status, 200, "{own}");
+    assert_ne!(own["purchaseId"], sale["purchaseId"]);
+    assert_ne!(own["sdcId"], sale["sdcId"]);
+    // B's views hold none of A's.
+    for path in ["/v2/etims/device", "/v2/etims/device/monitoring"] {
+        let (status, body) = get(&app, b, path).await;
+        assert_eq!(status, 200);
+        assert!(
+            !body.to_string().contains(sale["sdcId"].as_str().unwrap()),
+            "{path}: {body}"
+        );
+    }
+    finish(app).await;
+}
+
 /// A GET from a chosen loopback address (all of 127.0.0.0/8 reaches the server).
 async fn get_from(app: &App, from: [u8; 4], key: &str) -> reqwest::Response {
     reqwest::Client::builder()
@@ -2116,4 +2181,5 @@ on_both!(
     operators_manage_keys_and_read_the_audit_log,
     oauth_tokens_act_for_their_branch_until_they_die,
     keys_rotate_while_sales_are_signed,
+    a_branch_client_cannot_reach_another_tenant,
 );
