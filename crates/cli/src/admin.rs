@@ -66,6 +66,36 @@ enum AdminCommand {
     OperatorKey(OperatorKeyCommand),
     /// Every tenant with its branches (a branch's id is its deviceId)
     Tenants,
+    /// Creates a tenant (a taxpayer, by PIN)
+    TenantCreate {
+        #[arg(long)]
+        tin: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Adds a branch to a tenant; prints its deviceId
+    BranchAdd {
+        #[arg(long)]
+        tin: String,
+        /// KRA's branch id: two digits (00 is the head office)
+        #[arg(long, value_parser = crate::serve::parse_bhf_id)]
+        bhf_id: String,
+    },
+    /// Initialises a branch's device on a control unit (selectInitOsdcInfo) and seals the
+    /// cmcKey it issues; `serve` signs for the branch from its next start
+    DeviceInit {
+        #[arg(long)]
+        device_id: i64,
+        /// The control unit: an OSCU server, a VSCU JAR or any compatible endpoint
+        #[arg(long, value_name = "URL")]
+        control_unit: String,
+        /// oscu, vscu or gavaconnect
+        #[arg(long, default_value = "oscu", value_parser = crate::serve::parse_profile)]
+        profile: ushuru_kra::Profile,
+        /// The device's serial number
+        #[arg(long)]
+        serial: String,
+    },
     /// Branch API keys
     #[command(subcommand)]
     Key(KeyCommand),
@@ -255,6 +285,86 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                         );
                     }
                 }
+            }
+            AdminCommand::TenantCreate { tin, name } => {
+                let name = checked_name(&name)?;
+                if store.tenant_by_tin(&tin).await?.is_some() {
+                    bail!("a tenant with PIN {tin} exists already");
+                }
+                let tenant = store.create_tenant(tin.trim(), name).await?;
+                store
+                    .audit(
+                        NewAuditEvent::new(now, "cli", "tenant.created")
+                            .tenant(tenant.id)
+                            .detail(json!({"tin": tenant.tin})),
+                    )
+                    .await?;
+                println!("{}", json!({"tenantId": tenant.id.0, "tin": tenant.tin}));
+            }
+            AdminCommand::BranchAdd { tin, bhf_id } => {
+                let Some(tenant) = store.tenant_by_tin(&tin).await? else {
+                    bail!("no tenant with PIN {tin} (see `ushuru admin tenants`)");
+                };
+                if store.branch_by_id(tenant.id, &bhf_id).await?.is_some() {
+                    bail!("{tin} has a branch {bhf_id} already");
+                }
+                let branch = store.create_branch(tenant.id, &bhf_id).await?;
+                store
+                    .audit(
+                        NewAuditEvent::new(now, "cli", "branch.created")
+                            .scope(branch.scope())
+                            .detail(json!({"bhfId": bhf_id})),
+                    )
+                    .await?;
+                println!("{}", json!({"deviceId": branch.id.0, "tin": tin, "bhfId": bhf_id}));
+            }
+            AdminCommand::DeviceInit {
+                device_id,
+                control_unit,
+                profile,
+                serial,
+            } => {
+                let scope = scope_of(&store, device_id).await?;
+                if store.device(scope).await?.is_some() {
+                    bail!("device {device_id} is initialised already");
+                }
+                let overview = store.tenants_overview().await?;
+                let (tin, bhf_id) = overview
+                    .iter()
+                    .find_map(|t| {
+                        let b = t.branches.iter().find(|b| b.id == scope.branch)?;
+                        Some((t.tenant.tin.clone(), b.bhf_id.clone()))
+                    })
+                    .context("the branch went away")?;
+                let vault = open_existing_vault(&args.database, args.master_key_file.as_deref())?;
+                let device = crate::serve::initialise_device(
+                    &control_unit,
+                    None,
+                    profile,
+                    (&vault, scope),
+                    &tin,
+                    &bhf_id,
+                    &serial,
+                )
+                .await?;
+                store.save_device(scope, &device).await?;
+                store
+                    .audit(
+                        NewAuditEvent::new(now, "cli", "device.initialised")
+                            .scope(scope)
+                            .detail(json!({
+                                "sdcId": device.sdc_id,
+                                "controlUnit": device.control_unit_url,
+                                "dataKeyVersion": device.cmc_key.data_key.version,
+                                "masterKeyVersion": device.cmc_key.data_key.master_version,
+                            })),
+                    )
+                    .await?;
+                println!(
+                    "{}",
+                    json!({"deviceId": device_id, "sdcId": device.sdc_id, "mrcNo": device.mrc_no})
+                );
+                eprintln!("device {device_id} initialised; serve signs for it from its next start");
             }
             AdminCommand::Key(KeyCommand::Issue { device_id, name }) => {
                 let name = checked_name(&name)?;

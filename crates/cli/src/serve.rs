@@ -159,12 +159,12 @@ impl ServeArgs {
     }
 }
 
-fn parse_profile(text: &str) -> Result<Profile, String> {
+pub(crate) fn parse_profile(text: &str) -> Result<Profile, String> {
     text.parse()
 }
 
 /// A KRA branch id: two digits (`00` is the head office).
-fn parse_bhf_id(text: &str) -> Result<String, String> {
+pub(crate) fn parse_bhf_id(text: &str) -> Result<String, String> {
     let text = text.trim();
     if text.len() == 2 && text.bytes().all(|b| b.is_ascii_digit()) {
         Ok(text.to_owned())
@@ -506,7 +506,7 @@ fn control_unit_client(
 
 /// Initialises a bootstrap branch's device with `selectInitOsdcInfo` and returns what to
 /// keep of it. The built-in sandbox is recorded by name ([`BUILT_IN_SANDBOX`]).
-async fn initialise_device(
+pub(crate) async fn initialise_device(
     control_unit: &str,
     sandbox: Option<&Arc<Sandbox>>,
     profile: Profile,

@@ -60,9 +60,147 @@ async fn migrate_and_administer(database: Vec<String>) {
         _ => unreachable!(),
     }
     .unwrap();
-    let tenant = store.create_tenant("P051234567A", "Traders").await.unwrap();
-    let branch = store.create_branch(tenant.id, "00").await.unwrap();
-    let device_id = branch.id.0.to_string();
+    // A tenant and a branch, made by `ushuru admin`; a second time refused.
+    ok(&ushuru(
+        &database,
+        &[
+            "admin",
+            "tenant-create",
+            "--tin",
+            "P051234567A",
+            "--name",
+            "Traders",
+        ],
+    ));
+    let added: Value = serde_json::from_str(&ok(&ushuru(
+        &database,
+        &[
+            "admin",
+            "branch-add",
+            "--tin",
+            "P051234567A",
+            "--bhf-id",
+            "00",
+        ],
+    )))
+    .unwrap();
+    let device_id = added["deviceId"].to_string();
+    for (args, reason) in [
+        (
+            vec![
+                "admin",
+                "tenant-create",
+                "--tin",
+                "P051234567A",
+                "--name",
+                "x",
+            ],
+            "exists already",
+        ),
+        (
+            vec![
+                "admin",
+                "branch-add",
+                "--tin",
+                "P051234567A",
+                "--bhf-id",
+                "00",
+            ],
+            "already",
+        ),
+        (
+            vec![
+                "admin",
+                "branch-add",
+                "--tin",
+                "P999999999Z",
+                "--bhf-id",
+                "01",
+            ],
+            "no tenant",
+        ),
+        (
+            vec![
+                "admin",
+                "branch-add",
+                "--tin",
+                "P051234567A",
+                "--bhf-id",
+                "7",
+            ],
+            "not a branch id",
+        ),
+    ] {
+        let output = ushuru(&database, &args);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(reason),
+            "{args:?}"
+        );
+    }
+    let tenant = store.tenant_by_tin("P051234567A").await.unwrap().unwrap();
+    let branch = store.branch_by_id(tenant.id, "00").await.unwrap().unwrap();
+    assert_eq!(added["deviceId"].as_i64(), Some(branch.id.0));
+
+    // The device, initialised on a control unit over HTTP, its cmcKey sealed at once.
+    let unit_dir = std::env::temp_dir().join(format!(
+        "ushuru-admin-unit-{}-{}",
+        std::process::id(),
+        device_id
+    ));
+    let _ = std::fs::remove_dir_all(&unit_dir);
+    std::fs::create_dir_all(&unit_dir).unwrap();
+    let unit_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut unit = Command::new(env!("CARGO_BIN_EXE_ushuru"))
+        .args(["sandbox", "--listen", &format!("127.0.0.1:{unit_port}")])
+        .args(["--state", unit_dir.join("unit.sqlite").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let unit_url = format!("http://127.0.0.1:{unit_port}");
+    for _ in 0..200 {
+        if reqwest::get(format!("{unit_url}/_sandbox")).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let master = data_encoding::BASE64.encode(&[11u8; 32]);
+    let init = Command::new(env!("CARGO_BIN_EXE_ushuru"))
+        .args(["admin"])
+        .args(&database)
+        .args([
+            "device-init",
+            "--device-id",
+            &device_id,
+            "--control-unit",
+            &unit_url,
+        ])
+        .args(["--serial", "POS-ADMIN-1"])
+        .env("USHURU_MASTER_KEY", &master)
+        .output()
+        .unwrap();
+    let _ = unit.kill();
+    let _ = unit.wait();
+    let initialised: Value = serde_json::from_str(&ok(&init)).unwrap();
+    assert!(initialised["sdcId"].as_str().unwrap().starts_with("KRACU"));
+    let device = store.device(branch.scope()).await.unwrap().unwrap();
+    let vault = ushuru_vault::Vault::new(std::sync::Arc::new(
+        ushuru_vault::Keyring::from_text(&master).unwrap(),
+    ));
+    let binding = ushuru_vault::Binding {
+        tenant: branch.tenant.0,
+        branch: branch.id.0,
+    };
+    assert_eq!(
+        vault.open_cmc_key(binding, &device.cmc_key).unwrap().len(),
+        32
+    );
+    let _ = std::fs::remove_dir_all(&unit_dir);
 
     let operator = ok(&ushuru(
         &database,
@@ -222,6 +360,9 @@ async fn migrate_and_administer(database: Vec<String>) {
     assert_eq!(
         actions,
         [
+            "cli tenant.created",
+            "cli branch.created",
+            "cli device.initialised",
             "cli operator_key.issued",
             "cli api_key.issued",
             "cli api_key.revoked",
