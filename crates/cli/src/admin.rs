@@ -336,7 +336,11 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                         Some((t.tenant.tin.clone(), b.bhf_id.clone()))
                     })
                     .context("the branch went away")?;
-                let vault = open_existing_vault(&args.database, args.master_key_file.as_deref())?;
+                let vault = crate::serve::open_vault(
+                    &args.database.data_dir,
+                    args.master_key_file.as_deref(),
+                    crate::serve::DevelopmentKey::MustExist,
+                )?;
                 let device = crate::serve::initialise_device(
                     &control_unit,
                     None,
@@ -441,7 +445,11 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 eprintln!("OAuth client {} ({}) revoked", client.id, client.client_id);
             }
             AdminCommand::Rotate(rotate) => {
-                let vault = open_existing_vault(&args.database, args.master_key_file.as_deref())?;
+                let vault = crate::serve::open_vault(
+                    &args.database.data_dir,
+                    args.master_key_file.as_deref(),
+                    crate::serve::DevelopmentKey::MustExist,
+                )?;
                 match rotate {
                     RotateCommand::DataKey { device_id } => {
                         let scope = scope_of(&store, device_id).await?;
@@ -483,34 +491,6 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-/// The master key, which must already exist: a rotation with a new key would orphan every
-/// key sealed under the old one.
-fn open_existing_vault(
-    database: &DatabaseArgs,
-    master_key_file: Option<&std::path::Path>,
-) -> anyhow::Result<ushuru_vault::Vault> {
-    use ushuru_vault::Keyring;
-    let from_env = std::env::var("USHURU_MASTER_KEY")
-        .ok()
-        .filter(|k| !k.trim().is_empty())
-        .map(zeroize::Zeroizing::new);
-    let keyring = match (from_env, master_key_file) {
-        (Some(text), _) => Keyring::from_text(&text).context("USHURU_MASTER_KEY")?,
-        (None, Some(path)) => Keyring::from_file(path)?,
-        (None, None) => {
-            let path = database.data_dir.join("master.key");
-            if !path.exists() {
-                bail!(
-                    "no master key: give USHURU_MASTER_KEY or --master-key-file, or --data-dir of a serve that made {}",
-                    path.display()
-                );
-            }
-            Keyring::from_file(&path)?
-        }
-    };
-    Ok(ushuru_vault::Vault::new(std::sync::Arc::new(keyring)))
 }
 
 fn checked_name(name: &str) -> anyhow::Result<&str> {

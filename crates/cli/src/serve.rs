@@ -209,7 +209,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !applied.is_empty() {
         tracing::info!(?applied, "database migrated");
     }
-    let vault = open_vault(&args.data_dir, args.master_key_file.as_deref())?;
+    let vault = open_vault(
+        &args.data_dir,
+        args.master_key_file.as_deref(),
+        DevelopmentKey::MakeIfMissing,
+    )?;
     seal_plaintext_cmc_keys(&store, &vault).await?;
 
     // The built-in sandbox runs when no control unit is named, and whenever a branch
@@ -606,13 +610,22 @@ async fn bootstrap_operator_key(
     Ok(shown)
 }
 
-/// The vault's master key: `USHURU_MASTER_KEY`, else `master_key_file`, else a
-/// development key file in the data directory, created on first start (with a warning).
-/// A key file is a keyring that master key rotation adds versions to; a key from the
-/// environment is a keyring too (`1:<old>,2:<new>`), fixed while the process runs.
+/// Whether a missing development key file may be made: `serve` makes one on first start;
+/// `ushuru admin` never does (a new key would orphan every key sealed under the old one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DevelopmentKey {
+    MakeIfMissing,
+    MustExist,
+}
+
+/// The vault's master key: `USHURU_MASTER_KEY`, else `master_key_file`, else the
+/// development key file in the data directory (with a warning). A key file is a keyring
+/// that master key rotation adds versions to; a key from the environment is a keyring too
+/// (`1:<old>,2:<new>`), fixed while the process runs.
 pub(crate) fn open_vault(
     data_dir: &std::path::Path,
     master_key_file: Option<&std::path::Path>,
+    development: DevelopmentKey,
 ) -> anyhow::Result<Vault> {
     let from_env = std::env::var("USHURU_MASTER_KEY")
         .ok()
@@ -623,6 +636,12 @@ pub(crate) fn open_vault(
         (None, Some(path)) => Keyring::from_file(path)?,
         (None, None) => {
             let path = data_dir.join("master.key");
+            if development == DevelopmentKey::MustExist && !path.exists() {
+                bail!(
+                    "no master key: give USHURU_MASTER_KEY or --master-key-file, or --data-dir of a serve that made {}",
+                    path.display()
+                );
+            }
             let (key, created) = Keyring::load_or_generate(&path)?;
             let what = if created { "generated" } else { "read" };
             tracing::warn!(path = %path.display(), "development master key {what}");
