@@ -330,26 +330,18 @@ async fn authenticate_request(
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0.ip());
-    // Counted before the lookup, taken back if the key is good.
-    let attempt = state
+    let now = std::time::Instant::now();
+    state
         .auth_throttle
-        .begin(address, std::time::Instant::now())
+        .check(address, now)
         .map_err(ApiError::throttled)?;
     let found = match presented {
-        Some(presented) => find_key(state, presented, operator_route).await,
-        None => Ok(None),
+        Some(presented) => find_key(state, presented, operator_route).await?,
+        None => None,
     };
     match found {
-        Ok(Some(found)) => {
-            state.auth_throttle.succeeded(attempt);
-            Ok(found)
-        }
-        Ok(None) => Err(count_failure(state, attempt, address, presented).await),
-        // Not the caller's failure: nothing is counted against them.
-        Err(error) => {
-            state.auth_throttle.succeeded(attempt);
-            Err(error)
-        }
+        Some(found) => Ok(found),
+        None => Err(count_failure(state, now, address, presented).await),
     }
 }
 
@@ -391,13 +383,14 @@ async fn find_key(
 /// and written to the audit log (address and key prefix, never the key).
 pub(crate) async fn count_failure(
     state: &AppState,
-    attempt: throttle::Attempt,
+    now: std::time::Instant,
     address: Option<std::net::IpAddr>,
     presented: Option<&str>,
 ) -> ApiError {
-    let failure = state
-        .auth_throttle
-        .failed(attempt, presented.map(throttle::Subject::key_prefix));
+    let failure =
+        state
+            .auth_throttle
+            .failed(address, presented.map(throttle::Subject::key_prefix), now);
     if failure.throttled_now {
         let address = address.map(|a| a.to_string());
         let key_prefix = presented.map(ushuru_store::key_prefix);

@@ -133,26 +133,20 @@ pub(crate) async fn token(
 ) -> Response {
     let credentials = basic_credentials(&headers);
     let address = connect.map(|axum::Extension(info)| info.0.ip());
-    let attempt = match state
-        .auth_throttle
-        .begin(address, std::time::Instant::now())
-    {
-        Ok(attempt) => attempt,
-        Err(wait) => return crate::error::ApiError::throttled(wait).into_response(),
-    };
+    let now = std::time::Instant::now();
+    if let Err(wait) = state.auth_throttle.check(address, now) {
+        return crate::error::ApiError::throttled(wait).into_response();
+    }
     let client = match &credentials {
         Some((id, secret)) => match state.store.authenticate_oauth_client(id, secret).await {
             Ok(client) => client,
-            Err(e) => {
-                state.auth_throttle.succeeded(attempt);
-                return crate::error::ApiError::from(e).into_response();
-            }
+            Err(e) => return crate::error::ApiError::from(e).into_response(),
         },
         None => None,
     };
     let Some(client) = client else {
         let client_id = credentials.as_ref().map(|(id, _)| id.as_str());
-        let answer = crate::count_failure(&state, attempt, address, client_id).await;
+        let answer = crate::count_failure(&state, now, address, client_id).await;
         if answer.status == StatusCode::TOO_MANY_REQUESTS {
             return answer.into_response();
         }
@@ -162,7 +156,6 @@ pub(crate) async fn token(
             "send a live client's id and secret with HTTP Basic",
         );
     };
-    state.auth_throttle.succeeded(attempt);
     match grant_type(&body) {
         Ok(grant) if grant == "client_credentials" => {}
         Ok(_) => {
