@@ -152,6 +152,38 @@ fn event_view(event: &AuditEvent) -> Value {
     })
 }
 
+/// A JSON body of type `T`, or 400 `INVALID_BODY`.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("INVALID_BODY", format!("the body does not read: {e}")))
+}
+
+/// A `clientName`, trimmed: 1 to 100 characters, else 422 `INVALID_CLIENT_NAME`.
+fn client_name(raw: &str) -> Result<&str, ApiError> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::invalid(
+            "INVALID_CLIENT_NAME",
+            "clientName must be 1 to 100 characters",
+        ));
+    }
+    Ok(name)
+}
+
+/// 404 for a revocation that finds nothing live with the id (`what`: "API key", …).
+fn no_live(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        format!("no live {what} with that id"),
+    )
+}
+
+/// The numeric id of a path, or the 404 of [`no_live`].
+fn live_id(text: &str, what: &str) -> Result<i64, ApiError> {
+    text.parse().map_err(|_| no_live(what))
+}
+
 /// The branch `deviceId` names, with its tenant.
 async fn branch_named(
     state: &AppState,
@@ -251,12 +283,9 @@ pub(crate) async fn issue_key(
     body: Bytes,
 ) -> Response {
     let request_id = request_id();
-    let request: IssueKeyRequest = match serde_json::from_slice(&body) {
+    let request: IssueKeyRequest = match json_body(&body) {
         Ok(request) => request,
-        Err(e) => {
-            return ApiError::bad_request("INVALID_BODY", format!("the body does not read: {e}"))
-                .into_response();
-        }
+        Err(error) => return error.into_response(),
     };
     let role = request.role.as_deref().unwrap_or(ROLE_SDK_CLIENT);
     if role == ROLE_ADMIN {
@@ -273,14 +302,10 @@ pub(crate) async fn issue_key(
         )
         .into_response();
     }
-    let name = request.client_name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return ApiError::invalid(
-            "INVALID_CLIENT_NAME",
-            "clientName must be 1 to 100 characters",
-        )
-        .into_response();
-    }
+    let name = match client_name(&request.client_name) {
+        Ok(name) => name,
+        Err(error) => return error.into_response(),
+    };
     let (tenant, scope, bhf_id) = match branch_named(&state, &device_id).await {
         Ok(found) => found,
         Err(error) => return error.into_response(),
@@ -374,16 +399,9 @@ pub(crate) async fn revoke_key(
     Path(key_id): Path<String>,
 ) -> Response {
     let request_id = request_id();
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "no live API key with that id",
-        )
-        .into_response()
-    };
-    let Ok(id) = key_id.parse::<i64>() else {
-        return not_found();
+    let id = match live_id(&key_id, "API key") {
+        Ok(id) => id,
+        Err(error) => return error.into_response(),
     };
     match state
         .store
@@ -401,7 +419,7 @@ pub(crate) async fn revoke_key(
                 .await;
             respond(StatusCode::OK, listing_view(&key), &request_id)
         }
-        Ok(None) => not_found(),
+        Ok(None) => no_live("API key").into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
@@ -524,21 +542,14 @@ pub(crate) async fn issue_oauth_client(
     body: Bytes,
 ) -> Response {
     let request_id = request_id();
-    let request: OAuthClientRequest = match serde_json::from_slice(&body) {
+    let request: OAuthClientRequest = match json_body(&body) {
         Ok(request) => request,
-        Err(e) => {
-            return ApiError::bad_request("INVALID_BODY", format!("the body does not read: {e}"))
-                .into_response();
-        }
+        Err(error) => return error.into_response(),
     };
-    let name = request.client_name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return ApiError::invalid(
-            "INVALID_CLIENT_NAME",
-            "clientName must be 1 to 100 characters",
-        )
-        .into_response();
-    }
+    let name = match client_name(&request.client_name) {
+        Ok(name) => name,
+        Err(error) => return error.into_response(),
+    };
     let (_, scope, _) = match branch_named(&state, &device_id).await {
         Ok(found) => found,
         Err(error) => return error.into_response(),
@@ -591,16 +602,9 @@ pub(crate) async fn revoke_oauth_client(
     Path(id): Path<String>,
 ) -> Response {
     let request_id = request_id();
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "no live OAuth client with that id",
-        )
-        .into_response()
-    };
-    let Ok(id) = id.parse::<i64>() else {
-        return not_found();
+    let id = match live_id(&id, "OAuth client") {
+        Ok(id) => id,
+        Err(error) => return error.into_response(),
     };
     match state.store.revoke_oauth_client(id, state.clock.now()).await {
         Ok(Some(client)) => {
@@ -623,7 +627,7 @@ pub(crate) async fn revoke_oauth_client(
                 &request_id,
             )
         }
-        Ok(None) => not_found(),
+        Ok(None) => no_live("OAuth client").into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
@@ -859,16 +863,9 @@ pub(crate) async fn revoke_operator_key(
     Path(key_id): Path<String>,
 ) -> Response {
     let request_id = request_id();
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "no live operator key with that id",
-        )
-        .into_response()
-    };
-    let Ok(id) = key_id.parse::<i64>() else {
-        return not_found();
+    let id = match live_id(&key_id, "operator key") {
+        Ok(id) => id,
+        Err(error) => return error.into_response(),
     };
     match state.store.revoke_operator_key(id, state.clock.now()).await {
         Ok(Some(key)) => {
@@ -885,7 +882,7 @@ pub(crate) async fn revoke_operator_key(
                 &request_id,
             )
         }
-        Ok(None) => not_found(),
+        Ok(None) => no_live("operator key").into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }

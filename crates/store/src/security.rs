@@ -225,6 +225,19 @@ pub struct OAuthClient {
     pub name: String,
 }
 
+impl OAuthClient {
+    /// The branch key its access tokens act as: the client's id, scope and name, and the
+    /// start of its client id as the prefix.
+    pub(crate) fn acting_key(self) -> crate::ApiKey {
+        crate::ApiKey {
+            id: self.id,
+            scope: self.scope,
+            prefix: key_prefix(&self.client_id),
+            name: self.name,
+        }
+    }
+}
+
 /// What starts each kind of credential, so a presented one is looked up in its own table.
 pub const OAUTH_CLIENT_ID_START: &str = "ushc_";
 pub const OAUTH_SECRET_START: &str = "ushs_";

@@ -8,9 +8,7 @@ use crate::security::{
     ApiKeyListing, AuditEvent, BranchOverview, NewAuditEvent, OAuthClient, OperatorKey,
     TenantOverview, group_overview,
 };
-use crate::{
-    ApiKey, BranchId, Result, Scope, Tenant, TenantId, clamp_time, key_prefix, last_used_is_stale,
-};
+use crate::{ApiKey, BranchId, Result, Scope, Tenant, TenantId, clamp_time, last_used_is_stale};
 
 const LISTING_COLUMNS: &str =
     "id, tenant_id, branch_id, prefix, name, created_at, last_used_at, revoked_at";
@@ -329,15 +327,7 @@ impl PostgresStore {
             )
             .await
             .map_err(query_error)?;
-        Ok(row.map(|r| {
-            let oauth = oauth_client(&r);
-            ApiKey {
-                id: oauth.id,
-                scope: oauth.scope,
-                prefix: key_prefix(&oauth.client_id),
-                name: oauth.name,
-            }
-        }))
+        Ok(row.map(|r| oauth_client(&r).acting_key()))
     }
 
     pub async fn revoke_oauth_client(

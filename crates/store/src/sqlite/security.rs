@@ -8,9 +8,7 @@ use crate::security::{
     ApiKeyListing, AuditEvent, BranchOverview, NewAuditEvent, OAuthClient, OperatorKey,
     TenantOverview, group_overview,
 };
-use crate::{
-    ApiKey, BranchId, Result, Scope, StoreError, Tenant, TenantId, key_prefix, last_used_is_stale,
-};
+use crate::{ApiKey, BranchId, Result, Scope, StoreError, Tenant, TenantId, last_used_is_stale};
 
 const LISTING_COLUMNS: &str =
     "id, tenant_id, branch_id, prefix, name, created_at, last_used_at, revoked_at";
@@ -423,12 +421,7 @@ impl SqliteStore {
                     .map_err(database)
             })
             .await?;
-        Ok(found.map(|oauth| ApiKey {
-            id: oauth.id,
-            scope: oauth.scope,
-            prefix: key_prefix(&oauth.client_id),
-            name: oauth.name,
-        }))
+        Ok(found.map(OAuthClient::acting_key))
     }
 
     pub async fn revoke_oauth_client(
