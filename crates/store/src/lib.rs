@@ -650,6 +650,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0012_oauth_clients.sql"),
         postgres: include_str!("../migrations/postgres/0012_oauth_clients.sql"),
     },
+    Migration {
+        version: 13,
+        name: "0013_row_level_security",
+        sqlite: include_str!("../migrations/sqlite/0013_row_level_security.sql"),
+        postgres: include_str!("../migrations/postgres/0013_row_level_security.sql"),
+    },
 ];
 
 /// A lease expiry, `now + lease`, within [`clamp_time`]'s range.

@@ -41,7 +41,10 @@ const LOCK_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// The serving connections' configuration: they act as [`SERVICE_ROLE`].
     config: Arc<tokio_postgres::Config>,
+    /// The login's own configuration, for migrations (which need the tables' owner).
+    login: Arc<tokio_postgres::Config>,
     signers: Arc<tokio::sync::Mutex<Signers>>,
     /// Where concurrent idempotent sales queue for phase 1, started with the first.
     accepts: Arc<std::sync::OnceLock<accept_batch::Queue>>,
@@ -125,18 +128,49 @@ fn violated_constraint(error: &tokio_postgres::Error) -> Option<&str> {
         .flatten()
 }
 
-/// Sets the transaction's tenant for row-level security (effective to the end of the
-/// transaction only: `set_config(…, true)`).
-async fn enter(tx: &Transaction<'_>, tenant: TenantId) -> Result<()> {
+/// The role every pooled connection acts as (`SET ROLE` at connection start, whatever the
+/// login): it owns nothing and cannot bypass row-level security (migration 0013).
+pub const SERVICE_ROLE: &str = "ushuru_app";
+
+/// The statement that sets a transaction's tenant and branch for row-level security,
+/// effective to the end of the transaction only (`set_config(…, true)`). An empty branch
+/// leaves every branch of the tenant visible.
+const ENTER_SQL: &str =
+    "SELECT set_config('ushuru.tenant_id', $1, true), set_config('ushuru.branch_id', $2, true)";
+
+/// The values [`ENTER_SQL`] sets: the tenant, and the branch or nothing.
+fn scope_settings(tenant: TenantId, branch: Option<BranchId>) -> [String; 2] {
+    [
+        tenant.0.to_string(),
+        branch.map(|b| b.0.to_string()).unwrap_or_default(),
+    ]
+}
+
+async fn enter_with(
+    tx: &Transaction<'_>,
+    sql: &str,
+    tenant: TenantId,
+    branch: Option<BranchId>,
+) -> Result<()> {
+    let [tenant, branch] = scope_settings(tenant, branch);
     tx.execute(
-        &tx.prepare_cached("SELECT set_config('ushuru.tenant_id', $1, true)")
-            .await
-            .map_err(query_error)?,
-        &[&tenant.0.to_string()],
+        &tx.prepare_cached(sql).await.map_err(query_error)?,
+        &[&tenant, &branch],
     )
     .await
     .map_err(query_error)?;
     Ok(())
+}
+
+/// Enters the tenant for row-level security: its rows of every branch are visible.
+async fn enter(tx: &Transaction<'_>, tenant: TenantId) -> Result<()> {
+    enter_with(tx, ENTER_SQL, tenant, None).await
+}
+
+/// Enters one branch of a tenant: only that branch's rows (and the tenant's own row) are
+/// visible. Everything a branch's client or relay does runs like this.
+async fn enter_scope(tx: &Transaction<'_>, scope: Scope) -> Result<()> {
+    enter_with(tx, ENTER_SQL, scope.tenant, Some(scope.branch)).await
 }
 
 /// [`enter`], with this transaction's commit not waiting for the WAL flush. Only for
@@ -144,13 +178,14 @@ async fn enter(tx: &Transaction<'_>, tenant: TenantId) -> Result<()> {
 /// around a sale. A later synchronous commit (the sale's own, phase 1) flushes the WAL up
 /// to it anyway, and a lost answer record falls back to the sale it points at.
 async fn enter_relaxed(tx: &Transaction<'_>, tenant: TenantId) -> Result<()> {
-    tx.execute(
-&tx.prepare_cached("SELECT set_config('ushuru.tenant_id', $1, true), set_config('synchronous_commit', 'off', true)").await.map_err(query_error)?,
-        &[&tenant.0.to_string()],
+    enter_with(
+        tx,
+        "SELECT set_config('ushuru.tenant_id', $1, true), set_config('ushuru.branch_id', $2, true),
+                set_config('synchronous_commit', 'off', true)",
+        tenant,
+        None,
     )
     .await
-    .map_err(query_error)?;
-    Ok(())
 }
 
 impl PostgresStore {
@@ -158,8 +193,23 @@ impl PostgresStore {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Url(format!("{url}: {e}")))?;
+        // Fail now, with the reason, rather than on the first query. This connection is the
+        // login's own: before the first migration the service role may not exist yet.
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+            StoreError::Database(format!("cannot connect to PostgreSQL: {}", query_error(e)))
+        })?;
+        let connection = tokio::spawn(connection);
+        drop(client);
+        // Ends once the client is gone; how it ended does not matter.
+        let _ = connection.await;
+        let mut serving = config.clone();
+        let options = match config.get_options() {
+            Some(given) => format!("{given} -c role={SERVICE_ROLE}"),
+            None => format!("-c role={SERVICE_ROLE}"),
+        };
+        serving.options(&options);
         let manager = Manager::from_config(
-            config.clone(),
+            serving.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -169,15 +219,10 @@ impl PostgresStore {
             .max_size(32)
             .build()
             .map_err(database)?;
-        // Fail now, with the reason, rather than on the first query.
-        drop(
-            pool.get()
-                .await
-                .map_err(|e| StoreError::Database(format!("cannot connect to PostgreSQL: {e}")))?,
-        );
         Ok(PostgresStore {
             pool,
-            config: Arc::new(config),
+            config: Arc::new(serving),
+            login: Arc::new(config),
             signers: Arc::default(),
             accepts: Arc::default(),
         })
@@ -363,65 +408,146 @@ impl PostgresStore {
         self.pool.get().await.map_err(database)
     }
 
-    pub async fn migrate(&self) -> Result<Vec<&'static str>> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(query_error)?;
-        // Replicas starting together migrate one at a time.
-        tx.execute(
-            &tx.prepare_cached("SELECT pg_advisory_xact_lock(7020301)")
+    /// One statement in the tenant's transaction (one of its branches, or all), sent in one
+    /// round trip with the transaction around it.
+    pub(crate) async fn scoped_query(
+        &self,
+        tenant: TenantId,
+        branch: Option<BranchId>,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(query_error)?;
+        one_round_trip_in(&client, tenant, branch, async {
+            client.query(&statement, params).await.map_err(query_error)
+        })
+        .await
+    }
+
+    /// [`Self::scoped_query`] for a statement whose row count is the answer.
+    pub(crate) async fn scoped_execute(
+        &self,
+        tenant: TenantId,
+        branch: Option<BranchId>,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(query_error)?;
+        one_round_trip_in(&client, tenant, branch, async {
+            client
+                .execute(&statement, params)
                 .await
-                .map_err(query_error)?,
-            &[],
-        )
+                .map_err(query_error)
+        })
+        .await
+    }
+
+    pub async fn migrate(&self) -> Result<Vec<&'static str>> {
+        // A service login (a member of the service role that owns nothing) may start with
+        // nothing to migrate; only pending migrations need the owner.
+        if self.pending_migrations().await?.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut client, connection) = self.login.connect(NoTls).await.map_err(query_error)?;
+        let connection = tokio::spawn(connection);
+        let applied = migrate_on(&mut client).await;
+        drop(client);
+        let _ = connection.await;
+        applied.map_err(|e| match e {
+            StoreError::Database(why) if why.starts_with("42501") => StoreError::Database(format!(
+                "{why}. Migrations need the owner of Ushuru's tables: run `ushuru migrate \
+                 --database-url <the owner's URL>` once, then serve with this one"
+            )),
+            other => other,
+        })
+    }
+
+    /// The migrations this database has not applied yet (none: nothing needs the owner).
+    async fn pending_migrations(&self) -> Result<Vec<i64>> {
+        let (client, connection) = self.login.connect(NoTls).await.map_err(query_error)?;
+        let connection = tokio::spawn(connection);
+        let applied = async {
+            let exists: bool = client
+                .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+                .await
+                .map_err(query_error)?
+                .get(0);
+            if !exists {
+                return Ok(Vec::new());
+            }
+            let rows = client
+                .query("SELECT version FROM schema_migrations", &[])
+                .await
+                .map_err(query_error)?;
+            Ok::<_, StoreError>(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>())
+        }
+        .await;
+        drop(client);
+        let _ = connection.await;
+        let applied = applied?;
+        Ok(MIGRATIONS
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect())
+    }
+}
+
+/// Applies the pending migrations in one transaction, on the owner's connection.
+async fn migrate_on(client: &mut tokio_postgres::Client) -> Result<Vec<&'static str>> {
+    let tx = client.transaction().await.map_err(query_error)?;
+    // Replicas starting together migrate one at a time.
+    tx.execute("SELECT pg_advisory_xact_lock(7020301)", &[])
         .await
         .map_err(query_error)?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
                 version    BIGINT CONSTRAINT schema_migrations_pk PRIMARY KEY,
                 name       TEXT NOT NULL,
                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
             )",
-        )
-        .await
-        .map_err(query_error)?;
-        let mut applied = Vec::new();
-        for migration in MIGRATIONS {
-            let done = tx
-                .query_opt(
-                    &tx.prepare_cached("SELECT version FROM schema_migrations WHERE version = $1")
-                        .await
-                        .map_err(query_error)?,
-                    &[&migration.version],
-                )
-                .await
-                .map_err(query_error)?;
-            if done.is_none() {
-                tx.batch_execute(migration.postgres)
-                    .await
-                    .map_err(query_error)?;
-                tx.execute(
-                    &tx.prepare_cached(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    )
+    )
+    .await
+    .map_err(query_error)?;
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS {
+        let done = tx
+            .query_opt(
+                &tx.prepare("SELECT version FROM schema_migrations WHERE version = $1")
                     .await
                     .map_err(query_error)?,
-                    &[&migration.version, &migration.name],
-                )
+                &[&migration.version],
+            )
+            .await
+            .map_err(query_error)?;
+        if done.is_none() {
+            tx.batch_execute(migration.postgres)
                 .await
                 .map_err(query_error)?;
-                applied.push(migration.name);
-            }
+            tx.execute(
+                &tx.prepare("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
+                    .await
+                    .map_err(query_error)?,
+                &[&migration.version, &migration.name],
+            )
+            .await
+            .map_err(query_error)?;
+            applied.push(migration.name);
         }
-        tx.commit().await.map_err(query_error)?;
-        Ok(applied)
     }
+    tx.commit().await.map_err(query_error)?;
+    Ok(applied)
+}
 
+impl PostgresStore {
     pub async fn create_tenant(&self, tin: &str, name: &str) -> Result<Tenant> {
         let client = self.client().await?;
         let row = client
             .query_one(
                 &client
-                    .prepare_cached("INSERT INTO tenants (tin, name) VALUES ($1, $2) RETURNING id")
+                    .prepare_cached("SELECT ushuru_create_tenant($1, $2)")
                     .await
                     .map_err(query_error)?,
                 &[&tin, &name],
@@ -431,7 +557,7 @@ impl PostgresStore {
                 Some("tenants_tin_unique") => {
                     StoreError::Conflict(format!("a tenant with PIN {tin} exists"))
                 }
-                _ => database(e),
+                _ => query_error(e),
             })?;
         Ok(Tenant {
             id: TenantId(row.get(0)),
@@ -478,7 +604,7 @@ impl PostgresStore {
     pub async fn branch(&self, scope: Scope) -> Result<Option<Branch>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let row = tx
             .query_opt(
                 &tx.prepare_cached(
@@ -510,7 +636,7 @@ impl PostgresStore {
     ) -> Result<AcceptedSale> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let invc_no = next_invc_no(&tx, scope).await?;
         let payload = build_payload(build, invc_no)?;
         let sale_id = insert_sale(&tx, scope, invc_no, &sale, &payload, "S").await?;
@@ -529,7 +655,7 @@ impl PostgresStore {
     ) -> Result<CreditOutcome<R>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         // The branch row's lock first: notes against one sale, from any replica, are
         // decided one after the other, each seeing what the previous one reversed.
         let invc_no = next_invc_no(&tx, scope).await?;
@@ -617,7 +743,7 @@ impl PostgresStore {
             .await
             .map_err(query_error)?;
         let params = ClaimParams::new(scope, &hold, lease, now);
-        let row = one_round_trip(&client, scope.tenant, async {
+        let row = one_round_trip(&client, scope, async {
             client
                 .query_opt(&statement, &params.as_params())
                 .await
@@ -734,7 +860,7 @@ impl PostgresStore {
             (Some(hold), Some((_, lease))) => Some(ClaimParams::new(scope, hold, lease, now)),
             _ => None,
         };
-        let (signed, next_row) = one_round_trip(&client, scope.tenant, async {
+        let (signed, next_row) = one_round_trip(&client, scope, async {
             let signed = async {
                 client.query_opt(&statement, &params).await.map_err(|e| {
                     match violated_constraint(&e) {
@@ -783,7 +909,7 @@ impl PostgresStore {
     ) -> Result<Option<SaleId>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let row = tx
             .query_opt(
                 &tx.prepare_cached(
@@ -804,7 +930,7 @@ impl PostgresStore {
     pub async fn credit_note_original(&self, scope: Scope, note: SaleId) -> Result<Option<SaleId>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let row = tx.query_opt(
 &tx.prepare_cached("SELECT original_sale_id FROM credit_notes WHERE sale_id = $1 AND tenant_id = $2 AND branch_id = $3").await.map_err(query_error)?,
                 &[&note.0, &scope.tenant.0, &scope.branch.0],
@@ -818,7 +944,7 @@ impl PostgresStore {
     pub async fn sale_lines(&self, scope: Scope, sale: SaleId) -> Result<Vec<SaleLine>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let lines = read_lines(&tx, scope, sale).await?;
         tx.commit().await.map_err(query_error)?;
         Ok(lines)
@@ -827,7 +953,7 @@ impl PostgresStore {
     pub async fn sale(&self, scope: Scope, id: SaleId) -> Result<Option<SaleRecord>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let sale = read_sale(&tx, scope, id).await?;
         tx.commit().await.map_err(query_error)?;
         Ok(sale)
@@ -843,7 +969,7 @@ impl PostgresStore {
         let scope = claim.scope;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let released = tx.execute(
 &tx.prepare_cached("UPDATE outbox SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = $1, maybe_sent = $2
                  WHERE id = $3 AND tenant_id = $4 AND branch_id = $5 AND state = 'PENDING' AND lease_owner = $6").await.map_err(query_error)?,
@@ -887,7 +1013,7 @@ impl PostgresStore {
         };
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let give_back = gives_number_back(claim, settlement);
         if give_back {
             // The branch row first, as phase 1 takes it: no sale is numbered meanwhile.
@@ -948,7 +1074,7 @@ impl PostgresStore {
     ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         insert_exchange_in(&tx, scope, exchange, operation, now).await?;
         tx.commit().await.map_err(query_error)
     }
@@ -964,7 +1090,7 @@ impl PostgresStore {
     ) -> Result<Vec<ExchangeRecord>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let rows = tx
             .query(
                 &format!(
@@ -1001,7 +1127,7 @@ impl PostgresStore {
     ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let expected = finding
             .expected
             .map(|e| to_i64(e, "expected"))
@@ -1028,7 +1154,7 @@ impl PostgresStore {
     pub async fn findings(&self, scope: Scope) -> Result<Vec<SequenceFinding>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let rows = tx
             .query(
                 &tx.prepare_cached(
@@ -1071,7 +1197,7 @@ impl PostgresStore {
     ) -> Result<ApiKey> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let id: i64 = tx.query_one(
 &tx.prepare_cached("INSERT INTO api_keys (tenant_id, branch_id, prefix, key_sha256, name) VALUES ($1, $2, $3, $4, $5) RETURNING id").await.map_err(query_error)?,
                 &[&scope.tenant.0, &scope.branch.0, &prefix, &sha256, &name],
@@ -1089,23 +1215,26 @@ impl PostgresStore {
     }
 
     /// Looks a key up by its hash, across tenants: this is how a request finds its tenant.
-    /// (Row-level security will need this one lookup to run as a narrow, definer function.)
+    /// Row-level security hides every tenant's keys until then, so the lookup is the narrow
+    /// definer function `ushuru_api_key_by_hash` (migration 0013).
     pub async fn authenticate(&self, sha256: &str, now: DateTime<Utc>) -> Result<Option<ApiKey>> {
-        let client = self.client().await?;
-        let Some(row) = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "SELECT id, tenant_id, branch_id, prefix, name, last_used_at FROM api_keys
-                 WHERE key_sha256 = $1 AND revoked_at IS NULL",
-                    )
-                    .await
-                    .map_err(query_error)?,
-                &[&sha256],
-            )
-            .await
-            .map_err(query_error)?
-        else {
+        let row = {
+            let client = self.client().await?;
+            client
+                .query_opt(
+                    &client
+                        .prepare_cached(
+                            "SELECT id, tenant_id, branch_id, prefix, name, last_used_at
+                             FROM ushuru_api_key_by_hash($1)",
+                        )
+                        .await
+                        .map_err(query_error)?,
+                    &[&sha256],
+                )
+                .await
+                .map_err(query_error)?
+        };
+        let Some(row) = row else {
             return Ok(None);
         };
         let key = ApiKey {
@@ -1118,16 +1247,13 @@ impl PostgresStore {
             name: row.get(4),
         };
         if last_used_is_stale(row.get(5), now) {
-            client
-                .execute(
-                    &client
-                        .prepare_cached("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
-                        .await
-                        .map_err(query_error)?,
-                    &[&clamp_time(now), &key.id],
-                )
-                .await
-                .map_err(query_error)?;
+            self.scoped_execute(
+                key.scope.tenant,
+                Some(key.scope.branch),
+                "UPDATE api_keys SET last_used_at = $1 WHERE id = $2",
+                &[&clamp_time(now), &key.id],
+            )
+            .await?;
         }
         Ok(Some(key))
     }
@@ -1135,7 +1261,7 @@ impl PostgresStore {
     pub async fn revoke_api_key(&self, scope: Scope, id: i64, now: DateTime<Utc>) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let revoked = tx.execute(
 &tx.prepare_cached("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND tenant_id = $3 AND branch_id = $4 AND revoked_at IS NULL").await.map_err(query_error)?,
                 &[&now, &id, &scope.tenant.0, &scope.branch.0],
@@ -1194,7 +1320,7 @@ async fn accept_one(
 ) -> Result<IdempotentAccept> {
     let mut client = pool.get().await.map_err(database)?;
     let tx = client.transaction().await.map_err(query_error)?;
-    enter(&tx, scope.tenant).await?;
+    enter_scope(&tx, scope).await?;
     // The usual case in one statement: a key not used before, recorded, and the
     // branch's next number taken.
     let expires = lease_until(request.now, request.keep);
@@ -1303,16 +1429,18 @@ impl PostgresStore {
 
     pub async fn purge_idempotency(&self, now: DateTime<Utc>) -> Result<u64> {
         let client = self.client().await?;
-        client
-            .execute(
+        let purged: i64 = client
+            .query_one(
                 &client
-                    .prepare_cached("DELETE FROM idempotency_keys WHERE expires_at <= $1")
+                    .prepare_cached("SELECT ushuru_purge_idempotency($1)")
                     .await
                     .map_err(query_error)?,
                 &[&now],
             )
             .await
-            .map_err(query_error)
+            .map_err(query_error)?
+            .get(0);
+        to_u64(purged, "purged records")
     }
 }
 
@@ -1320,7 +1448,7 @@ impl PostgresStore {
     pub async fn item_registered(&self, scope: Scope, item_cd: &str) -> Result<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let found = tx.query_opt(
 &tx.prepare_cached("SELECT 1 FROM registered_items WHERE tenant_id = $1 AND branch_id = $2 AND item_cd = $3").await.map_err(query_error)?,
                 &[&scope.tenant.0, &scope.branch.0, &item_cd],
@@ -1339,7 +1467,7 @@ impl PostgresStore {
     ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         tx.execute(
 &tx.prepare_cached("INSERT INTO registered_items (tenant_id, branch_id, item_cd, registered_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (branch_id, item_cd) DO NOTHING").await.map_err(query_error)?,
@@ -1357,7 +1485,7 @@ impl PostgresStore {
         let row = client
             .query_opt(
                 &client
-                    .prepare_cached("SELECT id, name FROM tenants WHERE tin = $1")
+                    .prepare_cached("SELECT id, name FROM ushuru_tenant_by_tin($1)")
                     .await
                     .map_err(query_error)?,
                 &[&tin],
@@ -1404,7 +1532,7 @@ impl PostgresStore {
         let master_key_version = to_i32(key.master_key_version, "master_key_version")?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let saved = tx.execute(
 &tx.prepare_cached("UPDATE branches SET control_unit_url = $1, control_unit_profile = $2, sdc_id = $3, mrc_no = $4,
                         cmc_key = NULL, cmc_key_nonce = $5, cmc_key_sealed = $6, data_key_version = $7,
@@ -1427,7 +1555,7 @@ impl PostgresStore {
     pub async fn device(&self, scope: Scope) -> Result<Option<DeviceRecord>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let row = tx
             .query_opt(
                 &tx.prepare_cached(&format!(
@@ -1444,58 +1572,71 @@ impl PostgresStore {
         Ok(row.and_then(|r| device_from_row(&r, 0)))
     }
 
+    /// The branches with a sealed cmcKey: who they are comes from the definer function
+    /// `ushuru_initialised_branches` (it returns no key material); each device is then read
+    /// in its own tenant's transaction.
     pub async fn initialised_branches(&self) -> Result<Vec<InitialisedBranch>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(&format!(
-                        "SELECT {DEVICE_COLUMNS}, b.id, b.tenant_id, t.tin, b.bhf_id
-                 FROM branches b JOIN tenants t ON t.id = b.tenant_id
-                 WHERE b.cmc_key_sealed IS NOT NULL
-                 ORDER BY b.id"
-                    ))
-                    .await
-                    .map_err(query_error)?,
-                &[],
-            )
-            .await
-            .map_err(query_error)?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                Some(InitialisedBranch {
-                    device: device_from_row(r, 0)?,
-                    scope: Scope {
-                        tenant: TenantId(r.get(11)),
-                        branch: BranchId(r.get(10)),
-                    },
-                    tin: r.get(12),
-                    bhf_id: r.get(13),
-                })
-            })
-            .collect())
+        let rows = {
+            let client = self.client().await?;
+            client
+                .query(
+                    "SELECT tenant_id, branch_id, tin, bhf_id FROM ushuru_initialised_branches()",
+                    &[],
+                )
+                .await
+                .map_err(query_error)?
+        };
+        let mut branches = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let scope = Scope {
+                tenant: TenantId(row.get(0)),
+                branch: BranchId(row.get(1)),
+            };
+            if let Some(device) = self.device(scope).await? {
+                branches.push(InitialisedBranch {
+                    device,
+                    scope,
+                    tin: row.get(2),
+                    bhf_id: row.get(3),
+                });
+            }
+        }
+        Ok(branches)
     }
 
     pub async fn plaintext_cmc_keys(&self) -> Result<Vec<PlaintextCmcKey>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT tenant_id, id, cmc_key FROM branches WHERE cmc_key IS NOT NULL ORDER BY id",
-                &[],
-            )
-            .await
-            .map_err(query_error)?;
-        Ok(rows
-            .iter()
-            .map(|r| PlaintextCmcKey {
-                scope: Scope {
-                    tenant: TenantId(r.get(0)),
-                    branch: BranchId(r.get(1)),
-                },
-                cmc_key: zeroize::Zeroizing::new(r.get(2)),
-            })
-            .collect())
+        let rows = {
+            let client = self.client().await?;
+            client
+                .query(
+                    "SELECT tenant_id, branch_id FROM ushuru_plaintext_key_branches()",
+                    &[],
+                )
+                .await
+                .map_err(query_error)?
+        };
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let scope = Scope {
+                tenant: TenantId(row.get(0)),
+                branch: BranchId(row.get(1)),
+            };
+            let plaintext = self
+                .scoped_query(
+                    scope.tenant,
+                    Some(scope.branch),
+                    "SELECT cmc_key FROM branches WHERE id = $1 AND cmc_key IS NOT NULL",
+                    &[&scope.branch.0],
+                )
+                .await?;
+            if let Some(found) = plaintext.first() {
+                keys.push(PlaintextCmcKey {
+                    scope,
+                    cmc_key: zeroize::Zeroizing::new(found.get(0)),
+                });
+            }
+        }
+        Ok(keys)
     }
 
     pub async fn seal_plaintext_cmc_key(
@@ -1508,7 +1649,7 @@ impl PostgresStore {
         let master_key_version = to_i32(key.master_key_version, "master_key_version")?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let sealed_now = tx
             .execute(
                 "UPDATE branches SET cmc_key = NULL, cmc_key_nonce = $1, cmc_key_sealed = $2,
@@ -1745,15 +1886,25 @@ impl ClaimParams {
 /// after the `COMMIT` and run outside the transaction.
 async fn one_round_trip<T>(
     client: &deadpool_postgres::Object,
+    scope: Scope,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    one_round_trip_in(client, scope.tenant, Some(scope.branch), work).await
+}
+
+/// [`one_round_trip`] in a tenant, and in one of its branches or in all of them.
+async fn one_round_trip_in<T>(
+    client: &deadpool_postgres::Object,
     tenant: TenantId,
+    branch: Option<BranchId>,
     work: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
     let enter = client
-        .prepare_cached("SELECT set_config('ushuru.tenant_id', $1, true)")
+        .prepare_cached(ENTER_SQL)
         .await
         .map_err(query_error)?;
-    let tenant = tenant.0.to_string();
-    let enter_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant];
+    let [tenant, branch] = scope_settings(tenant, branch);
+    let enter_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tenant, &branch];
     // `biased`: polled in this order, so sent in this order.
     let (begun, entered, done, committed) = tokio::join!(
         biased;

@@ -68,7 +68,7 @@ async fn postgres_database() -> String {
 }
 
 /// Every migration, in order: what a fresh database runs.
-const ALL_MIGRATIONS: [&str; 12] = [
+const ALL_MIGRATIONS: [&str; 13] = [
     "0001_foundation",
     "0002_sale_search",
     "0003_sale_lines",
@@ -81,6 +81,7 @@ const ALL_MIGRATIONS: [&str; 12] = [
     "0010_sealed_cmc_keys",
     "0011_operators_and_audit",
     "0012_oauth_clients",
+    "0013_row_level_security",
 ];
 
 fn now() -> DateTime<Utc> {
@@ -2429,6 +2430,12 @@ async fn plaintext_cmc_keys_on_postgres() {
         .await
         .unwrap();
     tokio::spawn(connection);
+    // The owner, writing as an earlier version did: row-level security (migration 0013)
+    // shows it any tenant only with ushuru.system on.
+    client
+        .batch_execute("SET ushuru.system = 'on'")
+        .await
+        .unwrap();
     plaintext_cmc_keys_are_listed_and_replaced_once(store, async |branch| {
         client
             .batch_execute(&format!("{OLD_DEVICE_SQL}{branch}"))

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 
-use super::{PostgresStore, enter, query_error};
+use super::{PostgresStore, enter_scope, query_error};
 use crate::{
     Enqueued, ExchangeRecord, NewOperation, OperationClaim, OperationId, OperationKind,
     OperationRecord, OperationState, OutboxPayload, Result, Scope, StoreError,
@@ -85,7 +85,7 @@ impl PostgresStore {
     ) -> Result<Enqueued> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         // The branch row, locked: numbering and the key check happen one request at a time
         // per branch, so two first uses of a key cannot both queue.
         let last_sar_no: i64 = tx
@@ -164,7 +164,7 @@ impl PostgresStore {
     ) -> Result<Option<OperationRecord>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let found = find_by_key(&tx, scope, kind, key).await?;
         tx.commit().await.map_err(query_error)?;
         Ok(found)
@@ -177,7 +177,7 @@ impl PostgresStore {
     ) -> Result<Option<OperationRecord>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         let found = find_by_id(&tx, scope, id).await?;
         tx.commit().await.map_err(query_error)?;
         Ok(found)
@@ -200,7 +200,7 @@ impl PostgresStore {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, scope.tenant).await?;
+        enter_scope(&tx, scope).await?;
         // Only the head is eligible (stock master after the stock moves it follows), locked
         // so that a second claimer waits and then sees the first one's lease.
         let head = tx.query_opt(
@@ -258,7 +258,7 @@ impl PostgresStore {
     ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, claim.scope.tenant).await?;
+        enter_scope(&tx, claim.scope).await?;
         let released = tx.execute(
 &tx.prepare_cached("UPDATE operations SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = $1
                  WHERE id = $2 AND tenant_id = $3 AND branch_id = $4 AND state = 'PENDING' AND lease_owner = $5").await.map_err(query_error)?,
@@ -284,7 +284,7 @@ impl PostgresStore {
         };
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
-        enter(&tx, claim.scope.tenant).await?;
+        enter_scope(&tx, claim.scope).await?;
         let settled = tx.execute(
 &tx.prepare_cached("UPDATE operations SET state = $1, result_code = $2, result_message = $3, done_at = $4,
                         lease_owner = NULL, lease_expires_at = NULL

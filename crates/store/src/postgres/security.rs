@@ -1,9 +1,10 @@
 //! Operators, key listings and the audit log on PostgreSQL (see `crate::security`).
-//! These act across tenants (an operator's view), outside any tenant's transaction.
+//! What acts across tenants (an operator's view, a request's first lookup) goes through
+//! the definer functions of migration 0013; the rest runs in its tenant's transaction.
 
 use chrono::{DateTime, Utc};
 
-use super::{PostgresStore, query_error};
+use super::{PostgresStore, enter_scope, query_error};
 use crate::security::{
     ApiKeyListing, AuditEvent, BranchOverview, NewAuditEvent, OAuthClient, OperatorKey,
     TenantOverview, group_overview,
@@ -121,17 +122,17 @@ impl PostgresStore {
     }
 
     pub async fn api_keys(&self, scope: Scope) -> Result<Vec<ApiKeyListing>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
+        let rows = self
+            .scoped_query(
+                scope.tenant,
+                Some(scope.branch),
                 &format!(
                     "SELECT {LISTING_COLUMNS} FROM api_keys WHERE tenant_id = $1 AND branch_id = $2
                      ORDER BY id DESC"
                 ),
                 &[&scope.tenant.0, &scope.branch.0],
             )
-            .await
-            .map_err(query_error)?;
+            .await?;
         Ok(rows.iter().map(listing).collect())
     }
 
@@ -140,29 +141,53 @@ impl PostgresStore {
         id: i64,
         now: DateTime<Utc>,
     ) -> Result<Option<ApiKeyListing>> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
+        // An operator names the key only by id: its tenant comes from the definer function
+        // `ushuru_api_key_scope`, and the revocation runs in that tenant's transaction.
+        let Some(scope) = self
+            .scope_of(
+                "SELECT tenant_id, branch_id FROM ushuru_api_key_scope($1)",
+                id,
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let rows = self
+            .scoped_query(
+                scope.tenant,
+                Some(scope.branch),
                 &format!(
                     "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL
                      RETURNING {LISTING_COLUMNS}"
                 ),
                 &[&clamp_time(now), &id],
             )
+            .await?;
+        Ok(rows.first().map(listing))
+    }
+
+    /// The scope a definer function (`sql`, one parameter) finds for an id.
+    async fn scope_of(&self, sql: &str, id: i64) -> Result<Option<Scope>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &client.prepare_cached(sql).await.map_err(query_error)?,
+                &[&id],
+            )
             .await
             .map_err(query_error)?;
-        Ok(row.as_ref().map(listing))
+        Ok(row.map(|r| Scope {
+            tenant: TenantId(r.get(0)),
+            branch: BranchId(r.get(1)),
+        }))
     }
 
     pub async fn tenants_overview(&self) -> Result<Vec<TenantOverview>> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT t.id, t.tin, t.name, b.id, b.bhf_id,
-                        CASE WHEN b.cmc_key_sealed IS NOT NULL THEN b.sdc_id END,
-                        CASE WHEN b.cmc_key_sealed IS NOT NULL THEN b.mrc_no END
-                 FROM tenants t LEFT JOIN branches b ON b.tenant_id = t.id
-                 ORDER BY t.id, b.id",
+                "SELECT tenant_id, tin, tenant_name, branch_id, bhf_id, sdc_id, mrc_no
+                 FROM ushuru_tenants_overview()",
                 &[],
             )
             .await
@@ -248,9 +273,10 @@ impl PostgresStore {
         secret_sha256: &str,
         name: &str,
     ) -> Result<OAuthClient> {
-        let client = self.client().await?;
-        let id: i64 = client
-            .query_one(
+        let rows = self
+            .scoped_query(
+                scope.tenant,
+                Some(scope.branch),
                 "INSERT INTO oauth_clients (tenant_id, branch_id, client_id, secret_sha256, name)
                  VALUES ($1, $2, $3, $4, $5) RETURNING id",
                 &[
@@ -261,9 +287,11 @@ impl PostgresStore {
                     &name,
                 ],
             )
-            .await
-            .map_err(query_error)?
-            .get(0);
+            .await?;
+        let id: i64 = rows
+            .first()
+            .map(|r| r.get(0))
+            .ok_or_else(|| crate::StoreError::Database("INSERT … RETURNING gave no row".into()))?;
         Ok(OAuthClient {
             id,
             scope,
@@ -279,8 +307,8 @@ impl PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT id, tenant_id, branch_id, client_id, name, secret_sha256 FROM oauth_clients
-                 WHERE client_id = $1 AND revoked_at IS NULL",
+                "SELECT id, tenant_id, branch_id, client_id, name, secret_sha256
+                 FROM ushuru_oauth_client_by_client_id($1)",
                 &[&client_id],
             )
             .await
@@ -294,21 +322,20 @@ impl PostgresStore {
         oauth: &OAuthClient,
         expires: DateTime<Utc>,
     ) -> Result<()> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO oauth_tokens (token_sha256, client, tenant_id, branch_id, expires_at)
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &token_sha256,
-                    &oauth.id,
-                    &oauth.scope.tenant.0,
-                    &oauth.scope.branch.0,
-                    &expires,
-                ],
-            )
-            .await
-            .map_err(query_error)?;
+        self.scoped_execute(
+            oauth.scope.tenant,
+            Some(oauth.scope.branch),
+            "INSERT INTO oauth_tokens (token_sha256, client, tenant_id, branch_id, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &token_sha256,
+                &oauth.id,
+                &oauth.scope.tenant.0,
+                &oauth.scope.branch.0,
+                &expires,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -320,9 +347,7 @@ impl PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT c.id, c.tenant_id, c.branch_id, c.client_id, c.name
-                 FROM oauth_tokens t JOIN oauth_clients c ON c.id = t.client
-                 WHERE t.token_sha256 = $1 AND t.expires_at > $2 AND c.revoked_at IS NULL",
+                "SELECT id, tenant_id, branch_id, client_id, name FROM ushuru_oauth_token($1, $2)",
                 &[&token_sha256, &clamp_time(now)],
             )
             .await
@@ -335,8 +360,18 @@ impl PostgresStore {
         id: i64,
         now: DateTime<Utc>,
     ) -> Result<Option<OAuthClient>> {
+        let Some(scope) = self
+            .scope_of(
+                "SELECT tenant_id, branch_id FROM ushuru_oauth_client_scope($1)",
+                id,
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(query_error)?;
+        enter_scope(&tx, scope).await?;
         let row = tx
             .query_opt(
                 "UPDATE oauth_clients SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL
@@ -354,13 +389,12 @@ impl PostgresStore {
 
     pub async fn purge_oauth_tokens(&self, now: DateTime<Utc>) -> Result<u64> {
         let client = self.client().await?;
-        client
-            .execute(
-                "DELETE FROM oauth_tokens WHERE expires_at <= $1",
-                &[&clamp_time(now)],
-            )
+        let purged: i64 = client
+            .query_one("SELECT ushuru_purge_oauth_tokens($1)", &[&clamp_time(now)])
             .await
-            .map_err(query_error)
+            .map_err(query_error)?
+            .get(0);
+        Ok(u64::try_from(purged).unwrap_or_default())
     }
 }
 
@@ -389,9 +423,10 @@ impl PostgresStore {
             i32::try_from(v)
                 .map_err(|_| crate::StoreError::Conflict(format!("key version {v} out of range")))
         };
-        let client = self.client().await?;
-        let replaced = client
-            .execute(
+        let replaced = self
+            .scoped_execute(
+                scope.tenant,
+                Some(scope.branch),
                 "UPDATE branches SET cmc_key_nonce = $1, cmc_key_sealed = $2, data_key_version = $3,
                         data_key_nonce = $4, data_key_wrapped = $5, master_key_version = $6
                  WHERE id = $7 AND tenant_id = $8 AND data_key_version = $9 AND master_key_version = $10
@@ -401,8 +436,7 @@ impl PostgresStore {
                   &version(old.data_key_version)?, &version(old.master_key_version)?,
                   &old.data_key_nonce, &old.nonce],
             )
-            .await
-            .map_err(query_error)?;
+            .await?;
         Ok(replaced == 1)
     }
 }
@@ -459,10 +493,7 @@ impl PostgresStore {
     pub async fn api_key_known(&self, sha256: &str) -> Result<bool> {
         let client = self.client().await?;
         Ok(client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM api_keys WHERE key_sha256 = $1)",
-                &[&sha256],
-            )
+            .query_one("SELECT ushuru_api_key_known($1)", &[&sha256])
             .await
             .map_err(query_error)?
             .get(0))
