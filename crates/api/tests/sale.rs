@@ -2038,10 +2038,22 @@ async fn a_branch_client_cannot_reach_another_tenant(store: Store) {
     )
     .await;
     assert_eq!(status, 200);
+    let residual = json!({"originalIoKey": "ISO-STK", "itemCd": "SKU1", "rsdQty": "1"});
+    let (status, body) = post_json(
+        &app,
+        a,
+        "/v2/etims/stock/master",
+        Some("ISO-RSD"),
+        &residual,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Every route that names a sale or an operation, with A's id, as B.
     for path in [
         format!("/v2/etims/sales/{id}/status"),
         format!("/v2/etims/sales/{id}/original"),
         "/v2/etims/stock/operations/ISO-STK".to_owned(),
+        "/v2/etims/stock/master/operations/ISO-RSD".to_owned(),
         "/v2/etims/sales/search?clientReference=ISO-REF".to_owned(),
     ] {
         let (status, body) = get(&app, b, &path).await;
@@ -2059,6 +2071,20 @@ async fn a_branch_client_cannot_reach_another_tenant(store: Store) {
     )
     .await;
     assert_eq!(status, 404, "{body}");
+    // Nor can B build on A's stock movement.
+    let (status, body) = post_json(
+        &app,
+        b,
+        "/v2/etims/stock/master",
+        Some("ISO-RSD-B"),
+        &residual,
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("UNKNOWN_OPERATION")),
+        "{body}"
+    );
     // The same Idempotency-Key and body in tenant B: B's own sale, not A's replayed.
     let mut b_sale = flat("ISO-REF", "116.00", "16.00");
     b_sale["supplierPin"] = json!(TINS[1]);

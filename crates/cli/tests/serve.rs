@@ -238,6 +238,65 @@ async fn on_postgres() {
     serves_the_sdk_and_carries_on_after_a_restart(Some(url)).await;
 }
 
+/// The production set-up of docs/architecture.md ("Running it with a separate owner"): the
+/// owner migrates, and serve logs in as a role that is only a member of `ushuru_app`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_service_login_serves_once_the_owner_has_migrated() {
+    let owner_url = common::fresh_postgres_database("ushuru_conformance_service_login").await;
+    let service_base = std::env::var("USHURU_TEST_POSTGRES_SERVICE_URL").expect(
+        "USHURU_TEST_POSTGRES_SERVICE_URL is not set: run ./scripts/test, which creates the login",
+    );
+    let database = owner_url.rsplit_once('/').unwrap().1;
+    let service_url = format!("{}/{database}", service_base.rsplit_once('/').unwrap().0);
+    let migrate = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ushuru"))
+            .args(["migrate", "--database-url", url])
+            .env_remove("USHURU_DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    // The service's login may not migrate, and says who may.
+    let refused = migrate(&service_url);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("need the owner"), "{said}");
+    assert!(said.contains("ushuru migrate --database-url"), "{said}");
+    assert!(
+        !said.contains("ushuru_test_service:"),
+        "no password in the message: {said}"
+    );
+    assert!(migrate(&owner_url).status.success());
+
+    let data_dir =
+        std::env::temp_dir().join(format!("ushuru-service-login-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let (running, url) = start(&data_dir, free_port(), Some(&service_url)).await;
+    let sale = sell(&url, "service-login-1").await;
+    assert_eq!(sale["status"], "SIGNED", "{sale}");
+    terminate(running);
+
+    // Written as the service, under the policies: the owner finds the sale signed only with
+    // the flag a backup uses.
+    let (owner, connection) = tokio_postgres::connect(&owner_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let signed = "SELECT count(*) FROM sales WHERE status = 'SIGNED'";
+    assert_eq!(
+        owner.query_one(signed, &[]).await.unwrap().get::<_, i64>(0),
+        0
+    );
+    owner
+        .batch_execute("SET ushuru.system = 'on'")
+        .await
+        .unwrap();
+    assert_eq!(
+        owner.query_one(signed, &[]).await.unwrap().get::<_, i64>(0),
+        1
+    );
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_toml_file_configures_what_flags_and_variables_leave_unset() {
     let dir = std::env::temp_dir().join(format!("ushuru-config-{}", std::process::id()));
