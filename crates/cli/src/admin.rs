@@ -82,7 +82,8 @@ enum AdminCommand {
         bhf_id: String,
     },
     /// Initialises a branch's device on a control unit (selectInitOsdcInfo) and seals the
-    /// cmcKey it issues; `serve` signs for the branch from its next start
+    /// cmcKey it issues; `serve` signs for the branch from its next start (POST
+    /// /v2/admin/tenants provisions a branch in a running `serve`, served at once)
     DeviceInit {
         #[arg(long)]
         device_id: i64,
