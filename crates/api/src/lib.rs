@@ -18,6 +18,7 @@ mod items;
 pub mod keys;
 mod oauth;
 mod operations;
+pub mod provision;
 mod sale;
 mod schema;
 mod stock;
@@ -25,7 +26,7 @@ pub mod throttle;
 mod views;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
@@ -57,12 +58,66 @@ pub struct BranchContext {
     pub device: DeviceIdentity,
 }
 
+/// The branches this process signs for, by id: read by every request of a branch route,
+/// added to when a branch is provisioned while serving (`POST /v2/admin/tenants`). An
+/// uncontended read lock is one atomic operation and is never held across an await.
+#[derive(Debug, Default)]
+pub struct Branches {
+    by_id: RwLock<HashMap<BranchId, BranchContext>>,
+}
+
+impl Branches {
+    pub fn get(&self, branch: BranchId) -> Option<BranchContext> {
+        self.by_id
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&branch)
+            .cloned()
+    }
+
+    /// Adds a branch; false (and nothing changed) if it is known already.
+    pub fn insert(&self, branch: BranchId, context: BranchContext) -> bool {
+        let mut by_id = self.by_id.write().unwrap_or_else(PoisonError::into_inner);
+        if by_id.contains_key(&branch) {
+            return false;
+        }
+        by_id.insert(branch, context);
+        true
+    }
+
+    pub fn remove(&self, branch: BranchId) {
+        self.by_id
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&branch);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<HashMap<BranchId, BranchContext>> for Branches {
+    fn from(by_id: HashMap<BranchId, BranchContext>) -> Self {
+        Branches {
+            by_id: RwLock::new(by_id),
+        }
+    }
+}
+
 /// The API's shared state: small, cloned per request.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub pipeline: Arc<Pipeline>,
-    pub branches: Arc<HashMap<BranchId, BranchContext>>,
+    pub branches: Arc<Branches>,
     pub rates: TaxRates,
     pub clock: Arc<dyn Clock>,
     /// How long `POST /v2/etims/sale` waits for the receipt before answering 202.
@@ -81,6 +136,9 @@ pub struct AppState {
     pub vault: ushuru_vault::Vault,
     /// The latest sealed cmcKey of each branch, which the relays open.
     pub sealed_keys: Arc<keys::SealedKeys>,
+    /// How this process reaches control units and names its relays, for branches
+    /// provisioned while it serves; `None`: `POST /v2/admin/tenants` answers 503.
+    pub provisioning: Option<Arc<provision::Provisioning>>,
 }
 
 /// The document's fixed parts; the paths and their schemas come from [`routes`].
@@ -163,7 +221,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(init::init))
         .routes(routes!(init::handshake))
         .routes(routes!(oauth::token))
-        .routes(routes!(admin::tenants))
+        .routes(routes!(admin::tenants, provision::provision_tenant))
         .routes(routes!(admin::issue_key, admin::list_keys))
         .routes(routes!(admin::revoke_key))
         .routes(routes!(admin::audit))
@@ -455,7 +513,7 @@ pub(crate) fn branch_context(
     state: &AppState,
     scope: ushuru_store::Scope,
 ) -> Result<BranchContext, ApiError> {
-    state.branches.get(&scope.branch).cloned().ok_or_else(|| {
+    state.branches.get(scope.branch).ok_or_else(|| {
         ApiError::internal(format!("branch {} has no device context", scope.branch.0))
     })
 }

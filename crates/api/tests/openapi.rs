@@ -16,7 +16,7 @@ use common::*;
 
 /// Every route the router serves, as `METHOD path`. Written out so that an endpoint dropped
 /// from the router (and so from the document) fails here; a new one is added here too.
-const EXPECTED: [&str; 30] = [
+const EXPECTED: [&str; 31] = [
     "POST /v2/etims/sale",
     "GET /v2/etims/sales/{id}/status",
     "POST /v2/etims/sale/{id}/credit-note",
@@ -34,6 +34,7 @@ const EXPECTED: [&str; 30] = [
     "POST /v2/etims/init",
     "GET /v2/etims/init-handshake",
     "GET /v2/admin/tenants",
+    "POST /v2/admin/tenants",
     "POST /v2/admin/tenants/{deviceId}/api-keys",
     "GET /v2/admin/tenants/{deviceId}/api-keys",
     "DELETE /v2/admin/api-keys/{keyId}",

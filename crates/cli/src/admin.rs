@@ -82,7 +82,8 @@ enum AdminCommand {
         bhf_id: String,
     },
     /// Initialises a branch's device on a control unit (selectInitOsdcInfo) and seals the
-    /// cmcKey it issues; `serve` signs for the branch from its next start
+    /// cmcKey it issues; `serve` signs for the branch from its next start (POST
+    /// /v2/admin/tenants provisions a branch in a running `serve`, served at once)
     DeviceInit {
         #[arg(long)]
         device_id: i64,
@@ -341,16 +342,15 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                     args.master_key_file.as_deref(),
                     crate::serve::DevelopmentKey::MustExist,
                 )?;
-                let device = crate::serve::initialise_device(
+                // Over HTTP only: the built-in sandbox lives inside a running `serve`.
+                let client = ushuru_kra::KraClient::new(crate::serve::client_config(
                     &control_unit,
-                    None,
                     profile,
-                    (&vault, scope),
                     &tin,
                     &bhf_id,
-                    &serial,
-                )
-                .await?;
+                ))?;
+                let device =
+                    crate::serve::initialise_device(&client, (&vault, scope), &serial).await?;
                 store.save_device(scope, &device).await?;
                 store
                     .audit(

@@ -2,32 +2,26 @@
 //! (SQLite), signs through the built-in sandbox, provisions a demo taxpayer with branch 00
 //! and an initialised device, and prints an API key with a ready-to-paste curl.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use ushuru_api::keys::{SealedKeyOpener, SealedKeys, binding};
-use ushuru_api::{AppState, BranchContext};
-use ushuru_engine::{DeviceIdentity, Pipeline, Relay, SystemClock};
-use ushuru_kra::endpoints::InitDevice;
-use ushuru_kra::types::InitRequest;
-use ushuru_kra::{
-    ClientConfig, CmcKeyOpener, InProcessUnit, KraClient, Outcome, Profile, ResultCode, Timeouts,
+use ushuru_api::keys::{SealedKeys, binding};
+use ushuru_api::provision::{
+    BUILT_IN_SANDBOX, ControlUnits, InitError, Provisioning, serve_branch,
 };
+use ushuru_api::{AppState, Branches};
+use ushuru_engine::{Pipeline, SystemClock};
+use ushuru_kra::{ClientConfig, InProcessUnit, KraClient, Profile, Timeouts};
 use ushuru_sandbox::persist::StateFile;
 use ushuru_sandbox::server::GatewayAccess;
 use ushuru_sandbox::{ControlUnit, Sandbox};
 use ushuru_store::{DeviceRecord, NewAuditEvent, Scope, Store};
 use ushuru_tax::TaxRates;
 use ushuru_vault::{Keyring, Vault};
-
-/// The control-unit "URL" recorded for a device on the built-in sandbox, which runs in
-/// this process and is called without a network.
-const BUILT_IN_SANDBOX: &str = "built-in-sandbox";
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -216,31 +210,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )?;
     seal_plaintext_cmc_keys(&store, &vault).await?;
 
-    // The built-in sandbox runs when no control unit is named, and whenever a branch
-    // provisioned on it earlier is still served.
-    let provisioned = store.initialised_branches().await?;
-    let sandbox = if args.control_unit.is_none()
-        || provisioned
-            .iter()
-            .any(|b| b.device.control_unit_url == BUILT_IN_SANDBOX)
-    {
-        let file = StateFile::open(&args.data_dir.join("sandbox.sqlite"))
-            .context("cannot open the sandbox's state")?;
-        let unit = ControlUnit::new(ushuru_sandbox::Config::default(), Some(file))
-            .context("cannot load the sandbox")?;
-        // Called in process (no listener, no HTTP): see `control_unit_client`.
-        Some(Sandbox::new(unit, GatewayAccess::default()))
-    } else {
-        None
-    };
-    let (bootstrap_unit, bootstrap_profile, receipt_host) = match (&args.control_unit, &sandbox) {
-        (Some(url), _) => (url.clone(), args.control_unit_profile, "etims.kra.go.ke"),
-        (None, Some(_)) => (
+    // The built-in sandbox runs in this process, started when a branch first needs it:
+    // with no --control-unit, for a branch provisioned on it earlier, or for a SANDBOX
+    // branch provisioned while serving.
+    let control_units = Arc::new(ServeControlUnits {
+        data_dir: args.data_dir.clone(),
+        configured: args
+            .control_unit
+            .clone()
+            .map(|url| (url, args.control_unit_profile)),
+        sandbox: Mutex::new(None),
+    });
+    let (bootstrap_unit, bootstrap_profile, receipt_host) = match &args.control_unit {
+        Some(url) => (url.clone(), args.control_unit_profile, "etims.kra.go.ke"),
+        None => (
             BUILT_IN_SANDBOX.to_owned(),
             Profile::Oscu,
             "etims-sbx.kra.go.ke",
         ),
-        (None, None) => bail!("no control unit: the built-in sandbox did not start"),
     };
 
     // The bootstrap taxpayer and its branches, each with its device initialised.
@@ -286,16 +273,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             format!("{}-{bhf_id}", args.device_serial)
         };
-        let device = initialise_device(
-            &bootstrap_unit,
-            sandbox.as_ref(),
-            bootstrap_profile,
-            (&vault, scope),
-            &args.tin,
-            bhf_id,
-            &serial,
-        )
-        .await?;
+        let client = control_units
+            .client(client_config(
+                &bootstrap_unit,
+                bootstrap_profile,
+                &args.tin,
+                bhf_id,
+            ))
+            .map_err(anyhow::Error::msg)?;
+        let device = initialise_device(&client, (&vault, scope), &serial).await?;
         store.save_device(scope, &device).await?;
         store
             .audit(audit("device.initialised").scope(scope).detail(json!({
@@ -348,87 +334,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let operator_key_file = bootstrap_operator_key(&store, &args.data_dir).await?;
 
-    // A relay for every initialised branch in the database, bootstrap or not.
-    let owner = relay_owner();
-    let mut relays = Vec::new();
-    let mut branches = HashMap::new();
-    let sealed_keys = Arc::new(SealedKeys::default());
-    for served in store.initialised_branches().await? {
-        if served.device.control_unit_url == BUILT_IN_SANDBOX && sandbox.is_none() {
-            bail!(
-                "branch {} signs through the built-in sandbox, which is not running",
-                served.bhf_id
-            );
-        }
-        let profile = parse_profile(&served.device.profile).map_err(|e| {
-            anyhow::anyhow!(
-                "branch {} of {}: stored profile: {e}",
-                served.bhf_id,
-                served.tin
-            )
-        })?;
-        // The relay holds the cmcKey sealed and opens it for each call.
-        // The relay's client holds no key: it opens the branch's latest sealed form, kept
-        // in `sealed_keys` (which rotations update), for each call.
-        sealed_keys.set(served.scope.branch, served.device.cmc_key.clone());
-        let key = SealedKeyOpener {
-            vault: vault.clone(),
-            scope: served.scope,
-            keys: Arc::clone(&sealed_keys),
-        };
-        // Found now, not at the first sale: a master key that does not open a branch's key.
-        drop(key.open().map_err(|e| {
-            anyhow::anyhow!(
-                "branch {} of {}: {e}. Start with the master key this database was sealed with",
-                served.bhf_id,
-                served.tin
-            )
-        })?);
-        let client = control_unit_client(
-            sandbox.as_ref(),
-            ClientConfig {
-                base_url: served.device.control_unit_url.clone(),
-                profile,
-                tin: served.tin.clone(),
-                bhf_id: served.bhf_id.clone(),
-                cmc_key: None,
-                timeouts: Timeouts::default(),
-                gateway: None,
-            },
-        )?
-        .with_cmc_key_opener(Arc::new(key));
-        let identity = DeviceIdentity {
-            sdc_id: served.device.sdc_id.clone(),
-            mrc_no: Some(served.device.mrc_no.clone()),
-        };
-        relays.push(Relay::new(
-            store.clone(),
-            client,
-            served.scope,
-            identity.clone(),
-            owner.clone(),
-            Arc::new(SystemClock),
-        ));
-        branches.insert(
-            served.scope.branch,
-            BranchContext {
-                tin: served.tin,
-                bhf_id: served.bhf_id,
-                device: identity,
-            },
-        );
-    }
-    let branch_count = relays.len();
     let pipeline = Arc::new(Pipeline::start(
         store.clone(),
-        relays,
+        Vec::new(),
         Duration::from_secs(1),
     ));
+    let provisioning = Arc::new(Provisioning::new(control_units, relay_owner()));
     let purger = tokio::spawn(purge_idempotency_records(store.clone()));
     let state = AppState {
-        store,
+        store: store.clone(),
         pipeline: Arc::clone(&pipeline),
-        branches: Arc::new(branches),
+        branches: Arc::new(Branches::default()),
         rates: TaxRates::kenya(),
         clock: Arc::new(SystemClock),
         sale_deadline: Duration::from_millis(args.sale_deadline_ms),
@@ -443,8 +359,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )),
         oauth_token_ttl: Duration::from_secs(args.oauth_token_ttl_secs.max(1)),
         vault: vault.clone(),
-        sealed_keys,
+        sealed_keys: Arc::new(SealedKeys::default()),
+        provisioning: Some(Arc::clone(&provisioning)),
     };
+    // A relay for every initialised branch in the database, bootstrap or not; branches
+    // provisioned while serving (POST /v2/admin/tenants) get theirs the same way.
+    for served in store.initialised_branches().await? {
+        serve_branch(&state, &provisioning, served)?;
+    }
+    let branch_count = state.branches.len();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -485,86 +408,82 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await?;
     purger.abort();
     // In-flight requests have been answered; let the relays finish the call each is in.
-    if let Ok(pipeline) = Arc::try_unwrap(pipeline) {
-        pipeline.shutdown().await;
-    }
+    pipeline.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// A client of the control unit at `config.base_url`: the built-in sandbox (named
-/// [`BUILT_IN_SANDBOX`]) is called in process, with the same bytes as over HTTP but no
-/// socket, HTTP encoding or second task per call; anything else over HTTP.
-fn control_unit_client(
-    sandbox: Option<&Arc<Sandbox>>,
-    config: ClientConfig,
-) -> anyhow::Result<KraClient> {
-    match sandbox {
-        Some(sandbox) if config.base_url == BUILT_IN_SANDBOX => {
-            let unit: Arc<dyn InProcessUnit> = sandbox.clone();
-            Ok(KraClient::in_process(config, unit)?)
+/// The control units `serve` reaches: the built-in sandbox (named [`BUILT_IN_SANDBOX`]),
+/// called in process with the same bytes as over HTTP but no socket, HTTP encoding or
+/// second task per call, and started the first time a branch needs it; anything else
+/// over HTTP.
+struct ServeControlUnits {
+    data_dir: PathBuf,
+    configured: Option<(String, Profile)>,
+    sandbox: Mutex<Option<Arc<Sandbox>>>,
+}
+
+impl ServeControlUnits {
+    fn sandbox(&self) -> anyhow::Result<Arc<Sandbox>> {
+        let mut running = self.sandbox.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sandbox) = running.as_ref() {
+            return Ok(Arc::clone(sandbox));
         }
-        _ => Ok(KraClient::new(config)?),
+        let file = StateFile::open(&self.data_dir.join("sandbox.sqlite"))
+            .context("cannot open the built-in sandbox's state")?;
+        let unit = ControlUnit::new(ushuru_sandbox::Config::default(), Some(file))
+            .context("cannot load the built-in sandbox")?;
+        let sandbox = Sandbox::new(unit, GatewayAccess::default());
+        *running = Some(Arc::clone(&sandbox));
+        Ok(sandbox)
     }
 }
 
-/// Initialises a bootstrap branch's device with `selectInitOsdcInfo` and returns what to
-/// keep of it. The built-in sandbox is recorded by name ([`BUILT_IN_SANDBOX`]).
-pub(crate) async fn initialise_device(
-    control_unit: &str,
-    sandbox: Option<&Arc<Sandbox>>,
-    profile: Profile,
-    (vault, scope): (&Vault, Scope),
-    tin: &str,
-    bhf_id: &str,
-    serial: &str,
-) -> anyhow::Result<DeviceRecord> {
-    let client = control_unit_client(
-        sandbox,
-        ClientConfig {
-            base_url: control_unit.to_owned(),
-            profile,
-            tin: tin.to_owned(),
-            bhf_id: bhf_id.to_owned(),
-            cmc_key: None,
-            timeouts: Timeouts::default(),
-            gateway: None,
-        },
-    )?;
-    let request = InitRequest {
+impl ControlUnits for ServeControlUnits {
+    fn client(&self, config: ClientConfig) -> Result<KraClient, String> {
+        if config.base_url == BUILT_IN_SANDBOX {
+            let unit: Arc<dyn InProcessUnit> = self.sandbox().map_err(|e| format!("{e:#}"))?;
+            KraClient::in_process(config, unit).map_err(|e| e.to_string())
+        } else {
+            KraClient::new(config).map_err(|e| e.to_string())
+        }
+    }
+
+    fn configured(&self) -> Option<(String, Profile)> {
+        self.configured.clone()
+    }
+}
+
+/// A client configuration for a branch's control unit, before its device is initialised.
+pub(crate) fn client_config(url: &str, profile: Profile, tin: &str, bhf_id: &str) -> ClientConfig {
+    ClientConfig {
+        base_url: url.to_owned(),
+        profile,
         tin: tin.to_owned(),
         bhf_id: bhf_id.to_owned(),
-        dvc_srl_no: serial.to_owned(),
-    };
-    let info = match client.call::<InitDevice>(&request).await.outcome {
-        Outcome::Ok {
-            data: Some(response),
-            ..
-        } => response.info,
-        Outcome::Rejected {
-            code: ResultCode::DeviceInstalled,
-            ..
-        } => bail!(
+        cmc_key: None,
+        timeouts: Timeouts::default(),
+        gateway: None,
+    }
+}
+
+/// Initialises the device of the branch `client` is for with `selectInitOsdcInfo` and
+/// returns what to keep of it, the cmcKey sealed at once.
+pub(crate) async fn initialise_device(
+    client: &KraClient,
+    (vault, scope): (&Vault, Scope),
+    serial: &str,
+) -> anyhow::Result<DeviceRecord> {
+    let config = client.config();
+    let (tin, bhf_id) = (&config.tin, &config.bhf_id);
+    match ushuru_api::provision::initialise_device(client, vault, scope, serial).await {
+        Ok(device) => Ok(device),
+        Err(InitError::Installed) => bail!(
             "the control unit says branch {bhf_id} of {tin} is initialised already, but its cmcKey is not in this database: \
              use the database it was initialised with"
         ),
-        other => bail!(
-            "initialising the device of branch {bhf_id} failed: {}",
-            describe(&other)
-        ),
-    };
-    // Sealed at once: the plaintext goes no further than this function.
-    let cmc_key = zeroize::Zeroizing::new(info.cmc_key);
-    let sealed = vault
-        .seal_cmc_key(binding(scope), &cmc_key)
-        .context("cannot seal the cmcKey")?;
-    Ok(DeviceRecord {
-        control_unit_url: control_unit.to_owned(),
-        profile: format!("{profile:?}").to_lowercase(),
-        sdc_id: info.sdc_id,
-        mrc_no: info.mrc_no,
-        cmc_key: sealed,
-    })
+        Err(e) => bail!("initialising the device of branch {bhf_id} failed: {e}"),
+    }
 }
 
 /// The operator's key: `USHURU_OPERATOR_KEY` (stored as a hash, never printed), else, when
@@ -684,14 +603,6 @@ async fn seal_plaintext_cmc_keys(store: &Store, vault: &Vault) -> anyhow::Result
         );
     }
     Ok(())
-}
-
-fn describe<T>(outcome: &Outcome<T>) -> String {
-    match outcome {
-        Outcome::Ok { .. } => "the control unit answered without device information".into(),
-        Outcome::Rejected { code, message } => format!("{code}: {message}"),
-        Outcome::NotSent { reason } | Outcome::Ambiguous { reason } => reason.clone(),
-    }
 }
 
 /// Deletes idempotency records past their keeping time (each carries its own expiry, set

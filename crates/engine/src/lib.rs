@@ -6,6 +6,6 @@ pub mod pipeline;
 pub mod relay;
 
 pub use clock::{Clock, SystemClock};
-pub use pipeline::{Pipeline, Settled, Work};
+pub use pipeline::{AddRelayError, Pipeline, Settled, Work};
 pub use relay::{Backoff, DeviceIdentity, Relay, RelayError, Step};
 pub use ushuru_tax as tax;

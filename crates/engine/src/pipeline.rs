@@ -3,11 +3,12 @@
 //! an HTTP request to wait for its sale's phase 3 up to a deadline, and graceful shutdown.
 //!
 //! A relay task drains its branch as soon as it starts, so after a restart every pending
-//! row is sent again, in invoice order, without anyone asking.
+//! row is sent again, in invoice order, without anyone asking. Branches provisioned while
+//! the pipeline runs join it with [`Pipeline::add_relay`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
@@ -35,59 +36,128 @@ pub enum Work {
     Operation(OperationId),
 }
 
+/// How a request reaches a branch's relay task.
+struct Signals {
+    /// Work was accepted (a sale, or an operation with `operations_due` raised).
+    waker: Arc<Notify>,
+    operations_due: Arc<AtomicBool>,
+}
+
+/// Why [`Pipeline::add_relay`] refused a relay.
+#[derive(Debug, thiserror::Error)]
+pub enum AddRelayError {
+    #[error("branch {0} has a relay in this process already")]
+    AlreadyServed(i64),
+    #[error("the pipeline is shutting down")]
+    Stopping,
+}
+
 /// The running relays.
 pub struct Pipeline {
     store: Store,
-    wakers: HashMap<BranchId, Arc<Notify>>,
-    operations: HashMap<BranchId, Arc<AtomicBool>>,
+    /// Read by every accepted sale, written only when a branch joins: an uncontended read
+    /// lock is one atomic operation, and the map is never held across an await.
+    signals: RwLock<HashMap<BranchId, Signals>>,
     settled: broadcast::Sender<Settled>,
     stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    poll: Duration,
+    /// The relay tasks. Locked only to add a task or, at shutdown, to take them all.
+    tasks: Mutex<JoinSet<()>>,
 }
 
 impl Pipeline {
     /// Starts a task for each relay. `poll` bounds how long a branch waits without a wake.
     pub fn start(store: Store, relays: Vec<Relay>, poll: Duration) -> Pipeline {
         let (settled, _) = broadcast::channel(1024);
-        let (stop, stopping) = watch::channel(false);
-        let mut wakers = HashMap::new();
-        let mut operations = HashMap::new();
-        let mut tasks = JoinSet::new();
-        for relay in relays {
-            let waker = Arc::new(Notify::new());
-            wakers.insert(relay.scope().branch, Arc::clone(&waker));
-            operations.insert(relay.scope().branch, relay.operations_signal());
-            tasks.spawn(run_branch(
-                relay,
-                waker,
-                settled.clone(),
-                stopping.clone(),
-                poll,
-            ));
-        }
-        Pipeline {
+        let (stop, _) = watch::channel(false);
+        let pipeline = Pipeline {
             store,
-            wakers,
-            operations,
+            signals: RwLock::new(HashMap::new()),
             settled,
             stop,
-            tasks,
+            poll,
+            tasks: Mutex::new(JoinSet::new()),
+        };
+        for relay in relays {
+            let branch = relay.scope().branch;
+            // Two relays of one branch in the list: the second is a caller's mistake that
+            // would only stand by behind the first, so it is dropped with a warning.
+            if let Err(e) = pipeline.add_relay(relay) {
+                tracing::warn!(error = %e, branch = branch.0, "relay not started");
+            }
         }
+        pipeline
+    }
+
+    /// Starts the relay of a branch that joined while the pipeline runs (provisioned through
+    /// the admin API): from now on [`Pipeline::wake`] reaches it, and [`Pipeline::shutdown`]
+    /// stops it with the others. Refused for a branch that has a relay here already (two
+    /// relays of one branch in one process would only stand in each other's way) and once
+    /// shutdown has begun.
+    pub fn add_relay(&self, relay: Relay) -> Result<(), AddRelayError> {
+        let branch = relay.scope().branch;
+        // The task set's lock orders this against `shutdown`: either the relay is in the
+        // set shutdown takes, or shutdown had begun and it is refused.
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        if *self.stop.borrow() {
+            return Err(AddRelayError::Stopping);
+        }
+        let waker = {
+            let mut signals = self.signals.write().unwrap_or_else(PoisonError::into_inner);
+            if signals.contains_key(&branch) {
+                return Err(AddRelayError::AlreadyServed(branch.0));
+            }
+            let waker = Arc::new(Notify::new());
+            signals.insert(
+                branch,
+                Signals {
+                    waker: Arc::clone(&waker),
+                    operations_due: relay.operations_signal(),
+                },
+            );
+            waker
+        };
+        tasks.spawn(run_branch(
+            relay,
+            waker,
+            self.settled.clone(),
+            self.stop.subscribe(),
+            self.poll,
+        ));
+        Ok(())
+    }
+
+    /// Whether a relay signs for the branch in this process.
+    pub fn serves(&self, branch: BranchId) -> bool {
+        self.signals
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&branch)
     }
 
     /// Tells a branch's relay there is work (a sale was accepted).
     pub fn wake(&self, branch: BranchId) {
-        if let Some(waker) = self.wakers.get(&branch) {
-            waker.notify_one();
+        if let Some(signals) = self
+            .signals
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&branch)
+        {
+            signals.waker.notify_one();
         }
     }
 
     /// Tells a branch's relay an operation (stock, item, customer) was queued.
     pub fn wake_operations(&self, branch: BranchId) {
-        if let Some(due) = self.operations.get(&branch) {
-            due.store(true, Ordering::Release);
+        if let Some(signals) = self
+            .signals
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&branch)
+        {
+            signals.operations_due.store(true, Ordering::Release);
+            signals.waker.notify_one();
         }
-        self.wake(branch);
     }
 
     /// Waits until the sale is settled or `deadline` passes, and returns it as it then is
@@ -204,10 +274,15 @@ impl Pipeline {
         }
     }
 
-    /// Stops the relays after the step each is in; no call is cut off halfway.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+    /// Stops the relays after the step each is in; no call is cut off halfway. A relay
+    /// added afterwards is refused.
+    pub async fn shutdown(&self) {
+        let mut tasks = {
+            let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+            self.stop.send_replace(true);
+            std::mem::take(&mut *tasks)
+        };
+        while tasks.join_next().await.is_some() {}
     }
 }
 

@@ -188,6 +188,19 @@ impl Store {
         dispatch!(self, s => s.audit_events(after, limit))
     }
 
+    /// Removes a branch whose provisioning failed before its device was initialised, and
+    /// with `with_tenant` its tenant too if that has no other branch: what a provisioning
+    /// that created them leaves when the control unit does not issue a key. A branch with
+    /// a device, or with anything recorded against it, is never removed (the foreign keys
+    /// refuse the latter); false if nothing was removed.
+    pub async fn discard_unprovisioned_branch(
+        &self,
+        scope: Scope,
+        with_tenant: bool,
+    ) -> Result<bool> {
+        dispatch!(self, s => s.discard_unprovisioned_branch(scope, with_tenant))
+    }
+
     /// [`Store::audit`] for events that must not fail the work they record (throttling,
     /// bootstrap notes): a failure to write is logged instead.
     pub async fn audit_or_log(&self, event: NewAuditEvent) {

@@ -214,7 +214,7 @@ pub async fn start(store: Store, deadline: Duration) -> App {
     let state = AppState {
         store: store.clone(),
         pipeline: Arc::clone(&pipeline),
-        branches: Arc::new(branches),
+        branches: Arc::new(ushuru_api::Branches::from(branches)),
         rates: TaxRates::kenya(),
         clock: Arc::new(SystemClock),
         sale_deadline: deadline,
@@ -228,6 +228,7 @@ pub async fn start(store: Store, deadline: Duration) -> App {
         oauth_token_ttl: OAUTH_TOKEN_TTL,
         vault: vault.clone(),
         sealed_keys: Arc::clone(&sealed_keys),
+        provisioning: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

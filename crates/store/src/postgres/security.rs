@@ -499,3 +499,34 @@ impl PostgresStore {
             .get(0))
     }
 }
+
+impl PostgresStore {
+    pub async fn discard_unprovisioned_branch(
+        &self,
+        scope: Scope,
+        with_tenant: bool,
+    ) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(query_error)?;
+        super::enter(&tx, scope.tenant).await?;
+        let removed = tx
+            .execute(
+                "DELETE FROM branches WHERE id = $1 AND tenant_id = $2
+                   AND sdc_id IS NULL AND cmc_key IS NULL AND cmc_key_sealed IS NULL",
+                &[&scope.branch.0, &scope.tenant.0],
+            )
+            .await
+            .map_err(query_error)?;
+        if removed == 1 && with_tenant {
+            tx.execute(
+                "DELETE FROM tenants WHERE id = $1
+                   AND NOT EXISTS (SELECT 1 FROM branches WHERE tenant_id = $1)",
+                &[&scope.tenant.0],
+            )
+            .await
+            .map_err(query_error)?;
+        }
+        tx.commit().await.map_err(query_error)?;
+        Ok(removed == 1)
+    }
+}

@@ -561,3 +561,34 @@ impl SqliteStore {
         .await
     }
 }
+
+impl SqliteStore {
+    pub async fn discard_unprovisioned_branch(
+        &self,
+        scope: Scope,
+        with_tenant: bool,
+    ) -> Result<bool> {
+        self.run(move |connection| {
+            // A savepoint: the writer runs each job inside its batch's transaction.
+            let tx = connection.savepoint().map_err(database)?;
+            let removed = tx
+                .execute(
+                    "DELETE FROM branches WHERE id = ?1 AND tenant_id = ?2
+                       AND sdc_id IS NULL AND cmc_key IS NULL AND cmc_key_sealed IS NULL",
+                    params![scope.branch.0, scope.tenant.0],
+                )
+                .map_err(database)?;
+            if removed == 1 && with_tenant {
+                tx.execute(
+                    "DELETE FROM tenants WHERE id = ?1
+                       AND NOT EXISTS (SELECT 1 FROM branches WHERE tenant_id = ?1)",
+                    params![scope.tenant.0],
+                )
+                .map_err(database)?;
+            }
+            tx.commit().map_err(database)?;
+            Ok(removed == 1)
+        })
+        .await
+    }
+}
