@@ -164,7 +164,7 @@ pub(crate) async fn issue(
 ) -> Response {
     let request_id = request_id();
     let scope = caller.key.scope;
-    let branch = match branch_context(&state, scope) {
+    let branch = match branch_context(&state, scope).await {
         Ok(branch) => branch,
         Err(error) => return error.into_response(),
     };

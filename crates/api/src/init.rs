@@ -28,7 +28,7 @@ pub(crate) struct InitBody {
 
 async fn checkpoint(state: &AppState, caller: &Caller) -> Result<Value, ApiError> {
     let scope = caller.key.scope;
-    let branch = branch_context(state, scope)?;
+    let branch = branch_context(state, scope).await?;
     Ok(match state.store.device(scope).await? {
         Some(device) => json!({
             "status": "READY",

@@ -509,13 +509,50 @@ impl FromRequestParts<AppState> for Operator {
 
 /// The device context of the caller's branch. Every branch with a key has one; a missing
 /// one is our fault (a branch provisioned without its relay), not the caller's.
-pub(crate) fn branch_context(
+pub(crate) async fn branch_context(
     state: &AppState,
     scope: ushuru_store::Scope,
 ) -> Result<BranchContext, ApiError> {
-    state.branches.get(scope.branch).ok_or_else(|| {
-        ApiError::internal(format!("branch {} has no device context", scope.branch.0))
-    })
+    if let Some(context) = state.branches.get(scope.branch) {
+        return Ok(context);
+    }
+    // Not served here yet: provisioned by another replica sharing the database since this
+    // one started. Its first request here starts serving it, as a restart would.
+    let unavailable = |why: String| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "BRANCH_NOT_SERVED",
+            format!("this server does not sign for the branch yet: {why}"),
+        )
+    };
+    let Some(provisioning) = state.provisioning.as_deref() else {
+        return Err(unavailable(
+            "it was provisioned after this server started".into(),
+        ));
+    };
+    let found = state
+        .store
+        .initialised_branches()
+        .await?
+        .into_iter()
+        .find(|b| b.scope == scope);
+    let Some(served) = found else {
+        return Err(unavailable("its device is not initialised".into()));
+    };
+    if let Err(e) = provision::serve_branch(state, provisioning, served) {
+        // Another request may have started serving it meanwhile.
+        if state.branches.get(scope.branch).is_none() {
+            return Err(unavailable(e.to_string()));
+        }
+    }
+    tracing::info!(
+        branch = scope.branch.0,
+        "serving a branch provisioned elsewhere"
+    );
+    state
+        .branches
+        .get(scope.branch)
+        .ok_or_else(|| unavailable("it could not be started".into()))
 }
 
 /// A request id: 16 random bytes in hex (sent back as `X-Request-Id` and `requestId`).

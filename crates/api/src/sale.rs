@@ -427,7 +427,7 @@ pub(crate) async fn submit(
 ) -> Response {
     let request_id = request_id();
     let scope = caller.key.scope;
-    let branch = match branch_context(&state, scope) {
+    let branch = match branch_context(&state, scope).await {
         Ok(branch) => branch,
         Err(error) => return error.into_response(),
     };
@@ -764,7 +764,7 @@ pub(crate) async fn status(
     let Ok(id) = id.parse::<i64>() else {
         return ApiError::not_found("sale").into_response();
     };
-    let branch = match branch_context(&state, scope) {
+    let branch = match branch_context(&state, scope).await {
         Ok(branch) => branch,
         Err(error) => return error.into_response(),
     };

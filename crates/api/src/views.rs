@@ -58,7 +58,7 @@ pub(crate) async fn original(
     let Ok(id) = id.parse::<i64>() else {
         return ApiError::not_found("sale").into_response();
     };
-    let branch = match branch_context(&state, scope) {
+    let branch = match branch_context(&state, scope).await {
         Ok(branch) => branch,
         Err(error) => return error.into_response(),
     };
@@ -132,7 +132,7 @@ pub(crate) async fn original(
 pub(crate) async fn device(State(state): State<AppState>, caller: Caller) -> Response {
     let request_id = request_id();
     let scope = caller.key.scope;
-    let branch = match branch_context(&state, scope) {
+    let branch = match branch_context(&state, scope).await {
         Ok(branch) => branch,
         Err(error) => return error.into_response(),
     };
@@ -278,7 +278,7 @@ pub(crate) async fn search(
         )
         .into_response();
     }
-    let branch = match branch_context(&state, scope) {
+    let branch = match branch_context(&state, scope).await {
         Ok(branch) => branch,
         Err(error) => return error.into_response(),
     };

@@ -220,6 +220,17 @@ async fn provisions_while_serving(database_url: Option<String>) {
     let port = free_port();
     let (running, url) = start(&dir, port, database_url.as_deref()).await;
     let unit = start_unit(&dir).await;
+    // On PostgreSQL, a second replica on the same database, started before anything is
+    // provisioned (its own data directory, the same master key).
+    let replica = match database_url.as_deref() {
+        Some(database) => {
+            let replica_dir = dir.join("replica");
+            std::fs::create_dir_all(&replica_dir).unwrap();
+            std::fs::copy(dir.join("master.key"), replica_dir.join("master.key")).unwrap();
+            Some(start(&replica_dir, free_port(), Some(database)).await)
+        }
+        None => None,
+    };
 
     // Who may call it: an operator key only.
     let good = json!({"tin": "P051234567A", "bhfId": "00", "dvcSrlNo": "POS-A-00"});
@@ -416,6 +427,13 @@ async fn provisions_while_serving(database_url: Option<String>) {
     assert_eq!(status, 201, "{on_http}");
     let key_b00 = issue_key(&url, &on_http["deviceId"]).await;
     sell(&url, &key_b00, "P077777777B", "B00-1").await;
+    // The replica did not know the branch when it started: its first request for it starts
+    // serving it there (the first replica still holds the branch and signs).
+    if let Some((replica, replica_url)) = replica {
+        let sale = sell(&replica_url, &key_b00, "P077777777B", "B00-1b").await;
+        assert_eq!(sale["invcNo"].as_str(), Some("2"), "{sale}");
+        terminate(replica);
+    }
 
     // The SDK's provision_tenant, issue_tenant_key and a sale with the new key.
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/provision_flow.py");
@@ -473,13 +491,15 @@ async fn provisions_while_serving(database_url: Option<String>) {
 
     // After a restart every provisioned branch signs again, its numbering carried on.
     let (running, url) = start(&dir, port, database_url.as_deref()).await;
-    for (key, tin, reference) in [
-        (&key_a00, "P051234567A", "A00-2"),
-        (&key_a01, "P051234567A", "A01-2"),
-        (&key_b00, "P077777777B", "B00-2"),
+    let b00_sold = if database_url.is_some() { 2 } else { 1 };
+    for (key, tin, reference, sold) in [
+        (&key_a00, "P051234567A", "A00-2", 1),
+        (&key_a01, "P051234567A", "A01-2", 1),
+        (&key_b00, "P077777777B", "B00-2", b00_sold),
     ] {
         let sale = sell(&url, key, tin, reference).await;
-        assert_eq!(sale["invcNo"].as_str(), Some("2"), "{sale}");
+        let next = (sold + 1).to_string();
+        assert_eq!(sale["invcNo"].as_str(), Some(next.as_str()), "{sale}");
     }
     let listed = tenants(&url).await;
     assert_eq!(listed.len(), 4, "{listed:?}");
