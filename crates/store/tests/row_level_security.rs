@@ -248,6 +248,16 @@ async fn the_database_keeps_each_tenant_and_branch_to_its_own_rows() {
         0,
         "owns nothing"
     );
+    // Nor can it create anything in the schema the definer functions search.
+    let creates: bool = service
+        .query_one(
+            "SELECT has_schema_privilege(current_user, current_schema(), 'CREATE')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!creates, "the service may create in the schema");
     // Every table that names a tenant has FORCE ROW LEVEL SECURITY and a policy; a table
     // added later without them fails here.
     let unguarded = service
@@ -484,6 +494,14 @@ async fn the_database_keeps_each_tenant_and_branch_to_its_own_rows() {
         count(&service, "SELECT count(*) FROM ushuru_tenants_overview()").await,
         3
     );
+    // (The checks below look at all 13 of them.)
+    let definers = count(
+        &service,
+        "SELECT count(*) FROM pg_proc p WHERE p.proname LIKE 'ushuru\\_%'
+           AND p.pronamespace = current_schema()::regnamespace AND p.prosecdef",
+    )
+    .await;
+    assert_eq!(definers, 13);
     // Anyone else may not call them: PUBLIC's EXECUTE was revoked.
     let public = count(
         &service,
@@ -493,4 +511,13 @@ async fn the_database_keeps_each_tenant_and_branch_to_its_own_rows() {
     )
     .await;
     assert_eq!(public, 0);
+    // Each searches pg_catalog first: nothing in the schema can stand in for a built-in.
+    let unpinned = count(
+        &service,
+        "SELECT count(*) FROM pg_proc p WHERE p.proname LIKE 'ushuru\\_%'
+           AND p.pronamespace = current_schema()::regnamespace
+           AND NOT (p.prosecdef AND coalesce(p.proconfig, '{}') @> ARRAY['search_path=pg_catalog, public, pg_temp'])",
+    )
+    .await;
+    assert_eq!(unpinned, 0, "definer functions with their own search_path");
 }

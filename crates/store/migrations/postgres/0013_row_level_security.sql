@@ -46,12 +46,24 @@ $roles$;
 DO $policies$
 DECLARE
     scoped RECORD;
-    tenant_is TEXT := $$NULLIF(current_setting('ushuru.tenant_id', true), '')::bigint$$;
-    branch_is TEXT := $$NULLIF(current_setting('ushuru.branch_id', true), '')::bigint$$;
-    system TEXT := format($$(current_setting('ushuru.system', true) = 'on' AND current_user = %L)$$, current_user);
+    -- Each setting is read once per statement (a scalar subquery is evaluated once), not
+    -- once per row.
+    tenant_is TEXT := $$(SELECT NULLIF(current_setting('ushuru.tenant_id', true), '')::bigint)$$;
+    branch_is TEXT := $$(SELECT NULLIF(current_setting('ushuru.branch_id', true), '')::bigint)$$;
+    -- The owner is read from the catalogue, not written in here: a renamed owner, or a
+    -- restore under another role, keeps the definer functions working.
+    system TEXT := format(
+        $$((SELECT current_setting('ushuru.system', true)) = 'on'
+           AND current_user = (SELECT pg_catalog.pg_get_userbyid(c.relowner) FROM pg_catalog.pg_class c
+                               WHERE c.oid = %L::regclass))$$,
+        format('%I.tenants', current_schema()));
     rule TEXT;
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO ushuru_app', current_schema());
+    -- Nobody else may create objects in the schema (PostgreSQL 14 and earlier let PUBLIC
+    -- create in `public`): nothing can stand in for a function or an operator the
+    -- definer functions use.
+    EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC', current_schema());
     FOR scoped IN
         SELECT * FROM (VALUES
             ('tenants', 'id', NULL),
@@ -91,35 +103,36 @@ GRANT SELECT, INSERT ON audit_events TO ushuru_app;
 GRANT SELECT ON schema_migrations TO ushuru_app;
 
 -- The cross-tenant functions. Each does one thing and returns no secret: a branch's sealed
--- cmcKey is read only in its own tenant's transaction. Each keeps the search_path set here
--- (this schema, then pg_temp), so that no object of a caller's can stand in for a table.
+-- cmcKey is read only in its own tenant's transaction. Each gets its own search_path below
+-- (pg_catalog first, then this schema, then pg_temp), so that no object of a caller's can
+-- stand in for a table, a function or an operator.
 SELECT set_config('search_path', format('%I, pg_catalog, pg_temp', current_schema()), true);
 
 -- How a request finds its tenant: the key with this hash, if it is live.
 CREATE FUNCTION ushuru_api_key_by_hash(key_hash TEXT)
 RETURNS TABLE (id BIGINT, tenant_id BIGINT, branch_id BIGINT, prefix TEXT, name TEXT, last_used_at TIMESTAMPTZ)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql VOLATILE SECURITY DEFINER
 AS $$ SELECT set_config('ushuru.system', 'on', true);
       SELECT k.id, k.tenant_id, k.branch_id, k.prefix, k.name, k.last_used_at
       FROM api_keys k WHERE k.key_sha256 = key_hash AND k.revoked_at IS NULL $$;
 
 -- Whether any key, live or revoked, has this hash (the throttle's "known key" test).
 CREATE FUNCTION ushuru_api_key_known(key_hash TEXT) RETURNS BOOLEAN
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql VOLATILE SECURITY DEFINER
 AS $$ SELECT set_config('ushuru.system', 'on', true);
       SELECT EXISTS (SELECT 1 FROM api_keys k WHERE k.key_sha256 = key_hash) $$;
 
 -- The tenant and branch a key id belongs to (an operator revokes by id).
 CREATE FUNCTION ushuru_api_key_scope(key_id BIGINT)
 RETURNS TABLE (tenant_id BIGINT, branch_id BIGINT)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql VOLATILE SECURITY DEFINER
 AS $$ SELECT set_config('ushuru.system', 'on', true);
       SELECT k.tenant_id, k.branch_id FROM api_keys k WHERE k.id = key_id $$;
 
 -- An OAuth client by its public client_id, with its secret's hash, if it is live.
 CREATE FUNCTION ushuru_oauth_client_by_client_id(wanted TEXT)
 RETURNS TABLE (id BIGINT, tenant_id BIGINT, branch_id BIGINT, client_id TEXT, name TEXT, secret_sha256 TEXT)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql VOLATILE SECURITY DEFINER
 AS $$ SELECT set_config('ushuru.system', 'on', true);
       SELECT c.id, c.tenant_id, c.branch_id, c.client_id, c.name, c.secret_sha256
       FROM oauth_clients c WHERE c.client_id = wanted AND c.revoked_at IS NULL $$;
@@ -127,7 +140,7 @@ AS $$ SELECT set_config('ushuru.system', 'on', true);
 -- The live client a bearer token with this hash acts for.
 CREATE FUNCTION ushuru_oauth_token(token_hash TEXT, at TIMESTAMPTZ)
 RETURNS TABLE (id BIGINT, tenant_id BIGINT, branch_id BIGINT, client_id TEXT, name TEXT)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql VOLATILE SECURITY DEFINER
 AS $$ SELECT set_config('ushuru.system', 'on', true);
       SELECT c.id, c.tenant_id, c.branch_id, c.client_id, c.name
       FROM oauth_tokens t JOIN oauth_clients c ON c.id = t.client
@@ -136,18 +149,18 @@ AS $$ SELECT set_config('ushuru.system', 'on', true);
 -- The tenant and branch an OAuth client id belongs to (an operator revokes by id).
 CREATE FUNCTION ushuru_oauth_client_scope(wanted BIGINT)
 RETURNS TABLE (tenant_id BIGINT, branch_id BIGINT)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql VOLATILE SECURITY DEFINER
 AS $$ SELECT set_config('ushuru.system', 'on', true);
       SELECT c.tenant_id, c.branch_id FROM oauth_clients c WHERE c.id = wanted $$;
 
 -- A taxpayer by PIN, and a new one.
 CREATE FUNCTION ushuru_tenant_by_tin(wanted TEXT) RETURNS TABLE (id BIGINT, name TEXT)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql VOLATILE SECURITY DEFINER
 AS $$ SELECT set_config('ushuru.system', 'on', true);
       SELECT t.id, t.name FROM tenants t WHERE t.tin = wanted $$;
 
 CREATE FUNCTION ushuru_create_tenant(new_tin TEXT, new_name TEXT) RETURNS BIGINT
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql VOLATILE SECURITY DEFINER
 AS $$ SELECT set_config('ushuru.system', 'on', true);
       INSERT INTO tenants (tin, name) VALUES (new_tin, new_name) RETURNING id $$;
 
@@ -155,7 +168,7 @@ AS $$ SELECT set_config('ushuru.system', 'on', true);
 -- on every receipt) once its cmcKey is sealed; never key material.
 CREATE FUNCTION ushuru_tenants_overview()
 RETURNS TABLE (tenant_id BIGINT, tin TEXT, tenant_name TEXT, branch_id BIGINT, bhf_id TEXT, sdc_id TEXT, mrc_no TEXT)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql VOLATILE SECURITY DEFINER
 AS $$ SELECT set_config('ushuru.system', 'on', true);
       SELECT t.id, t.tin, t.name, b.id, b.bhf_id,
              CASE WHEN b.cmc_key_sealed IS NOT NULL THEN b.sdc_id END,
@@ -167,31 +180,32 @@ AS $$ SELECT set_config('ushuru.system', 'on', true);
 -- who they are, not their keys, which the service reads in each tenant's transaction.
 CREATE FUNCTION ushuru_initialised_branches()
 RETURNS TABLE (tenant_id BIGINT, branch_id BIGINT, tin TEXT, bhf_id TEXT)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql VOLATILE SECURITY DEFINER
 AS $$ SELECT set_config('ushuru.system', 'on', true);
       SELECT b.tenant_id, b.id, t.tin, b.bhf_id
       FROM branches b JOIN tenants t ON t.id = b.tenant_id
       WHERE b.cmc_key_sealed IS NOT NULL ORDER BY b.id $$;
 
 CREATE FUNCTION ushuru_plaintext_key_branches() RETURNS TABLE (tenant_id BIGINT, branch_id BIGINT)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql VOLATILE SECURITY DEFINER
 AS $$ SELECT set_config('ushuru.system', 'on', true);
       SELECT b.tenant_id, b.id FROM branches b WHERE b.cmc_key IS NOT NULL ORDER BY b.id $$;
 
 -- Expired records of every tenant.
 CREATE FUNCTION ushuru_purge_idempotency(at TIMESTAMPTZ) RETURNS BIGINT
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql VOLATILE SECURITY DEFINER
 AS $$ SELECT set_config('ushuru.system', 'on', true);
       WITH gone AS (DELETE FROM idempotency_keys WHERE expires_at <= at RETURNING 1)
       SELECT count(*) FROM gone $$;
 
 CREATE FUNCTION ushuru_purge_oauth_tokens(at TIMESTAMPTZ) RETURNS BIGINT
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
+LANGUAGE sql VOLATILE SECURITY DEFINER
 AS $$ SELECT set_config('ushuru.system', 'on', true);
       WITH gone AS (DELETE FROM oauth_tokens WHERE expires_at <= at RETURNING 1)
       SELECT count(*) FROM gone $$;
 
--- Functions are executable by PUBLIC unless revoked: only the service's role may call these.
+-- Each function's search_path, and who may call it: functions are executable by PUBLIC
+-- unless revoked, and only the service's role may call these.
 DO $grants$
 DECLARE
     f RECORD;
@@ -200,6 +214,8 @@ BEGIN
         SELECT p.oid::regprocedure AS signature FROM pg_proc p
         WHERE p.pronamespace = current_schema()::regnamespace AND p.proname LIKE 'ushuru\_%'
     LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp',
+                       f.signature, current_schema());
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f.signature);
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO ushuru_app', f.signature);
     END LOOP;
