@@ -46,6 +46,8 @@ pub struct PostgresStore {
     /// The login's own configuration, for migrations (which need the tables' owner).
     login: Arc<tokio_postgres::Config>,
     signers: Arc<tokio::sync::Mutex<Signers>>,
+    /// Idle relays' offers, and the claims phase 1 took for them (`offers.rs`).
+    pub(crate) offers: Arc<crate::offers::Offers>,
     /// Where concurrent idempotent sales queue for phase 1, started with the first.
     accepts: Arc<std::sync::OnceLock<accept_batch::Queue>>,
 }
@@ -224,12 +226,53 @@ impl PostgresStore {
             config: Arc::new(serving),
             login: Arc::new(config),
             signers: Arc::default(),
+            offers: Arc::default(),
             accepts: Arc::default(),
         })
     }
 
-    /// Opens the lock connection now, so that serving fails at start if it cannot.
+    /// Refuses to serve when the pool's connections do not act as [`SERVICE_ROLE`] (a
+    /// connection pooler that drops the `-c role=…` startup option would leave them acting
+    /// as the login), and warns when the login could leave that role: row-level security
+    /// then guards against Ushuru's own mistakes, not against a process someone took over.
+    async fn check_serving_role(&self) -> Result<()> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT current_user::text, session_user::text,
+                        r.rolsuper OR r.rolbypassrls
+                          OR EXISTS (SELECT 1 FROM pg_class c
+                                     WHERE c.relowner = r.oid AND c.relname = 'tenants')
+                 FROM pg_roles r WHERE r.rolname = session_user",
+                &[],
+            )
+            .await
+            .map_err(query_error)?;
+        let (acting, login, powerful): (String, String, bool) =
+            (row.get(0), row.get(1), row.get(2));
+        if acting != SERVICE_ROLE {
+            return Err(StoreError::Database(format!(
+                "the serving connections act as {acting}, not {SERVICE_ROLE}: something between \
+                 Ushuru and PostgreSQL (a connection pooler?) dropped the startup option \
+                 `-c role={SERVICE_ROLE}`, and row-level security would not apply"
+            )));
+        }
+        if powerful {
+            tracing::warn!(
+                login,
+                "serving as {SERVICE_ROLE} through a login that owns the tables or bypasses \
+                 row-level security: it guards against Ushuru's own mistakes, but a process \
+                 someone took over could leave the role. Serve with a login that is only a \
+                 member of {SERVICE_ROLE} (docs/architecture.md, \"Running it with a separate owner\")"
+            );
+        }
+        Ok(())
+    }
+
+    /// Opens the lock connection now, so that serving fails at start if it cannot; and
+    /// checks that the serving connections act as [`SERVICE_ROLE`].
     pub async fn lock_for_serving(&self) -> Result<()> {
+        self.check_serving_role().await?;
         let mut signers = self.signers.lock().await;
         if signers
             .session
@@ -382,6 +425,7 @@ impl PostgresStore {
             return Ok(());
         }
         signers.holds.remove(&scope.branch);
+        self.offers.withdraw(scope.branch);
         if let Some((_, held)) = signers.session.as_mut().and_then(|s| s.seen.as_mut()) {
             held.remove(&key);
         }
@@ -1303,10 +1347,43 @@ impl PostgresStore {
         sale: NewSale,
         build: PayloadBuilder,
     ) -> Result<IdempotentAccept> {
-        self.accepts
+        // An idle relay's offer: the sale's transaction claims the branch's head for it,
+        // under the relay's hold if this process still has the branch's lock.
+        let offer = self.offers.take_waiting(scope.branch);
+        let claim_for = match &offer {
+            Some((owner, lease)) => match self.existing_hold(scope, owner).await {
+                Some(hold) if self.still_held(&hold, scope).await? => Some((hold, *lease)),
+                _ => None,
+            },
+            None => None,
+        };
+        let has_hold = claim_for.is_some();
+        let (accepted, claim) = self
+            .accepts
             .get_or_init(|| accept_batch::start(self.pool.clone()))
-            .accept(scope, request, sale, build)
+            .accept(scope, request, sale, build, claim_for)
+            .await?;
+        match (claim, offer) {
+            (Some(claim), _) => self.offers.hand(claim),
+            // Nothing claimed (a key's earlier use decided, or the head was not this
+            // relay's to take): the relay still waits, if it still has the branch.
+            (None, Some((owner, lease))) if has_hold => {
+                self.offers.offer(scope.branch, &owner, lease);
+            }
+            _ => {}
+        }
+        Ok(accepted)
+    }
+
+    /// The hold `owner` has on the branch in this process, without trying to take one.
+    async fn existing_hold(&self, scope: Scope, owner: &str) -> Option<Hold> {
+        self.signers
+            .lock()
             .await
+            .holds
+            .get(&scope.branch)
+            .filter(|hold| hold.owner == owner)
+            .cloned()
     }
 }
 
@@ -1317,10 +1394,13 @@ async fn accept_one(
     request: IdempotentRequest,
     mut sale: NewSale,
     build: PayloadBuilder,
-) -> Result<IdempotentAccept> {
+    claim_for: Option<&(Hold, Duration)>,
+) -> Result<(IdempotentAccept, Option<Claim>)> {
     let mut client = pool.get().await.map_err(database)?;
     let tx = client.transaction().await.map_err(query_error)?;
-    enter_scope(&tx, scope).await?;
+    // The whole tenant: an Idempotency-Key is the tenant's, and its earlier use may have
+    // accepted a sale of another of the tenant's branches (`begin_in` must see it).
+    enter(&tx, scope.tenant).await?;
     // The usual case in one statement: a key not used before, recorded, and the
     // branch's next number taken.
     let expires = lease_until(request.now, request.keep);
@@ -1370,7 +1450,7 @@ async fn accept_one(
             .await?;
             if start != IdempotencyStart::Started {
                 tx.commit().await.map_err(query_error)?;
-                return Ok(IdempotentAccept::Decided(start));
+                return Ok((IdempotentAccept::Decided(start), None));
             }
             next_invc_no(&tx, scope).await?
         }
@@ -1378,11 +1458,38 @@ async fn accept_one(
     sale.idempotency_key = Some(request.key);
     let payload = build_payload(build, invc_no)?;
     let sale_id = insert_sale(&tx, scope, invc_no, &sale, &payload, "S").await?;
+    let claim = match claim_for {
+        Some((hold, lease)) => claim_in(&tx, scope, hold, *lease, request.now).await?,
+        None => None,
+    };
     tx.commit().await.map_err(query_error)?;
-    Ok(IdempotentAccept::Accepted(AcceptedSale {
-        sale: SaleId(sale_id),
-        invc_no,
-    }))
+    Ok((
+        IdempotentAccept::Accepted(AcceptedSale {
+            sale: SaleId(sale_id),
+            invc_no,
+        }),
+        claim,
+    ))
+}
+
+/// The branch's head claimed under `hold` inside the caller's transaction (phase 1 for an
+/// idle relay, `offers.rs`): [`CLAIM_SQL`], as the relay's own claim runs it.
+pub(super) async fn claim_in(
+    tx: &Transaction<'_>,
+    scope: Scope,
+    hold: &Hold,
+    lease: Duration,
+    now: DateTime<Utc>,
+) -> Result<Option<Claim>> {
+    let params = ClaimParams::new(scope, hold, lease, now);
+    let row = tx
+        .query_opt(
+            &tx.prepare_cached(CLAIM_SQL).await.map_err(query_error)?,
+            &params.as_params(),
+        )
+        .await
+        .map_err(query_error)?;
+    params.claim(scope, row)
 }
 
 impl PostgresStore {

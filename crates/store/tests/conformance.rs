@@ -1210,6 +1210,198 @@ async fn concurrent_idempotent_sales_are_each_exact(store: Store) {
 
 /// Recording a receipt can claim the branch's next sale in the same transaction, exactly
 /// as `claim_next` would, and returns the sale as it now is.
+/// An idle relay's offer: the next sale accepted for its branch claims the branch's head
+/// in its own phase-1 transaction and hands the claim to the relay, with the relay's own
+/// rules (the head only, not behind a row backing off, not without the branch's hold).
+async fn phase_one_claims_for_an_idle_relay(store: Store) {
+    let scope = branch(&store, "P051234567A").await;
+    let lease = Duration::from_secs(60);
+    let once = |key: &str| {
+        (
+            ushuru_store::IdempotentRequest {
+                key: key.into(),
+                request_sha256: "h".into(),
+                now: now(),
+                in_flight_for: Duration::from_secs(60),
+                keep: Duration::from_secs(3600),
+            },
+            NewSale {
+                client_reference: Some(key.into()),
+                tot_amt: money("5800.00"),
+                lines: sample_lines(),
+                idempotency_key: None,
+            },
+        )
+    };
+    let accept_once = async |key: &str| {
+        let (request, sale) = once(key);
+        match store
+            .accept_sale_once(scope, request, sale, payload())
+            .await
+            .unwrap()
+        {
+            ushuru_store::IdempotentAccept::Accepted(accepted) => accepted,
+            other => panic!("{key}: {other:?}"),
+        }
+    };
+
+    // An offer without the branch's hold claims nothing.
+    store.offer_next_sale(scope, "relay", lease);
+    let first = accept_once("K1").await;
+    assert!(store.take_handed_claim(scope, now()).is_none());
+    // The relay takes the hold by looking, claims the first sale itself, and offers.
+    let claim = store
+        .claim_next(scope, "relay", lease, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.sale, first.sale);
+    let recorded = store
+        .record_and_claim_next(
+            &claim,
+            &receipt("KRACU0000000001", 1),
+            None,
+            now(),
+            Some(("relay", lease)),
+        )
+        .await
+        .unwrap();
+    assert!(recorded.next.is_none());
+    store.offer_next_sale(scope, "relay", lease);
+    let second = accept_once("K2").await;
+    let handed = store
+        .take_handed_claim(scope, now())
+        .expect("claimed in the sale's own transaction");
+    assert_eq!(
+        (
+            handed.sale,
+            handed.invc_no,
+            handed.attempts,
+            handed.maybe_sent
+        ),
+        (second.sale, 2, 1, false)
+    );
+    assert!(
+        store.take_handed_claim(scope, now()).is_none(),
+        "handed once"
+    );
+    // It is leased: the relay's own look finds nothing to claim, and a third sale accepted
+    // meanwhile is not claimed past it.
+    assert_eq!(
+        store
+            .claim_next(scope, "relay", lease, now())
+            .await
+            .unwrap(),
+        None
+    );
+    store.offer_next_sale(scope, "relay", lease);
+    let third = accept_once("K3").await;
+    assert!(
+        store.take_handed_claim(scope, now()).is_none(),
+        "not past the head"
+    );
+    // The handed claim is a claim like any other: recorded with its token, the third
+    // sale comes next.
+    let recorded = store
+        .record_and_claim_next(
+            &handed,
+            &receipt("KRACU0000000001", 2),
+            None,
+            now(),
+            Some(("relay", lease)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded.sale.status, SaleStatus::Signed);
+    let next = recorded.next.expect("the third sale");
+    assert_eq!(next.sale, third.sale);
+    // Behind a row that backs off, nothing is claimed for the relay.
+    store
+        .release(
+            &next,
+            now() + chrono::Duration::seconds(30),
+            false,
+            SaleStatus::PendingSync,
+        )
+        .await
+        .unwrap();
+    store.offer_next_sale(scope, "relay", lease);
+    accept_once("K4").await;
+    assert!(
+        store.take_handed_claim(scope, now()).is_none(),
+        "not behind a backoff"
+    );
+    // A claim handed but not taken before its lease ran out is not handed any more.
+    let later = now() + chrono::Duration::seconds(31);
+    let claim = store
+        .claim_next(scope, "relay", lease, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.sale, third.sale);
+    store
+        .record_and_claim_next(&claim, &receipt("KRACU0000000001", 3), None, later, None)
+        .await
+        .unwrap();
+    store.offer_next_sale(scope, "relay", lease);
+    accept_once("K5").await;
+    assert!(
+        store
+            .take_handed_claim(scope, later + chrono::Duration::seconds(61))
+            .is_none()
+    );
+    // A relay that let the branch go offers nothing.
+    store.let_go_branch(scope, "relay").await.unwrap();
+    store.offer_next_sale(scope, "relay", lease);
+    accept_once("K6").await;
+    assert!(store.take_handed_claim(scope, now()).is_none());
+}
+
+/// An Idempotency-Key is the tenant's: its use in one branch decides a later use in
+/// another branch of the same tenant, which accepts no second sale (a second fiscal
+/// invoice for one request).
+async fn an_idempotency_key_spans_the_tenants_branches(store: Store) {
+    let first = branch(&store, "P051234567A").await;
+    let second = store
+        .create_branch(first.tenant, "01")
+        .await
+        .unwrap()
+        .scope();
+    let use_key = async |scope: Scope, at: DateTime<Utc>| {
+        store
+            .accept_sale_once(
+                scope,
+                ushuru_store::IdempotentRequest {
+                    key: "SHARED".into(),
+                    request_sha256: "h".into(),
+                    now: at,
+                    in_flight_for: Duration::from_secs(60),
+                    keep: Duration::from_secs(86_400),
+                },
+                NewSale {
+                    client_reference: Some("SHARED".into()),
+                    tot_amt: money("5800.00"),
+                    lines: sample_lines(),
+                    idempotency_key: None,
+                },
+                payload(),
+            )
+            .await
+            .unwrap()
+    };
+    assert!(matches!(
+        use_key(first, now()).await,
+        ushuru_store::IdempotentAccept::Accepted(_)
+    ));
+    // Long after the first request stopped counting as in flight.
+    let later = now() + chrono::Duration::seconds(600);
+    let again = use_key(second, later).await;
+    assert!(
+        !matches!(again, ushuru_store::IdempotentAccept::Accepted(_)),
+        "{again:?}"
+    );
+}
+
 async fn a_receipt_and_the_next_claim_share_a_transaction(store: Store) {
     let scope = branch(&store, "P051234567A").await;
     let first = accept(&store, scope, "A").await;
@@ -2514,6 +2706,8 @@ conformance!(
     refusals_among_concurrent_sales_undo_only_themselves,
     concurrent_idempotent_sales_are_each_exact,
     a_receipt_and_the_next_claim_share_a_transaction,
+    phase_one_claims_for_an_idle_relay,
+    an_idempotency_key_spans_the_tenants_branches,
     api_keys_are_kept_as_hashes_and_can_be_revoked,
     idempotency_keys_replay_refuse_and_expire,
     concurrent_first_uses_of_a_key_start_once,
