@@ -530,6 +530,11 @@ pub(crate) async fn branch_context(
             "it was provisioned after this server started".into(),
         ));
     };
+    // One scoped read says whether there is a device to serve; only then the list of
+    // initialised branches (once per branch and replica) for its identity.
+    if state.store.device(scope).await?.is_none() {
+        return Err(unavailable("its device is not initialised".into()));
+    }
     let found = state
         .store
         .initialised_branches()

@@ -97,22 +97,22 @@ pub fn serve_branch(
         .profile
         .parse()
         .map_err(|e| failed(format!("stored profile: {e}")))?;
-    // The relay's client holds no key: it opens the branch's latest sealed form, kept in
-    // `sealed_keys` (which rotations update), for each call.
-    state
-        .sealed_keys
-        .set(served.scope.branch, served.device.cmc_key.clone());
     let key = SealedKeyOpener {
         vault: state.vault.clone(),
         scope: served.scope,
         keys: Arc::clone(&state.sealed_keys),
     };
     // Found now, not at the first sale: a master key that does not open the branch's key.
-    drop(ushuru_kra::CmcKeyOpener::open(&key).map_err(|e| {
-        failed(format!(
-            "{e}. Start with the master key this database was sealed with"
-        ))
-    })?);
+    drop(
+        state
+            .vault
+            .open_cmc_key(binding(served.scope), &served.device.cmc_key)
+            .map_err(|e| {
+                failed(format!(
+                    "{e}. Start with the master key this database was sealed with"
+                ))
+            })?,
+    );
     let client = provisioning
         .control_units
         .client(ClientConfig {
@@ -150,6 +150,12 @@ pub fn serve_branch(
     if !added {
         return Err(failed("it is served already".into()));
     }
+    // The relay's client holds no key: it opens the branch's latest sealed form, kept in
+    // `sealed_keys` (which rotations update), for each call. Set only by the call that
+    // added the branch, so a losing concurrent call cannot put back an older form.
+    state
+        .sealed_keys
+        .set(served.scope.branch, served.device.cmc_key.clone());
     if let Err(e) = state.pipeline.add_relay(relay) {
         state.branches.remove(served.scope.branch);
         return Err(failed(e.to_string()));
@@ -358,10 +364,15 @@ fn parse(body: &[u8]) -> Result<Provision, ApiError> {
         let rest = url
             .strip_prefix("http://")
             .or_else(|| url.strip_prefix("https://"));
-        if rest.is_none_or(|host| host.is_empty() || host.contains(char::is_whitespace)) {
+        // No credentials in it: the URL is stored with the branch and written to the
+        // audit log.
+        let authority = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(r));
+        if rest.is_none_or(|host| host.is_empty() || host.contains(char::is_whitespace))
+            || authority.is_some_and(|a| a.contains('@'))
+        {
             return Err(ApiError::invalid(
                 "INVALID_VSCU_BASE_URL",
-                format!("vscuBaseUrl {url:?} is not an http:// or https:// URL"),
+                "vscuBaseUrl must be an http:// or https:// URL without credentials",
             ));
         }
     }
@@ -464,9 +475,14 @@ pub(crate) async fn provision_tenant(
     body: Bytes,
 ) -> Response {
     let request_id = request_id();
-    match provision(&state, &operator, &body).await {
-        Ok(body) => respond(StatusCode::CREATED, body, &request_id),
-        Err(error) => error.into_response(),
+    // On a task of its own: a client that gives up (the control unit may take 30 s) drops
+    // this handler, and a provisioning cut off between the control unit issuing the key
+    // and the store keeping it would lose the key for good (a retry gets 902).
+    let provisioned = tokio::spawn(async move { provision(&state, &operator, &body).await }).await;
+    match provisioned {
+        Ok(Ok(body)) => respond(StatusCode::CREATED, body, &request_id),
+        Ok(Err(error)) => error.into_response(),
+        Err(e) => ApiError::internal(format!("the provisioning task failed: {e}")).into_response(),
     }
 }
 
@@ -585,10 +601,13 @@ async fn provision(state: &AppState, operator: &Operator, body: &[u8]) -> Result
             device,
         },
     ) {
-        // Stored whole: `serve` signs for it from its next start.
-        return Err(ApiError::internal(format!(
-            "provisioned, but not served until restart: {e}"
-        )));
+        // A request of the new branch's key may have started serving it first.
+        if state.branches.get(scope.branch).is_none() {
+            // Stored whole: `serve` signs for it from its next start.
+            return Err(ApiError::internal(format!(
+                "provisioned, but not served until restart: {e}"
+            )));
+        }
     }
     tracing::info!(tin = %request.tin, bhf_id = %request.bhf_id, sdc_id = %sdc_id, "branch provisioned and served");
     Ok(json!({
@@ -802,6 +821,13 @@ mod tests {
             ),
             (
                 with("vscuBaseUrl", json!("ftp://x")),
+                (422, "INVALID_VSCU_BASE_URL"),
+            ),
+            (
+                with(
+                    "vscuBaseUrl",
+                    json!("http://operator:secret@127.0.0.1:8088/vscu"),
+                ),
                 (422, "INVALID_VSCU_BASE_URL"),
             ),
             (json!([1]), (400, "INVALID_BODY")),

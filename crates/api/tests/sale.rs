@@ -2104,6 +2104,43 @@ async fn a_branch_client_cannot_reach_another_tenant(store: Store) {
     finish(app).await;
 }
 
+/// A key of a branch this server does not sign for (added after it started, its device not
+/// initialised): the branch routes answer 503 BRANCH_NOT_SERVED, not a 500.
+async fn a_branch_without_a_device_is_not_served(store: Store) {
+    let app = start(store, Duration::from_secs(5)).await;
+    let tenant = app
+        .store
+        .tenant_by_tin(TINS[0])
+        .await
+        .unwrap()
+        .expect("the first tenant");
+    let added = app.store.create_branch(tenant.id, "07").await.unwrap();
+    let (key, _) = app
+        .store
+        .create_api_key(added.scope(), "till of a new branch")
+        .await
+        .unwrap();
+    let (status, body) = get(&app, &key, "/v2/etims/device").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("BRANCH_NOT_SERVED")),
+        "{body}"
+    );
+    let (status, body, _) = post(
+        &app,
+        Some(&key),
+        Some("NO-DEVICE"),
+        &flat("NO-DEVICE", "116.00", "16.00"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("BRANCH_NOT_SERVED")),
+        "{body}"
+    );
+    finish(app).await;
+}
+
 /// A GET from a chosen loopback address (all of 127.0.0.0/8 reaches the server).
 async fn get_from(app: &App, from: [u8; 4], key: &str) -> reqwest::Response {
     reqwest::Client::builder()
@@ -2232,4 +2269,5 @@ on_both!(
     oauth_tokens_act_for_their_branch_until_they_die,
     keys_rotate_while_sales_are_signed,
     a_branch_client_cannot_reach_another_tenant,
+    a_branch_without_a_device_is_not_served,
 );
