@@ -267,24 +267,15 @@ impl Relay {
     /// Claims the branch's next sale and takes it as far as one call allows.
     async fn step_sale(&self) -> Result<Step, RelayError> {
         let carried = locked(&self.carried).take();
-        let now = self.clock.now();
-        // The claim the last receipt's transaction took, or the one a sale's phase 1 took
-        // for this relay while it waited, or else the branch's head, claimed now.
-        let claim = match carried.or_else(|| self.store.take_handed_claim(self.scope, now)) {
+        let claim = match carried {
             Some(claim) => claim,
             None => match self
                 .store
-                .claim_next(self.scope, &self.owner, self.lease, now)
+                .claim_next(self.scope, &self.owner, self.lease, self.clock.now())
                 .await?
             {
                 Some(claim) => claim,
-                None => {
-                    // Nothing to send: the next sale accepted for the branch claims for
-                    // this relay in its own transaction (one commit less per sale).
-                    self.store
-                        .offer_next_sale(self.scope, &self.owner, self.lease);
-                    return Ok(Step::Idle);
-                }
+                None => return Ok(Step::Idle),
             },
         };
         let actual = data_encoding::HEXLOWER.encode(&Sha256::digest(claim.payload.body.as_bytes()));
@@ -502,12 +493,6 @@ impl Relay {
         }
         match recorded {
             Ok(recorded) => {
-                if recorded.next.is_none() {
-                    // Nothing ready behind it: the branch's next sale claims for this relay
-                    // in its own transaction (see `Relay::step_sale`).
-                    self.store
-                        .offer_next_sale(self.scope, &self.owner, self.lease);
-                }
                 *locked(&self.carried) = recorded.next;
                 *locked(&self.signed) = Some(recorded.sale);
                 Ok(Step::Signed {

@@ -12,7 +12,6 @@
 //! `UNIQUE(sdc_id, rcpt_no)` (phase 3).
 
 mod model;
-mod offers;
 mod postgres;
 mod signer;
 mod sqlite;
@@ -281,26 +280,6 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<Claim>> {
         dispatch!(self, s => s.claim_next(scope, owner, lease, now))
-    }
-
-    /// The relay `owner` found nothing to send for the branch: the next sale this process
-    /// accepts for it ([`Store::accept_sale_once`]) claims the branch's head for the relay
-    /// in its own phase-1 transaction, and hands the claim over with
-    /// [`Store::take_handed_claim`] (see `offers.rs`).
-    pub fn offer_next_sale(&self, scope: Scope, owner: &str, lease: Duration) {
-        self.offers().offer(scope.branch, owner, lease);
-    }
-
-    /// The claim phase 1 took for the branch's relay, if its lease still runs at `now`.
-    pub fn take_handed_claim(&self, scope: Scope, now: DateTime<Utc>) -> Option<Claim> {
-        self.offers().take_handed(scope.branch, now)
-    }
-
-    fn offers(&self) -> &offers::Offers {
-        match self {
-            Store::Sqlite(s) => &s.offers,
-            Store::Postgres(s) => &s.offers,
-        }
     }
 
     /// Takes the database for this process to serve, before anything else: on SQLite an

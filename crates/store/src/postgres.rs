@@ -46,8 +46,6 @@ pub struct PostgresStore {
     /// The login's own configuration, for migrations (which need the tables' owner).
     login: Arc<tokio_postgres::Config>,
     signers: Arc<tokio::sync::Mutex<Signers>>,
-    /// Idle relays' offers, and the claims phase 1 took for them (`offers.rs`).
-    pub(crate) offers: Arc<crate::offers::Offers>,
     /// Where concurrent idempotent sales queue for phase 1, started with the first.
     accepts: Arc<std::sync::OnceLock<accept_batch::Queue>>,
 }
@@ -226,7 +224,6 @@ impl PostgresStore {
             config: Arc::new(serving),
             login: Arc::new(config),
             signers: Arc::default(),
-            offers: Arc::default(),
             accepts: Arc::default(),
         })
     }
@@ -425,7 +422,6 @@ impl PostgresStore {
             return Ok(());
         }
         signers.holds.remove(&scope.branch);
-        self.offers.withdraw(scope.branch);
         if let Some((_, held)) = signers.session.as_mut().and_then(|s| s.seen.as_mut()) {
             held.remove(&key);
         }
@@ -1347,43 +1343,10 @@ impl PostgresStore {
         sale: NewSale,
         build: PayloadBuilder,
     ) -> Result<IdempotentAccept> {
-        // An idle relay's offer: the sale's transaction claims the branch's head for it,
-        // under the relay's hold if this process still has the branch's lock.
-        let offer = self.offers.take_waiting(scope.branch);
-        let claim_for = match &offer {
-            Some((owner, lease)) => match self.existing_hold(scope, owner).await {
-                Some(hold) if self.still_held(&hold, scope).await? => Some((hold, *lease)),
-                _ => None,
-            },
-            None => None,
-        };
-        let has_hold = claim_for.is_some();
-        let (accepted, claim) = self
-            .accepts
+        self.accepts
             .get_or_init(|| accept_batch::start(self.pool.clone()))
-            .accept(scope, request, sale, build, claim_for)
-            .await?;
-        match (claim, offer) {
-            (Some(claim), _) => self.offers.hand(claim),
-            // Nothing claimed (a key's earlier use decided, or the head was not this
-            // relay's to take): the relay still waits, if it still has the branch.
-            (None, Some((owner, lease))) if has_hold => {
-                self.offers.offer(scope.branch, &owner, lease);
-            }
-            _ => {}
-        }
-        Ok(accepted)
-    }
-
-    /// The hold `owner` has on the branch in this process, without trying to take one.
-    async fn existing_hold(&self, scope: Scope, owner: &str) -> Option<Hold> {
-        self.signers
-            .lock()
+            .accept(scope, request, sale, build)
             .await
-            .holds
-            .get(&scope.branch)
-            .filter(|hold| hold.owner == owner)
-            .cloned()
     }
 }
 
@@ -1394,8 +1357,7 @@ async fn accept_one(
     request: IdempotentRequest,
     mut sale: NewSale,
     build: PayloadBuilder,
-    claim_for: Option<&(Hold, Duration)>,
-) -> Result<(IdempotentAccept, Option<Claim>)> {
+) -> Result<IdempotentAccept> {
     let mut client = pool.get().await.map_err(database)?;
     let tx = client.transaction().await.map_err(query_error)?;
     // The whole tenant: an Idempotency-Key is the tenant's, and its earlier use may have
@@ -1450,7 +1412,7 @@ async fn accept_one(
             .await?;
             if start != IdempotencyStart::Started {
                 tx.commit().await.map_err(query_error)?;
-                return Ok((IdempotentAccept::Decided(start), None));
+                return Ok(IdempotentAccept::Decided(start));
             }
             next_invc_no(&tx, scope).await?
         }
@@ -1458,38 +1420,11 @@ async fn accept_one(
     sale.idempotency_key = Some(request.key);
     let payload = build_payload(build, invc_no)?;
     let sale_id = insert_sale(&tx, scope, invc_no, &sale, &payload, "S").await?;
-    let claim = match claim_for {
-        Some((hold, lease)) => claim_in(&tx, scope, hold, *lease, request.now).await?,
-        None => None,
-    };
     tx.commit().await.map_err(query_error)?;
-    Ok((
-        IdempotentAccept::Accepted(AcceptedSale {
-            sale: SaleId(sale_id),
-            invc_no,
-        }),
-        claim,
-    ))
-}
-
-/// The branch's head claimed under `hold` inside the caller's transaction (phase 1 for an
-/// idle relay, `offers.rs`): [`CLAIM_SQL`], as the relay's own claim runs it.
-pub(super) async fn claim_in(
-    tx: &Transaction<'_>,
-    scope: Scope,
-    hold: &Hold,
-    lease: Duration,
-    now: DateTime<Utc>,
-) -> Result<Option<Claim>> {
-    let params = ClaimParams::new(scope, hold, lease, now);
-    let row = tx
-        .query_opt(
-            &tx.prepare_cached(CLAIM_SQL).await.map_err(query_error)?,
-            &params.as_params(),
-        )
-        .await
-        .map_err(query_error)?;
-    params.claim(scope, row)
+    Ok(IdempotentAccept::Accepted(AcceptedSale {
+        sale: SaleId(sale_id),
+        invc_no,
+    }))
 }
 
 impl PostgresStore {

@@ -47,8 +47,6 @@ pub struct SqliteStore {
     readers: Option<crossbeam_channel::Sender<ReadJob>>,
     lock_path: PathBuf,
     signers: Arc<Mutex<Signers>>,
-    /// Idle relays' offers, and the claims phase 1 took for them (`offers.rs`).
-    pub(crate) offers: Arc<crate::offers::Offers>,
 }
 
 /// An operation for the writer thread: it runs in the batch's transaction and returns
@@ -232,7 +230,6 @@ impl SqliteStore {
             readers: spawn_readers(readers)?,
             lock_path: lock_path.into(),
             signers: Arc::default(),
-            offers: Arc::default(),
         })
     }
 
@@ -314,7 +311,6 @@ impl SqliteStore {
             .is_some_and(|hold| hold.owner == owner)
         {
             signers.holds.remove(&scope.branch);
-            self.offers.withdraw(scope.branch);
         }
         Ok(())
     }
@@ -967,61 +963,31 @@ impl SqliteStore {
         mut sale: NewSale,
         build: PayloadBuilder,
     ) -> Result<IdempotentAccept> {
-        // An idle relay's offer: the sale's transaction claims the branch's head for it.
-        let offer = self.offers.take_waiting(scope.branch);
-        let claim_for = match &offer {
-            Some((owner, lease)) => self
-                .signers()
-                .holds
-                .get(&scope.branch)
-                .filter(|hold| hold.owner == *owner)
-                .map(|hold| (hold.clone(), *lease)),
-            None => None,
-        };
-        let has_hold = claim_for.is_some();
-        let (accepted, claim) = self
-            .run(move |connection| {
-                let tx = connection.savepoint().map_err(database)?;
-                let start = begin_in(
-                    &tx,
-                    scope.tenant,
-                    &request.key,
-                    &request.request_sha256,
-                    request.now,
-                    request.in_flight_for,
-                    request.keep,
-                )?;
-                if start != IdempotencyStart::Started {
-                    return Ok((IdempotentAccept::Decided(start), None));
-                }
-                sale.idempotency_key = Some(request.key);
-                let invc_no = next_invc_no(&tx, scope)?;
-                let payload = build_payload(build, invc_no)?;
-                let sale_id = insert_sale(&tx, scope, invc_no, &sale, &payload, "S")?;
-                let claim = match &claim_for {
-                    Some((hold, lease)) => claim_in(&tx, scope, hold, *lease, request.now)?,
-                    None => None,
-                };
-                tx.commit().map_err(database)?;
-                Ok((
-                    IdempotentAccept::Accepted(AcceptedSale {
-                        sale: SaleId(sale_id),
-                        invc_no,
-                    }),
-                    claim,
-                ))
-            })
-            .await?;
-        match (claim, offer) {
-            (Some(claim), _) => self.offers.hand(claim),
-            // Nothing claimed (a key's earlier use decided, or the head was not this
-            // relay's to take): the relay still waits, if it still has the branch.
-            (None, Some((owner, lease))) if has_hold => {
-                self.offers.offer(scope.branch, &owner, lease);
+        self.run(move |connection| {
+            let tx = connection.savepoint().map_err(database)?;
+            let start = begin_in(
+                &tx,
+                scope.tenant,
+                &request.key,
+                &request.request_sha256,
+                request.now,
+                request.in_flight_for,
+                request.keep,
+            )?;
+            if start != IdempotencyStart::Started {
+                return Ok(IdempotentAccept::Decided(start));
             }
-            _ => {}
-        }
-        Ok(accepted)
+            sale.idempotency_key = Some(request.key);
+            let invc_no = next_invc_no(&tx, scope)?;
+            let payload = build_payload(build, invc_no)?;
+            let sale_id = insert_sale(&tx, scope, invc_no, &sale, &payload, "S")?;
+            tx.commit().map_err(database)?;
+            Ok(IdempotentAccept::Accepted(AcceptedSale {
+                sale: SaleId(sale_id),
+                invc_no,
+            }))
+        })
+        .await
     }
 
     pub async fn finish_idempotent(

@@ -19,10 +19,9 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{accept_one, claim_in, database, enter, query_error};
-use crate::signer::Hold;
+use super::{accept_one, database, enter, query_error};
 use crate::{
-    AcceptedSale, BranchId, Claim, IdempotentAccept, IdempotentRequest, NewSale, OutboxPayload,
+    AcceptedSale, BranchId, IdempotentAccept, IdempotentRequest, NewSale, OutboxPayload,
     PayloadBuilder, Result, SaleId, Scope, StoreError, TenantId, build_payload, lease_until,
     money_text, to_i64, to_u64,
 };
@@ -33,18 +32,12 @@ const MAX_BATCH: usize = 64;
 /// PostgreSQL has a second core to run it on.
 const WRITERS: usize = 2;
 
-/// What a sale's phase 1 answers: its acceptance, and the claim it took for its branch's
-/// idle relay (`offers.rs`), if it was asked to and the head was the relay's to take.
-type Answer = Result<(IdempotentAccept, Option<Claim>)>;
-
 struct Job {
     scope: Scope,
     request: IdempotentRequest,
     sale: NewSale,
     build: PayloadBuilder,
-    /// Claim the branch's head for an idle relay with this hold and lease.
-    claim_for: Option<(Hold, std::time::Duration)>,
-    answer: oneshot::Sender<Answer>,
+    answer: oneshot::Sender<Result<IdempotentAccept>>,
 }
 
 /// The queue of sales waiting for phase 1. Its writers end when the last handle to it (the
@@ -70,15 +63,13 @@ impl Queue {
         request: IdempotentRequest,
         sale: NewSale,
         build: PayloadBuilder,
-        claim_for: Option<(Hold, std::time::Duration)>,
-    ) -> Answer {
+    ) -> Result<IdempotentAccept> {
         let (answer, answered) = oneshot::channel();
         let job = Job {
             scope,
             request,
             sale,
             build,
-            claim_for,
             answer,
         };
         if self.jobs.send(job).is_err() {
@@ -126,15 +117,7 @@ async fn write(pool: Pool, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
 async fn accept_together(pool: &Pool, tenant: TenantId, jobs: Vec<Job>) {
     if jobs.len() == 1 {
         for job in jobs {
-            let accepted = accept_one(
-                pool,
-                job.scope,
-                job.request,
-                job.sale,
-                job.build,
-                job.claim_for.as_ref(),
-            )
-            .await;
+            let accepted = accept_one(pool, job.scope, job.request, job.sale, job.build).await;
             let _ = job.answer.send(accepted);
         }
         return;
@@ -150,15 +133,7 @@ async fn accept_together(pool: &Pool, tenant: TenantId, jobs: Vec<Job>) {
     // `accept_one` decides them (after the batch's keys are committed, so a key seen twice
     // in a batch waits for nothing).
     for job in later {
-        let accepted = accept_one(
-            pool,
-            job.scope,
-            job.request,
-            job.sale,
-            job.build,
-            job.claim_for.as_ref(),
-        )
-        .await;
+        let accepted = accept_one(pool, job.scope, job.request, job.sale, job.build).await;
         let _ = job.answer.send(accepted);
     }
 }
@@ -170,8 +145,7 @@ struct Numbered {
     scope: Scope,
     request: IdempotentRequest,
     sale: NewSale,
-    claim_for: Option<(Hold, std::time::Duration)>,
-    answer: oneshot::Sender<Answer>,
+    answer: oneshot::Sender<Result<IdempotentAccept>>,
     invc_no: u64,
     payload: OutboxPayload,
 }
@@ -282,7 +256,6 @@ async fn accept_batch(
             request,
             sale,
             build,
-            claim_for,
             answer,
         } = job;
         match build_payload(build, next) {
@@ -292,7 +265,6 @@ async fn accept_batch(
                     scope,
                     request,
                     sale,
-                    claim_for,
                     answer,
                     invc_no: next,
                     payload,
@@ -310,22 +282,16 @@ async fn accept_batch(
     if accepted.is_empty() && failed_keys.is_empty() {
         return Ok(later);
     }
-    let written = match write_sales(&tx, tenant, &last, &failed_keys, &accepted).await {
-        Ok(ids) => claim_for_relays(&tx, &accepted)
-            .await
-            .map(|claims| (ids, claims)),
-        Err(e) => Err(e),
-    };
-    match written {
-        Ok((ids, mut claims)) => match tx.commit().await {
+    match write_sales(&tx, tenant, &last, &failed_keys, &accepted).await {
+        Ok(ids) => match tx.commit().await {
             Ok(()) => {
                 for (sale, id) in accepted.into_iter().zip(ids) {
-                    let claim = claims.remove(&sale.scope.branch);
-                    let accepted = IdempotentAccept::Accepted(AcceptedSale {
-                        sale: SaleId(id),
-                        invc_no: sale.invc_no,
-                    });
-                    let _ = sale.answer.send(Ok((accepted, claim)));
+                    let _ = sale
+                        .answer
+                        .send(Ok(IdempotentAccept::Accepted(AcceptedSale {
+                            sale: SaleId(id),
+                            invc_no: sale.invc_no,
+                        })));
                 }
             }
             Err(e) => fail_all(accepted, &query_error(e)),
@@ -333,29 +299,6 @@ async fn accept_batch(
         Err(e) => fail_all(accepted, &e),
     }
     Ok(later)
-}
-
-/// The claims the batch's sales were asked to take for their branches' idle relays: one per
-/// branch, the branch's head, in the batch's transaction (after its sales are written, so
-/// the head may be one of them).
-async fn claim_for_relays(
-    tx: &deadpool_postgres::Transaction<'_>,
-    accepted: &[Numbered],
-) -> Result<HashMap<BranchId, Claim>> {
-    let mut claims = HashMap::new();
-    let mut asked = HashSet::new();
-    for sale in accepted {
-        let Some((hold, lease)) = &sale.claim_for else {
-            continue;
-        };
-        if !asked.insert(sale.scope.branch) {
-            continue;
-        }
-        if let Some(claim) = claim_in(tx, sale.scope, hold, *lease, sale.request.now).await? {
-            claims.insert(sale.scope.branch, claim);
-        }
-    }
-    Ok(claims)
 }
 
 /// The batch's numbered sales could not be written: nothing of them was.
