@@ -142,6 +142,7 @@ enum Selection {
         (status = 400, description = "The body does not read, or gives both `returnLines` and `items` \
             (`INVALID_BODY`).", body = ErrorBody),
         (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 503, description = "This server does not sign for the key's branch yet: its device is not initialised (`BRANCH_NOT_SERVED`).", body = ErrorBody),
         (status = 404, description = "No such sale for this branch (`NOT_FOUND`).", body = ErrorBody),
         (status = 409, description = "`CREDIT_NOTE_EXISTS`: nothing remains to reverse (with \
             `existingCreditNoteId`, `existingCuInvoiceNo`); `ORIGINAL_NOT_SIGNED`: the sale failed \

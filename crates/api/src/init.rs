@@ -56,6 +56,7 @@ async fn checkpoint(state: &AppState, caller: &Caller) -> Result<Value, ApiError
         (status = 200, description = "The checkpoint (with `resultCd` 902 when a device was asked for again).", body = InitResult),
         (status = 400, description = "A body that is not JSON of this shape (`INVALID_BODY`).", body = ErrorBody),
         (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 503, description = "This server does not sign for the key's branch yet: its device is not initialised (`BRANCH_NOT_SERVED`).", body = ErrorBody),
         (status = 422, description = "`tin`/`bhfId` are not the API key's branch (`BRANCH_MISMATCH`).", body = ErrorBody),
         (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
     ),
@@ -113,6 +114,7 @@ pub(crate) async fn init(State(state): State<AppState>, caller: Caller, body: By
     responses(
         (status = 200, description = "The checkpoint.", body = InitResult),
         (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 503, description = "This server does not sign for the key's branch yet: its device is not initialised (`BRANCH_NOT_SERVED`).", body = ErrorBody),
         (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
     ),
     security(("bearer" = []), ("apiKey" = [])),

@@ -410,6 +410,7 @@ pub(crate) fn respond(status: StatusCode, body: Value, request_id: &str) -> Resp
             body = SaleResult, headers(("X-Request-Id" = String, description = "This request's id."))),
         (status = 400, description = "The body is not JSON of this shape (`INVALID_BODY`).", body = ErrorBody),
         (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 503, description = "This server does not sign for the key's branch yet: its device is not initialised (`BRANCH_NOT_SERVED`).", body = ErrorBody),
         (status = 422, description = "The sale is refused before it is numbered: `SUPPLIER_MISMATCH`, `INVALID_DATE`, \
             `AMOUNT_MISMATCH`, `TAX_MISMATCH`, `INVALID_PIN`, `INVALID_ITEM_CLASS`, `UNKNOWN_TAX_BAND`, ...; \
             or `IDEMPOTENCY_KEY_REUSED`.", body = ErrorBody),
@@ -749,6 +750,7 @@ async fn accept_once(
         (status = 200, description = "The sale.", body = SaleResult,
             headers(("X-Request-Id" = String, description = "This request's id."))),
         (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 503, description = "This server does not sign for the key's branch yet: its device is not initialised (`BRANCH_NOT_SERVED`).", body = ErrorBody),
         (status = 404, description = "No such sale for this branch (`NOT_FOUND`).", body = ErrorBody),
         (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
     ),

@@ -43,6 +43,7 @@ fn exchange_view(exchange: &ExchangeRecord) -> Value {
     responses(
         (status = 200, description = "The sale and its journal.", body = SaleOriginal, headers(("X-Request-Id" = String, description = "This request's id."))),
         (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 503, description = "This server does not sign for the key's branch yet: its device is not initialised (`BRANCH_NOT_SERVED`).", body = ErrorBody),
         (status = 404, description = "No such sale for this branch (`NOT_FOUND`).", body = ErrorBody),
         (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
     ),
@@ -125,6 +126,7 @@ pub(crate) async fn original(
     responses(
         (status = 200, description = "The device.", body = DeviceView, headers(("X-Request-Id" = String, description = "This request's id."))),
         (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 503, description = "This server does not sign for the key's branch yet: its device is not initialised (`BRANCH_NOT_SERVED`).", body = ErrorBody),
         (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
     ),
     security(("bearer" = []), ("apiKey" = [])),
@@ -242,6 +244,7 @@ const SEARCH_KEYS: [&str; 4] = [
         (status = 400, description = "Not exactly one non-empty key (`SEARCH_KEY_REQUIRED`), or a \
             key other than `clientReference` (`SEARCH_KEY_UNSUPPORTED`).", body = ErrorBody),
         (status = 401, description = "No live API key (`UNAUTHENTICATED`).", body = ErrorBody),
+        (status = 503, description = "This server does not sign for the key's branch yet: its device is not initialised (`BRANCH_NOT_SERVED`).", body = ErrorBody),
         (status = 404, description = "No sale with that reference for this branch (`NOT_FOUND`).", body = ErrorBody),
         (status = 500, description = "Internal error (`INTERNAL_ERROR`).", body = ErrorBody),
     ),
