@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod common;
+use common::free_port;
+
 const KEY: &str = "ush_crash_test_key_fixed_by_the_operator";
 const TIN: &str = "P000000000A";
 const SALES: usize = 2_000;
@@ -44,14 +47,6 @@ impl Process {
         let _ = self.0.kill(); // SIGKILL on Unix: no shutdown code runs
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn temp_dir(name: &str) -> PathBuf {

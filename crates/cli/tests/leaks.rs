@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 mod common;
+use common::free_port;
 
 const TIN: &str = "P000000000A";
 const API_KEY: &str = "ush_leak_test_key_0123456789abcdefXYZ";
@@ -27,14 +28,6 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn fresh_dir(name: &str) -> PathBuf {

@@ -5,33 +5,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 mod common;
+use common::{Running, free_port, terminate};
 
 const KEY: &str = "ush_test_key_fixed_by_the_operator_0001";
 const OPERATOR_KEY: &str = "ushop_test_operator_key_fixed_0001";
 const TIN: &str = "P000000000A";
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn start(data_dir: &Path, port: u16, database_url: Option<&str>) -> (Running, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ushuru"));
@@ -84,29 +68,6 @@ async fn sell_as(url: &str, key: &str, reference: &str) -> Value {
         .unwrap();
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
-}
-
-fn terminate(mut running: Running) {
-    let pid = running.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = running.0.try_wait().unwrap() {
-            assert!(status.success(), "a graceful stop exits 0: {status}");
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ushuru serve did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn sdk_python() -> PathBuf {
