@@ -55,9 +55,6 @@ type WriteJob = Box<dyn FnOnce(&mut Connection) -> Deliver + Send>;
 type Deliver = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
-/// The WAL's size, in pages, at which the writer checkpoints (see `SqliteStore::open`).
-const WAL_CHECKPOINT_PAGES: i64 = 10_000;
-
 /// How many read-only connections (and reader threads) a file database gets.
 const READERS: usize = 4;
 
@@ -201,15 +198,6 @@ impl SqliteStore {
                     .map_err(database)?;
                 connection
                     .pragma_update(None, "foreign_keys", "ON")
-                    .map_err(database)?;
-                // The writer checkpoints when the WAL passes this many pages (SQLite's
-                // default is 1,000). A checkpoint copies each page the WAL holds into the
-                // database once, however often it was rewritten since the last one, and the
-                // hot pages (the branch counters, the outbox's and the sales' newest pages)
-                // are rewritten by nearly every commit: checkpointing a tenth as often copies
-                // far fewer pages per sale, and the WAL stays bounded (about 40 MB).
-                connection
-                    .pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
                     .map_err(database)?;
                 connection
                     .busy_timeout(Duration::from_secs(5))
