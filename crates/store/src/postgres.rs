@@ -48,6 +48,8 @@ pub struct PostgresStore {
     signers: Arc<tokio::sync::Mutex<Signers>>,
     /// Where concurrent idempotent sales queue for phase 1, started with the first.
     accepts: Arc<std::sync::OnceLock<accept_batch::Queue>>,
+    /// Where the relays' claims and receipts queue, started with the first.
+    relays: Arc<std::sync::OnceLock<relay_batch::Queue>>,
 }
 
 /// The process's branch locks: the connection holding them, and which relay holds which.
@@ -225,6 +227,7 @@ impl PostgresStore {
             login: Arc::new(config),
             signers: Arc::default(),
             accepts: Arc::default(),
+            relays: Arc::default(),
         })
     }
 
@@ -777,20 +780,11 @@ impl PostgresStore {
         if !self.still_held(&hold, scope).await? {
             return Ok(None);
         }
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(CLAIM_SQL)
-            .await
-            .map_err(query_error)?;
         let params = ClaimParams::new(scope, &hold, lease, now);
-        let row = one_round_trip(&client, scope, async {
-            client
-                .query_opt(&statement, &params.as_params())
-                .await
-                .map_err(query_error)
-        })
-        .await?;
-        params.claim(scope, row)
+        self.relays
+            .get_or_init(|| relay_batch::start(self.pool.clone()))
+            .claim(scope, params)
+            .await
     }
 
     pub async fn record_receipt(
@@ -811,135 +805,15 @@ impl PostgresStore {
             },
             None => None,
         };
-        let client = self.client().await?;
-        let rcpt_no = to_i64(receipt.tot_rcpt_no, "rcpt_no")?;
-        // One statement: only the holder of this claim's lease may finish the row (no row,
-        // nothing written); the sequence auditor's look at the control unit's previous
-        // receipt (the snapshot before this one's insert), and a gap after it stored as a
-        // finding; the receipt under its UNIQUE constraint; the sale, returned as it now
-        // is; and the call that brought it.
-        let journal = if exchange.is_some() {
-            ", journal AS (INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt,
-                                request_body, response_body, http_status, outcome, elapsed_ms, created_at)
-                 SELECT $2, $3, sale_id, NULL, $13, $14, $15, $16, $17, $18, $19, $12 FROM done)"
-        } else {
-            ""
-        };
-        let statement = client
-            .prepare_cached(&format!(
-                "WITH done AS (
-                    UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
-                    WHERE id = $1 AND tenant_id = $2 AND branch_id = $3 AND state = 'PENDING' AND lease_owner = $4
-                    RETURNING sale_id),
-                 previous AS (SELECT rcpt_no FROM receipts WHERE tenant_id = $2 AND sdc_id = $5
-                              ORDER BY rcpt_no DESC LIMIT 1),
-                 receipt AS (
-                    INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
-                    SELECT $2, $3, $5, $6, sale_id FROM done),
-                 gap AS (
-                    INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
-                    SELECT $2, $3, $5, 'GAP', previous.rcpt_no + 1, $6, done.sale_id
-                    FROM done, previous WHERE $6 > previous.rcpt_no + 1),
-                 signed AS (
-                    UPDATE sales SET status = 'SIGNED', cur_rcpt_no = $7, tot_rcpt_no = $6, intrl_data = $8,
-                                     rcpt_sign = $9, sdc_date_time = $10, sdc_id = $5, mrc_no = $11, signed_at = $12
-                    WHERE id = (SELECT sale_id FROM done) AND tenant_id = $2 AND branch_id = $3
-                    RETURNING id, {SALE_COLUMNS}){journal}
-                 SELECT signed.*, (SELECT rcpt_no FROM previous) FROM signed"
-            ))
-            .await
-            .map_err(query_error)?;
-        let claim_statement = match hold {
-            Some(_) => Some(
-                client
-                    .prepare_cached(CLAIM_SQL)
-                    .await
-                    .map_err(query_error)?,
-            ),
-            None => None,
-        };
-        let cur_rcpt_no = to_i64(receipt.cur_rcpt_no, "cur_rcpt_no")?;
-        let now = clamp_time(now);
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
-            &claim.outbox_id,
-            &scope.tenant.0,
-            &scope.branch.0,
-            &claim.owner,
-            &receipt.sdc_id,
-            &rcpt_no,
-            &cur_rcpt_no,
-            &receipt.intrl_data,
-            &receipt.rcpt_sign,
-            &receipt.sdc_date_time,
-            &receipt.mrc_no,
-            &now,
-        ];
-        let journal_values = exchange
-            .map(|e| {
-                Ok::<_, StoreError>((
-                    attempt_number(e.attempt),
-                    e.http_status.map(i32::from),
-                    to_i64(e.elapsed_ms, "elapsed_ms")?,
-                ))
-            })
-            .transpose()?;
-        if let (Some(e), Some((attempt, http_status, elapsed_ms))) = (exchange, &journal_values) {
-            params.extend_from_slice(&[
-                &e.endpoint,
-                attempt,
-                &e.request_body,
-                &e.response_body,
-                http_status,
-                &e.outcome,
-                elapsed_ms,
-            ]);
-        }
-        // The branch's next sale, claimed in the same transaction: a busy relay goes
-        // straight on, an idle one finds out it is idle without another transaction.
-        let next_params = match (&hold, next) {
+        let record = RecordParams::new(claim, receipt, exchange, now)?;
+        let next = match (&hold, next) {
             (Some(hold), Some((_, lease))) => Some(ClaimParams::new(scope, hold, lease, now)),
             _ => None,
         };
-        let (signed, next_row) = one_round_trip(&client, scope, async {
-            let signed = async {
-                client.query_opt(&statement, &params).await.map_err(|e| {
-                    match violated_constraint(&e) {
-                        Some("receipts_sdc_rcpt_unique") => StoreError::DuplicateReceipt {
-                            sdc_id: receipt.sdc_id.clone(),
-                            rcpt_no: receipt.tot_rcpt_no,
-                        },
-                        _ => database(e),
-                    }
-                })
-            };
-            let next = async {
-                match (&claim_statement, &next_params) {
-                    (Some(statement), Some(next)) => client
-                        .query_opt(statement, &next.as_params())
-                        .await
-                        .map_err(query_error),
-                    _ => Ok(None),
-                }
-            };
-            // Both sent now, the claim after the record; the record's error comes first.
-            let (signed, next) = tokio::join!(biased; signed, next);
-            Ok((signed?, next?))
-        })
-        .await?;
-        let signed = signed.ok_or(StoreError::NotFound("pending outbox row under this lease"))?;
-        let sale_id: i64 = signed.get(0);
-        let previous: Option<i64> = signed.get(13);
-        if let Some(previous) = previous
-            && rcpt_no > previous + 1
-        {
-            tracing::error!(sdc_id = %receipt.sdc_id, expected = previous + 1, found = rcpt_no, "receipt numbers skipped a number");
-        }
-        let sale = sale_from_row_at(&signed, 1, SaleId(sale_id), scope)?;
-        let next = match next_params {
-            Some(next) => next.claim(scope, next_row)?,
-            None => None,
-        };
-        Ok(Recorded { sale, next })
+        self.relays
+            .get_or_init(|| relay_batch::start(self.pool.clone()))
+            .record(scope, record, next)
+            .await
     }
 
     pub async fn latest_sale_id_by_reference(
@@ -1917,6 +1791,166 @@ impl ClaimParams {
     }
 }
 
+/// Phase 3 for one receipt, one statement: only the holder of the claim's lease may finish
+/// the row (no row, nothing written); the sequence auditor's look at the control unit's
+/// previous receipt (the snapshot before this one's insert), and a gap after it stored as a
+/// finding; the receipt under its UNIQUE constraint; the sale, returned as it now is; and,
+/// with `journal`, the call that brought it. Parameters: [`RecordParams::as_params`].
+fn record_sql(journal: bool) -> String {
+    let journal = if journal {
+        ", journal AS (INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt,
+                            request_body, response_body, http_status, outcome, elapsed_ms, created_at)
+             SELECT $2, $3, sale_id, NULL, $13, $14, $15, $16, $17, $18, $19, $12 FROM done)"
+    } else {
+        ""
+    };
+    format!(
+        "WITH done AS (
+            UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
+            WHERE id = $1 AND tenant_id = $2 AND branch_id = $3 AND state = 'PENDING' AND lease_owner = $4
+            RETURNING sale_id),
+         previous AS (SELECT rcpt_no FROM receipts WHERE tenant_id = $2 AND sdc_id = $5
+                      ORDER BY rcpt_no DESC LIMIT 1),
+         receipt AS (
+            INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
+            SELECT $2, $3, $5, $6, sale_id FROM done),
+         gap AS (
+            INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
+            SELECT $2, $3, $5, 'GAP', previous.rcpt_no + 1, $6, done.sale_id
+            FROM done, previous WHERE $6 > previous.rcpt_no + 1),
+         signed AS (
+            UPDATE sales SET status = 'SIGNED', cur_rcpt_no = $7, tot_rcpt_no = $6, intrl_data = $8,
+                             rcpt_sign = $9, sdc_date_time = $10, sdc_id = $5, mrc_no = $11, signed_at = $12
+            WHERE id = (SELECT sale_id FROM done) AND tenant_id = $2 AND branch_id = $3
+            RETURNING id, {SALE_COLUMNS}){journal}
+         SELECT signed.*, (SELECT rcpt_no FROM previous) FROM signed"
+    )
+}
+
+/// The parameters of [`record_sql`] for one receipt, owned, so that it can wait in the
+/// relays' queue.
+struct RecordParams {
+    outbox_id: i64,
+    scope: Scope,
+    tenant: i64,
+    branch: i64,
+    owner: String,
+    sdc_id: String,
+    rcpt_no: i64,
+    cur_rcpt_no: i64,
+    intrl_data: String,
+    rcpt_sign: String,
+    sdc_date_time: String,
+    mrc_no: Option<String>,
+    now: DateTime<Utc>,
+    journal: Option<JournalParams>,
+}
+
+/// The journal entry's part of [`RecordParams`].
+struct JournalParams {
+    endpoint: String,
+    attempt: i32,
+    request_body: String,
+    response_body: Option<String>,
+    http_status: Option<i32>,
+    outcome: String,
+    elapsed_ms: i64,
+}
+
+impl RecordParams {
+    fn new(
+        claim: &Claim,
+        receipt: &Receipt,
+        exchange: Option<&ExchangeRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<Self> {
+        let journal = exchange
+            .map(|e| {
+                Ok::<_, StoreError>(JournalParams {
+                    endpoint: e.endpoint.clone(),
+                    attempt: attempt_number(e.attempt),
+                    request_body: e.request_body.clone(),
+                    response_body: e.response_body.clone(),
+                    http_status: e.http_status.map(i32::from),
+                    outcome: e.outcome.clone(),
+                    elapsed_ms: to_i64(e.elapsed_ms, "elapsed_ms")?,
+                })
+            })
+            .transpose()?;
+        Ok(RecordParams {
+            outbox_id: claim.outbox_id,
+            scope: claim.scope,
+            tenant: claim.scope.tenant.0,
+            branch: claim.scope.branch.0,
+            owner: claim.owner.clone(),
+            sdc_id: receipt.sdc_id.clone(),
+            rcpt_no: to_i64(receipt.tot_rcpt_no, "rcpt_no")?,
+            cur_rcpt_no: to_i64(receipt.cur_rcpt_no, "cur_rcpt_no")?,
+            intrl_data: receipt.intrl_data.clone(),
+            rcpt_sign: receipt.rcpt_sign.clone(),
+            sdc_date_time: receipt.sdc_date_time.clone(),
+            mrc_no: receipt.mrc_no.clone(),
+            now: clamp_time(now),
+            journal,
+        })
+    }
+
+    fn as_params(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+            &self.outbox_id,
+            &self.tenant,
+            &self.branch,
+            &self.owner,
+            &self.sdc_id,
+            &self.rcpt_no,
+            &self.cur_rcpt_no,
+            &self.intrl_data,
+            &self.rcpt_sign,
+            &self.sdc_date_time,
+            &self.mrc_no,
+            &self.now,
+        ];
+        if let Some(j) = &self.journal {
+            params.extend_from_slice(&[
+                &j.endpoint,
+                &j.attempt,
+                &j.request_body,
+                &j.response_body,
+                &j.http_status,
+                &j.outcome,
+                &j.elapsed_ms,
+            ]);
+        }
+        params
+    }
+
+    /// The statement's error as the caller should see it: the receipt's number taken
+    /// already is [`StoreError::DuplicateReceipt`].
+    fn error(&self, error: tokio_postgres::Error) -> StoreError {
+        match violated_constraint(&error) {
+            Some("receipts_sdc_rcpt_unique") => StoreError::DuplicateReceipt {
+                sdc_id: self.sdc_id.clone(),
+                rcpt_no: u64::try_from(self.rcpt_no).unwrap_or_default(),
+            },
+            _ => database(error),
+        }
+    }
+
+    /// The signed sale [`record_sql`] returned; no row means the lease was no longer this
+    /// claim's, and nothing was written.
+    fn signed(&self, row: Option<tokio_postgres::Row>) -> Result<SaleRecord> {
+        let signed = row.ok_or(StoreError::NotFound("pending outbox row under this lease"))?;
+        let sale_id: i64 = signed.get(0);
+        let previous: Option<i64> = signed.get(13);
+        if let Some(previous) = previous
+            && self.rcpt_no > previous + 1
+        {
+            tracing::error!(sdc_id = %self.sdc_id, expected = previous + 1, found = self.rcpt_no, "receipt numbers skipped a number");
+        }
+        sale_from_row_at(&signed, 1, SaleId(sale_id), self.scope)
+    }
+}
+
 /// Runs `work` as one transaction of the tenant in a single round trip: `BEGIN`, the
 /// tenant's `set_config`, `work`'s statements and `COMMIT` are all sent before any answer
 /// is awaited (tokio-postgres pipelines requests polled together, in the order polled). A
@@ -2312,4 +2346,5 @@ async fn insert_sale(
 
 mod accept_batch;
 mod operations;
+mod relay_batch;
 mod security;

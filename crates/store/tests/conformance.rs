@@ -5,14 +5,15 @@
 // A test crate: a panic in a helper is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ushuru_store::{
     CreditContext, CreditOutcome, CreditPlanner, ExchangeRecord, FindingKind, IdempotencyStart,
-    NewCreditNote, NewSale, OutboxPayload, PayloadBuilder, Receipt, SaleLine, SaleStatus, Scope,
-    SequenceFinding, Settlement, Store, StoreError,
+    NewCreditNote, NewSale, OutboxPayload, PayloadBuilder, Receipt, SaleId, SaleLine, SaleStatus,
+    Scope, SequenceFinding, Settlement, Store, StoreError,
 };
 use ushuru_store::{Enqueued, NewOperation, OperationKind, OperationState};
 use ushuru_tax::{Money, Quantity, Rounding};
@@ -1335,6 +1336,185 @@ async fn a_receipt_and_the_next_claim_share_a_transaction(store: Store) {
     assert!(recorded.next.is_none());
 }
 
+/// Many branches' relays claiming and recording at the same moment (PostgreSQL runs them
+/// in shared transactions): each gets exactly the answer a transaction of its own would
+/// give, a taken receipt number or a lost lease spoils nobody else's, and the rows say so.
+async fn concurrent_relays_each_get_their_own_answer(store: Store) {
+    let lease = Duration::from_secs(60);
+    let first = branch(&store, "P051234567A").await;
+    let other_tenant = branch(&store, "P000000001Z").await;
+    let mut scopes = vec![first, other_tenant];
+    for i in 1..20 {
+        let id = store
+            .create_branch(first.tenant, &format!("{i:02}"))
+            .await
+            .unwrap()
+            .id;
+        scopes.push(Scope {
+            branch: id,
+            ..first
+        });
+    }
+    for i in 1..4 {
+        let id = store
+            .create_branch(other_tenant.tenant, &format!("{i:02}"))
+            .await
+            .unwrap()
+            .id;
+        scopes.push(Scope {
+            branch: id,
+            ..other_tenant
+        });
+    }
+    let mut sales = Vec::new();
+    for (i, scope) in scopes.iter().enumerate() {
+        let first = accept(&store, *scope, &format!("{i}-first")).await;
+        let second = accept(&store, *scope, &format!("{i}-second")).await;
+        sales.push((first, second));
+    }
+    // All claims at once.
+    let start = Arc::new(tokio::sync::Barrier::new(scopes.len()));
+    let claims: Vec<_> = scopes
+        .iter()
+        .map(|scope| {
+            let (store, start, scope) = (store.clone(), Arc::clone(&start), *scope);
+            tokio::spawn(async move {
+                start.wait().await;
+                store.claim_next(scope, "relay", lease, now()).await
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for (i, task) in claims.into_iter().enumerate() {
+        let claim = task
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("each branch's first sale");
+        assert_eq!((claim.sale, claim.scope), (sales[i].0.sale, scopes[i]));
+        assert_eq!((claim.invc_no, claim.attempts), (1, 1));
+        claimed.push(claim);
+    }
+    // All receipts at once, each with its call and the claim of its branch's next sale.
+    // Branch 3's receipt takes branch 2's number of the same control unit (one of them is
+    // refused); branch 5 records under a lease it does not hold.
+    const TAKEN: (usize, usize) = (2, 3);
+    const NOT_MINE: usize = 5;
+    let sdc_of = |i: usize| {
+        if i == TAKEN.1 {
+            format!("KRACU{:010}", TAKEN.0)
+        } else {
+            format!("KRACU{i:010}")
+        }
+    };
+    let call = |i: usize, sale: SaleId| ExchangeRecord {
+        sale: Some(sale),
+        endpoint: "saveTrnsSalesOsdc".into(),
+        attempt: 1,
+        request_body: format!("{{\"invcNo\":1,\"branch\":{i}}}"),
+        response_body: Some("{\"resultCd\":\"000\"}".into()),
+        http_status: Some(200),
+        outcome: "ok".into(),
+        elapsed_ms: 7,
+    };
+    let start = Arc::new(tokio::sync::Barrier::new(scopes.len()));
+    let records: Vec<_> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, claim)| {
+            let (store, start) = (store.clone(), Arc::clone(&start));
+            let mut claim = claim.clone();
+            if i == NOT_MINE {
+                claim.owner = "not-the-holder".into();
+            }
+            let receipt = receipt(&sdc_of(i), 1);
+            // Every other receipt comes with its call, to run both forms together.
+            let exchange = (i % 2 == 0).then(|| call(i, claim.sale));
+            tokio::spawn(async move {
+                start.wait().await;
+                store
+                    .record_and_claim_next(
+                        &claim,
+                        &receipt,
+                        exchange.as_ref(),
+                        now(),
+                        Some(("relay", lease)),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for (i, task) in records.into_iter().enumerate() {
+        let scope = scopes[i];
+        let (first, second) = &sales[i];
+        match task.await.unwrap() {
+            Ok(recorded) => {
+                assert_ne!(i, NOT_MINE, "recorded under a lease it does not hold");
+                assert_eq!(recorded.sale.id, first.sale);
+                assert_eq!(recorded.sale.status, SaleStatus::Signed);
+                let signed = recorded.sale.receipt.as_ref().unwrap();
+                assert_eq!(
+                    (signed.sdc_id.as_str(), signed.tot_rcpt_no),
+                    (sdc_of(i).as_str(), 1)
+                );
+                assert_eq!(
+                    Some(recorded.sale.clone()),
+                    store.sale(scope, first.sale).await.unwrap()
+                );
+                let next = recorded
+                    .next
+                    .expect("the branch's second sale, claimed with the receipt");
+                assert_eq!(
+                    (next.sale, next.invc_no, next.scope),
+                    (second.sale, 2, scope)
+                );
+                let journal = store.exchanges(scope, first.sale).await.unwrap();
+                if i % 2 == 0 {
+                    assert_eq!(journal, vec![call(i, first.sale)]);
+                } else {
+                    assert!(journal.is_empty(), "{journal:?}");
+                }
+            }
+            Err(error) => {
+                refused.push(i);
+                match (i, error) {
+                    (NOT_MINE, StoreError::NotFound(_)) => {}
+                    (i, StoreError::DuplicateReceipt { sdc_id, rcpt_no })
+                        if i == TAKEN.0 || i == TAKEN.1 =>
+                    {
+                        assert_eq!((sdc_id, rcpt_no), (sdc_of(TAKEN.0), 1));
+                    }
+                    (i, error) => panic!("branch {i}: {error:?}"),
+                }
+                // Nothing of it stuck: the sale is pending, no call kept, its row still
+                // leased to the relay that claimed it.
+                let untouched = store.sale(scope, first.sale).await.unwrap().unwrap();
+                assert_eq!(
+                    (untouched.status, untouched.receipt),
+                    (SaleStatus::PendingSync, None)
+                );
+                assert!(store.exchanges(scope, first.sale).await.unwrap().is_empty());
+                assert_eq!(
+                    store
+                        .claim_next(scope, "relay", lease, now())
+                        .await
+                        .unwrap(),
+                    None
+                );
+            }
+        }
+    }
+    refused.sort_unstable();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused.contains(&NOT_MINE), "{refused:?}");
+    // Exactly one of the two receipts under one number was kept.
+    assert!(
+        refused.contains(&TAKEN.0) != refused.contains(&TAKEN.1),
+        "{refused:?}"
+    );
+}
+
 async fn api_keys_are_kept_as_hashes_and_can_be_revoked(store: Store) {
     let a = branch(&store, "P051234567A").await;
     let b = branch(&store, "P000000001Z").await;
@@ -2559,6 +2739,7 @@ conformance!(
     refusals_among_concurrent_sales_undo_only_themselves,
     concurrent_idempotent_sales_are_each_exact,
     a_receipt_and_the_next_claim_share_a_transaction,
+    concurrent_relays_each_get_their_own_answer,
     an_idempotency_key_spans_the_tenants_branches,
     api_keys_are_kept_as_hashes_and_can_be_revoked,
     idempotency_keys_replay_refuse_and_expire,
