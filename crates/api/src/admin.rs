@@ -409,6 +409,7 @@ pub(crate) async fn revoke_key(
         .await
     {
         Ok(Some(key)) => {
+            state.key_cache.forget(key.id);
             state
                 .store
                 .audit_or_log(

@@ -15,6 +15,7 @@ mod docs;
 mod error;
 mod init;
 mod items;
+pub mod key_cache;
 pub mod keys;
 mod oauth;
 mod operations;
@@ -139,6 +140,8 @@ pub struct AppState {
     /// How this process reaches control units and names its relays, for branches
     /// provisioned while it serves; `None`: `POST /v2/admin/tenants` answers 503.
     pub provisioning: Option<Arc<provision::Provisioning>>,
+    /// Branch API keys found live in the last second ([`key_cache`]).
+    pub key_cache: Arc<key_cache::KeyCache>,
 }
 
 /// The document's fixed parts; the paths and their schemas come from [`routes`].
@@ -425,9 +428,14 @@ async fn find_key(
                 .await?
                 .map(Presented::Branch),
         }
+    } else if let Some(key) = state.key_cache.get(presented, at) {
+        Some(Presented::Branch(key))
     } else {
         match store.authenticate(presented, at).await? {
-            Some(key) => Some(Presented::Branch(key)),
+            Some(key) => {
+                state.key_cache.put(presented, &key, at);
+                Some(Presented::Branch(key))
+            }
             None => store
                 .authenticate_operator(presented, at)
                 .await?

@@ -1641,7 +1641,10 @@ async fn operators_manage_keys_and_read_the_audit_log(store: Store) {
         let (status, _) = call(Method::GET, unknown, Some(&operator), None).await;
         assert_eq!(status, 404, "{unknown}");
     }
-    // Revoke: the key stops at once; a second revoke finds nothing.
+    // Revoke: the key stops at once, also right after a request that found it live (this
+    // server's key cache forgets it); a second revoke finds nothing.
+    let (status, _) = call(Method::GET, "/v2/etims/device", Some(&new_key), None).await;
+    assert_eq!(status, 200);
     let revoke = format!("/v2/admin/api-keys/{}", issued["keyId"]);
     let (status, revoked) = call(Method::DELETE, &revoke, Some(&operator), None).await;
     assert_eq!(status, 200);

@@ -361,6 +361,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         vault: vault.clone(),
         sealed_keys: Arc::new(SealedKeys::default()),
         provisioning: Some(Arc::clone(&provisioning)),
+        key_cache: Arc::default(),
     };
     // A relay for every initialised branch in the database, bootstrap or not; branches
     // provisioned while serving (POST /v2/admin/tenants) get theirs the same way.

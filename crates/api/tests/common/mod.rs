@@ -229,6 +229,7 @@ pub async fn start(store: Store, deadline: Duration) -> App {
         vault: vault.clone(),
         sealed_keys: Arc::clone(&sealed_keys),
         provisioning: None,
+        key_cache: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
