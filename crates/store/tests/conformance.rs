@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ushuru_store::{
-    CreditContext, CreditOutcome, CreditPlanner, ExchangeRecord, FindingKind, IdempotencyStart,
-    NewCreditNote, NewSale, OutboxPayload, PayloadBuilder, Receipt, SaleId, SaleLine, SaleStatus,
-    Scope, SequenceFinding, Settlement, Store, StoreError,
+    Claim, CreditContext, CreditOutcome, CreditPlanner, ExchangeRecord, FindingKind,
+    IdempotencyStart, NewCreditNote, NewSale, OutboxPayload, PayloadBuilder, Receipt, SaleId,
+    SaleLine, SaleStatus, Scope, SequenceFinding, Settlement, Store, StoreError,
 };
 use ushuru_store::{Enqueued, NewOperation, OperationKind, OperationState};
 use ushuru_tax::{Money, Quantity, Rounding};
@@ -1395,18 +1395,13 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
         assert_eq!((claim.invc_no, claim.attempts), (1, 1));
         claimed.push(claim);
     }
-    // All receipts at once, each with its call and the claim of its branch's next sale.
-    // Branch 3's receipt takes branch 2's number of the same control unit (one of them is
-    // refused); branch 5 records under a lease it does not hold.
+    // Wave one: every branch's receipt at once but branch 3's, each with the claim of its
+    // branch's next sale, every other one with its call. Branch 5 records under a lease it
+    // does not hold: refused, and nothing else refused, so shared transactions commit with
+    // its failure among them (every later job must still get its own rows).
     const TAKEN: (usize, usize) = (2, 3);
     const NOT_MINE: usize = 5;
-    let sdc_of = |i: usize| {
-        if i == TAKEN.1 {
-            format!("KRACU{:010}", TAKEN.0)
-        } else {
-            format!("KRACU{i:010}")
-        }
-    };
+    let sdc_of = |i: usize| format!("KRACU{i:010}");
     let call = |i: usize, sale: SaleId| ExchangeRecord {
         sale: Some(sale),
         endpoint: "saveTrnsSalesOsdc".into(),
@@ -1417,102 +1412,147 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
         outcome: "ok".into(),
         elapsed_ms: 7,
     };
-    let start = Arc::new(tokio::sync::Barrier::new(scopes.len()));
-    let records: Vec<_> = claimed
-        .iter()
-        .enumerate()
-        .map(|(i, claim)| {
-            let (store, start) = (store.clone(), Arc::clone(&start));
-            let mut claim = claim.clone();
-            if i == NOT_MINE {
-                claim.owner = "not-the-holder".into();
-            }
-            let receipt = receipt(&sdc_of(i), 1);
-            // Every other receipt comes with its call, to run both forms together.
-            let exchange = (i % 2 == 0).then(|| call(i, claim.sale));
-            tokio::spawn(async move {
-                start.wait().await;
-                store
-                    .record_and_claim_next(
-                        &claim,
-                        &receipt,
-                        exchange.as_ref(),
-                        now(),
-                        Some(("relay", lease)),
-                    )
-                    .await
+    let record_all = |jobs: Vec<(Claim, Receipt, Option<ExchangeRecord>)>| {
+        let start = Arc::new(tokio::sync::Barrier::new(jobs.len()));
+        let tasks: Vec<_> = jobs
+            .into_iter()
+            .map(|(claim, receipt, exchange)| {
+                let (store, start) = (store.clone(), Arc::clone(&start));
+                tokio::spawn(async move {
+                    start.wait().await;
+                    store
+                        .record_and_claim_next(
+                            &claim,
+                            &receipt,
+                            exchange.as_ref(),
+                            now(),
+                            Some(("relay", lease)),
+                        )
+                        .await
+                })
             })
-        })
-        .collect();
-    let mut refused = Vec::new();
-    for (i, task) in records.into_iter().enumerate() {
+            .collect();
+        async move {
+            let mut answers = Vec::new();
+            for task in tasks {
+                answers.push(task.await.unwrap());
+            }
+            answers
+        }
+    };
+    let wave_one: Vec<usize> = (0..scopes.len()).filter(|i| *i != TAKEN.1).collect();
+    let answers = record_all(
+        wave_one
+            .iter()
+            .map(|&i| {
+                let mut claim = claimed[i].clone();
+                if i == NOT_MINE {
+                    claim.owner = "not-the-holder".into();
+                }
+                let exchange = (i % 2 == 0).then(|| call(i, claim.sale));
+                (claim, receipt(&sdc_of(i), 1), exchange)
+            })
+            .collect(),
+    )
+    .await;
+    let mut seconds = Vec::new();
+    for (&i, answer) in wave_one.iter().zip(answers) {
         let scope = scopes[i];
         let (first, second) = &sales[i];
-        match task.await.unwrap() {
-            Ok(recorded) => {
-                assert_ne!(i, NOT_MINE, "recorded under a lease it does not hold");
-                assert_eq!(recorded.sale.id, first.sale);
-                assert_eq!(recorded.sale.status, SaleStatus::Signed);
-                let signed = recorded.sale.receipt.as_ref().unwrap();
-                assert_eq!(
-                    (signed.sdc_id.as_str(), signed.tot_rcpt_no),
-                    (sdc_of(i).as_str(), 1)
-                );
-                assert_eq!(
-                    Some(recorded.sale.clone()),
-                    store.sale(scope, first.sale).await.unwrap()
-                );
-                let next = recorded
-                    .next
-                    .expect("the branch's second sale, claimed with the receipt");
-                assert_eq!(
-                    (next.sale, next.invc_no, next.scope),
-                    (second.sale, 2, scope)
-                );
-                let journal = store.exchanges(scope, first.sale).await.unwrap();
-                if i % 2 == 0 {
-                    assert_eq!(journal, vec![call(i, first.sale)]);
-                } else {
-                    assert!(journal.is_empty(), "{journal:?}");
-                }
-            }
-            Err(error) => {
-                refused.push(i);
-                match (i, error) {
-                    (NOT_MINE, StoreError::NotFound(_)) => {}
-                    (i, StoreError::DuplicateReceipt { sdc_id, rcpt_no })
-                        if i == TAKEN.0 || i == TAKEN.1 =>
-                    {
-                        assert_eq!((sdc_id, rcpt_no), (sdc_of(TAKEN.0), 1));
-                    }
-                    (i, error) => panic!("branch {i}: {error:?}"),
-                }
-                // Nothing of it stuck: the sale is pending, no call kept, its row still
-                // leased to the relay that claimed it.
-                let untouched = store.sale(scope, first.sale).await.unwrap().unwrap();
-                assert_eq!(
-                    (untouched.status, untouched.receipt),
-                    (SaleStatus::PendingSync, None)
-                );
-                assert!(store.exchanges(scope, first.sale).await.unwrap().is_empty());
-                assert_eq!(
-                    store
-                        .claim_next(scope, "relay", lease, now())
-                        .await
-                        .unwrap(),
-                    None
-                );
-            }
+        if i == NOT_MINE {
+            assert!(matches!(answer, Err(StoreError::NotFound(_))), "{answer:?}");
+            let untouched = store.sale(scope, first.sale).await.unwrap().unwrap();
+            assert_eq!(
+                (untouched.status, untouched.receipt),
+                (SaleStatus::PendingSync, None)
+            );
+            assert_eq!(
+                store
+                    .claim_next(scope, "relay", lease, now())
+                    .await
+                    .unwrap(),
+                None
+            );
+            continue;
         }
+        let recorded = answer.unwrap_or_else(|e| panic!("branch {i}: {e:?}"));
+        assert_eq!(recorded.sale.id, first.sale, "branch {i}");
+        assert_eq!(recorded.sale.status, SaleStatus::Signed);
+        let signed = recorded.sale.receipt.as_ref().unwrap();
+        assert_eq!(
+            (signed.sdc_id.as_str(), signed.tot_rcpt_no),
+            (sdc_of(i).as_str(), 1)
+        );
+        assert_eq!(
+            Some(recorded.sale.clone()),
+            store.sale(scope, first.sale).await.unwrap()
+        );
+        let next = recorded
+            .next
+            .expect("the branch's second sale, claimed with the receipt");
+        assert_eq!(
+            (next.sale, next.invc_no, next.scope),
+            (second.sale, 2, scope),
+            "branch {i}"
+        );
+        let journal = store.exchanges(scope, first.sale).await.unwrap();
+        if i % 2 == 0 {
+            assert_eq!(journal, vec![call(i, first.sale)]);
+        } else {
+            assert!(journal.is_empty(), "{journal:?}");
+        }
+        seconds.push((i, next));
     }
-    refused.sort_unstable();
-    assert_eq!(refused.len(), 2, "{refused:?}");
-    assert!(refused.contains(&NOT_MINE), "{refused:?}");
-    // Exactly one of the two receipts under one number was kept.
-    assert!(
-        refused.contains(&TAKEN.0) != refused.contains(&TAKEN.1),
-        "{refused:?}"
+    // Wave two: the second sales' receipts, and with them branch 3's first, under the
+    // number branch 2's control unit already gave: refused (its shared transaction rolls
+    // back and every job runs again alone), and every other receipt signs.
+    let mut jobs: Vec<_> = seconds
+        .iter()
+        .map(|(i, next)| (next.clone(), receipt(&sdc_of(*i), 2), None))
+        .collect();
+    jobs.insert(
+        3,
+        (claimed[TAKEN.1].clone(), receipt(&sdc_of(TAKEN.0), 1), None),
     );
+    let answers = record_all(jobs).await;
+    let mut answers = answers.into_iter();
+    for (index, answer) in answers.by_ref().enumerate() {
+        if index == 3 {
+            match answer {
+                Err(StoreError::DuplicateReceipt { sdc_id, rcpt_no }) => {
+                    assert_eq!((sdc_id, rcpt_no), (sdc_of(TAKEN.0), 1));
+                }
+                other => panic!("{other:?}"),
+            }
+            let scope = scopes[TAKEN.1];
+            let untouched = store
+                .sale(scope, sales[TAKEN.1].0.sale)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (untouched.status, untouched.receipt),
+                (SaleStatus::PendingSync, None)
+            );
+            assert!(
+                store
+                    .exchanges(scope, sales[TAKEN.1].0.sale)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            continue;
+        }
+        let (i, _) = seconds[if index < 3 { index } else { index - 1 }];
+        let recorded = answer.unwrap_or_else(|e| panic!("branch {i}: {e:?}"));
+        assert_eq!(recorded.sale.id, sales[i].1.sale, "branch {i}");
+        let signed = recorded.sale.receipt.as_ref().unwrap();
+        assert_eq!(
+            (signed.sdc_id.as_str(), signed.tot_rcpt_no),
+            (sdc_of(i).as_str(), 2)
+        );
+        assert!(recorded.next.is_none(), "branch {i} has nothing more");
+    }
 }
 
 async fn api_keys_are_kept_as_hashes_and_can_be_revoked(store: Store) {

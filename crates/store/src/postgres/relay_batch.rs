@@ -2,30 +2,32 @@
 //!
 //! Every branch's relay claims its next sale and records each receipt in a transaction of
 //! its own. With 50 busy branches that was two transactions per sale, each `BEGIN`, the
-//! tenant's `set_config`, one or two statements and a `COMMIT` with its WAL flush, and
+//! scope's `set_config`, one or two statements and a `COMMIT` with its WAL flush, and
 //! measured, that per-transaction work, not the rows, was most of what PostgreSQL spent
 //! on phases 2 and 3. Here the claims and receipts that arrive while a transaction is under
 //! way wait for the next one, and that one runs them all, each with exactly the statements
-//! it would have run alone, sent together with one `BEGIN`, one `set_config` and one
-//! `COMMIT`.
+//! it would have run alone, all sent together behind one `BEGIN` and ahead of one `COMMIT`.
 //!
 //! What each relay gets is what a transaction of its own would give it, because:
-//! - the statements of one claim or receipt are the same ones, in the same order, and
-//!   every statement filters on its own tenant and branch (row-level security is set to the
-//!   tenant, as in phase 1's batches);
+//! - each job's statements are the same ones, in the same order, preceded by the
+//!   `set_config` of its own tenant and branch, so row-level security scopes each
+//!   statement exactly as in the job's own transaction (jobs of several tenants may share
+//!   a transaction: a statement sees only the scope set just before it);
 //! - a branch has one relay, with one claim or receipt under way at a time, so no two jobs
 //!   of a batch touch the same rows unless something is misconfigured, and then they run in
 //!   order, each seeing the one before;
-//! - when any statement fails, PostgreSQL rolls the whole transaction back (its `COMMIT`
-//!   answers as a rollback) and every job runs again on its own, so each gets its own
-//!   answer, the receipt whose number is taken its [`StoreError::DuplicateReceipt`];
-//! - when the `COMMIT` itself fails, nobody knows whether it took: every job gets the
-//!   error, as a transaction of its own would have.
+//! - when a statement fails on the server, PostgreSQL rolls the whole transaction back (its
+//!   `COMMIT` answers as a rollback) and every job runs again on its own, so each gets its
+//!   own answer, the receipt whose number is taken its [`StoreError::DuplicateReceipt`];
+//! - when anything else fails (the connection, or an error raised in this process, after
+//!   which the `COMMIT` may still have committed), nobody knows what took: every job gets
+//!   the error, as a transaction of its own would have;
+//! - each job's answer is read from its own statements' rows, by position, whatever the
+//!   other jobs' answers were.
 //!
 //! Invariant 8 holds: nothing here waits for the control unit; a job enters the queue
 //! after its call returned, or before it starts.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,7 +40,7 @@ use super::{
     CLAIM_SQL, ClaimParams, ENTER_SQL, RecordParams, database, one_round_trip, query_error,
     record_sql, scope_settings,
 };
-use crate::{Claim, Recorded, Result, Scope, StoreError, TenantId};
+use crate::{Claim, Recorded, Result, Scope, StoreError};
 
 /// At most this many claims and receipts in one transaction.
 const MAX_BATCH: usize = 64;
@@ -64,7 +66,7 @@ struct Job {
 }
 
 impl Job {
-    /// How many statements the job sends.
+    /// How many statements the job sends after its scope's `set_config`.
     fn statements(&self) -> usize {
         match &self.work {
             Work::Claim { .. } => 1,
@@ -137,19 +139,12 @@ async fn write(pool: Pool, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
                 }
             }
         }
-        // The tenant is set per transaction (row-level security), so one per tenant.
-        let mut by_tenant: BTreeMap<i64, Vec<Job>> = BTreeMap::new();
-        for job in jobs {
-            by_tenant.entry(job.scope.tenant.0).or_default().push(job);
-        }
-        for (tenant, jobs) in by_tenant {
-            if jobs.len() == 1 {
-                for job in jobs {
-                    alone(&pool, job).await;
-                }
-            } else {
-                together(&pool, TenantId(tenant), jobs).await;
+        if jobs.len() == 1 {
+            for job in jobs {
+                alone(&pool, job).await;
             }
+        } else {
+            together(&pool, jobs).await;
         }
     }
 }
@@ -238,22 +233,45 @@ async fn record_alone(
 
 /// How a shared transaction ended when it did not commit.
 enum NotCommitted {
-    /// Rolled back, or never begun: nothing was written, the jobs may run again.
+    /// The server refused a statement, so the transaction was rolled back (or never begun):
+    /// nothing was written, the jobs may run again.
     NothingWritten(StoreError),
-    /// The `COMMIT` failed: it may or may not have taken.
+    /// The connection failed, or this process refused something after sending it: the
+    /// `COMMIT` may or may not have taken.
     Unknown(StoreError),
 }
 
-/// Runs several jobs of one tenant in one transaction and answers them all.
-async fn together(pool: &Pool, tenant: TenantId, jobs: Vec<Job>) {
-    match run_together(pool, tenant, &jobs).await {
+impl NotCommitted {
+    /// A statement's error: only the server's own refusal aborts the transaction for sure.
+    fn of(error: tokio_postgres::Error) -> Self {
+        if error.as_db_error().is_some() {
+            NotCommitted::NothingWritten(query_error(error))
+        } else {
+            NotCommitted::Unknown(query_error(error))
+        }
+    }
+
+    /// The first of two, the unknown outcome before the known one.
+    fn worse(self, other: Self) -> Self {
+        match (self, other) {
+            (NotCommitted::NothingWritten(_), unknown @ NotCommitted::Unknown(_)) => unknown,
+            (first, _) => first,
+        }
+    }
+}
+
+/// Runs several jobs in one transaction and answers them all.
+async fn together(pool: &Pool, jobs: Vec<Job>) {
+    match run_together(pool, &jobs).await {
         Ok(rows) => {
             let mut rows = rows.into_iter();
             for job in jobs {
                 let scope = job.scope;
+                // This job's rows, by position, before anything is made of them.
+                let mut own = rows.by_ref().take(job.statements());
                 match job.work {
                     Work::Claim { params, answer } => {
-                        let row = rows.next().flatten();
+                        let row = own.next().flatten();
                         let _ = answer.send(params.claim(scope, row));
                     }
                     Work::Record {
@@ -261,10 +279,11 @@ async fn together(pool: &Pool, tenant: TenantId, jobs: Vec<Job>) {
                         next,
                         answer,
                     } => {
-                        let signed = rows.next().flatten();
+                        let signed = own.next().flatten();
+                        let next_row = own.next().flatten();
                         let recorded = record.signed(signed).and_then(|sale| {
                             let next = match next {
-                                Some(next) => next.claim(scope, rows.next().flatten())?,
+                                Some(next) => next.claim(scope, next_row)?,
                                 None => None,
                             };
                             Ok(Recorded { sale, next })
@@ -281,6 +300,7 @@ async fn together(pool: &Pool, tenant: TenantId, jobs: Vec<Job>) {
             }
         }
         Err(NotCommitted::Unknown(error)) => {
+            tracing::warn!(%error, jobs = jobs.len(), "a shared relay transaction ended unknown");
             let message = error.to_string();
             for job in jobs {
                 let error = || StoreError::Database(message.clone());
@@ -305,12 +325,11 @@ type Statement<'a> = Pin<
     >,
 >;
 
-/// Sends `BEGIN`, the tenant, every job's statements in order, and `COMMIT` in one round
-/// trip, as [`super::one_round_trip`] does for one job. Returns one row (or none) per
-/// statement, in the order sent.
+/// Sends `BEGIN`, every job's scope and statements in order, and `COMMIT` in one round
+/// trip, as [`super::one_round_trip`] does for one job. Returns one row (or none) per job
+/// statement, in the order sent (the scopes' `set_config`s left out).
 async fn run_together(
     pool: &Pool,
-    tenant: TenantId,
     jobs: &[Job],
 ) -> std::result::Result<Vec<Option<tokio_postgres::Row>>, NotCommitted> {
     let nothing = NotCommitted::NothingWritten;
@@ -328,58 +347,77 @@ async fn run_together(
     let claim = prepare(CLAIM_SQL.to_owned()).await?;
     let record = prepare(record_sql(false)).await?;
     let record_journal = prepare(record_sql(true)).await?;
-    let [tenant_setting, branch_setting] = scope_settings(tenant, None);
-    let enter_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-        [&tenant_setting, &branch_setting];
+    let settings: Vec<[String; 2]> = jobs
+        .iter()
+        .map(|job| scope_settings(job.scope.tenant, Some(job.scope.branch)))
+        .collect();
 
-    let mut statements: Vec<Statement<'_>> =
-        Vec::with_capacity(jobs.iter().map(Job::statements).sum());
-    for job in jobs {
+    let (client, enter, claim) = (&client, &enter, &claim);
+    // Each job's `set_config` (its answer is dropped) and then its statements.
+    let mut statements: Vec<(bool, Statement<'_>)> =
+        Vec::with_capacity(jobs.iter().map(|job| 1 + job.statements()).sum());
+    for (job, [tenant, branch]) in jobs.iter().zip(&settings) {
+        statements.push((
+            false,
+            Box::pin(async move { client.execute(enter, &[tenant, branch]).await.map(|_| None) }),
+        ));
         match &job.work {
             Work::Claim { params, .. } => {
-                let (client, claim) = (&client, &claim);
-                statements.push(Box::pin(async move {
-                    client.query_opt(claim, &params.as_params()).await
-                }));
+                statements.push((
+                    true,
+                    Box::pin(async move { client.query_opt(claim, &params.as_params()).await }),
+                ));
             }
             Work::Record {
                 record: r, next, ..
             } => {
-                let client = &client;
                 let statement = if r.journal.is_some() {
                     &record_journal
                 } else {
                     &record
                 };
-                statements.push(Box::pin(async move {
-                    client.query_opt(statement, &r.as_params()).await
-                }));
+                statements.push((
+                    true,
+                    Box::pin(async move { client.query_opt(statement, &r.as_params()).await }),
+                ));
                 if let Some(next) = next {
-                    let claim = &claim;
-                    statements.push(Box::pin(async move {
-                        client.query_opt(claim, &next.as_params()).await
-                    }));
+                    statements.push((
+                        true,
+                        Box::pin(async move { client.query_opt(claim, &next.as_params()).await }),
+                    ));
                 }
             }
         }
     }
+    let (answered, statements): (Vec<bool>, Vec<Statement<'_>>) = statements.into_iter().unzip();
     // `biased`: polled in this order, so sent in this order; `in_order` sends every
     // statement on its first poll, before the `COMMIT`.
-    let (begun, entered, rows, committed) = tokio::join!(
+    let (begun, rows, committed) = tokio::join!(
         biased;
         client.batch_execute("BEGIN"),
-        client.execute(&enter, &enter_params),
         in_order(statements),
         client.batch_execute("COMMIT"),
     );
-    begun.map_err(|e| nothing(query_error(e)))?;
-    entered.map_err(|e| nothing(query_error(e)))?;
-    let rows = rows
-        .into_iter()
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| nothing(query_error(e)))?;
+    let mut failed: Option<NotCommitted> = begun.err().map(NotCommitted::of);
+    let mut answers = Vec::with_capacity(rows.len());
+    for (row, answered) in rows.into_iter().zip(answered) {
+        match row {
+            Ok(row) if answered => answers.push(row),
+            Ok(_) => {}
+            Err(error) => {
+                let this = NotCommitted::of(error);
+                failed = Some(match failed {
+                    Some(earlier) => earlier.worse(this),
+                    None => this,
+                });
+            }
+        }
+    }
+    if let Some(failed) = failed {
+        return Err(failed);
+    }
     committed.map_err(|e| NotCommitted::Unknown(query_error(e)))?;
-    Ok(rows)
+    Ok(answers)
 }
 
 /// Awaits every future, polling them in the order given (so each one's first poll, which
