@@ -382,7 +382,8 @@ pub(crate) async fn list_keys(
     path = "/v2/admin/api-keys/{keyId}",
     tag = "admin",
     summary = "Revoke a branch API key",
-    description = "The key stops working with its next request. Written to the audit log.",
+    description = "The key stops working at once on this server, and within a second on \
+        other replicas (each keeps a key it found live for a second). Written to the audit log.",
     params(("keyId" = i64, Path, description = "The key's id (from its listing).")),
     responses(
         (status = 200, description = "The key as revoked.", body = described::KeyListing),

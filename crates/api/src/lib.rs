@@ -431,9 +431,10 @@ async fn find_key(
     } else if let Some(key) = state.key_cache.get(presented, at) {
         Some(Presented::Branch(key))
     } else {
+        let generation = state.key_cache.generation();
         match store.authenticate(presented, at).await? {
             Some(key) => {
-                state.key_cache.put(presented, &key, at);
+                state.key_cache.put(presented, &key, at, generation);
                 Some(Presented::Branch(key))
             }
             None => store
