@@ -1809,7 +1809,7 @@ fn record_sql(journal: bool) -> String {
             UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
             WHERE id = $1 AND tenant_id = $2 AND branch_id = $3 AND state = 'PENDING' AND lease_owner = $4
             RETURNING sale_id),
-         previous AS (SELECT rcpt_no FROM receipts WHERE tenant_id = $2 AND sdc_id = $5
+         previous AS (SELECT rcpt_no FROM receipts WHERE tenant_id = $2 AND branch_id = $3 AND sdc_id = $5
                       ORDER BY rcpt_no DESC LIMIT 1),
          receipt AS (
             INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
