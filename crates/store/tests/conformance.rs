@@ -1002,6 +1002,42 @@ async fn a_panicking_payload_builder_uses_no_number(store: Store) {
         "{refused:?}"
     );
     assert_eq!(accept(&store, scope, "A").await.invc_no, 1);
+    // The same under an Idempotency-Key, alone (no batch): neither the number nor the
+    // key's record is left behind, so the key's next use is a first use.
+    let keyed = |builder: PayloadBuilder| {
+        store.accept_sale_once(
+            scope,
+            ushuru_store::IdempotentRequest {
+                key: "AFTER-A-PANIC".into(),
+                request_sha256: "h".into(),
+                now: now(),
+                in_flight_for: Duration::from_secs(60),
+                keep: Duration::from_secs(86_400),
+            },
+            NewSale {
+                client_reference: Some("K".into()),
+                tot_amt: money("5800.00"),
+                lines: sample_lines(),
+                idempotency_key: None,
+            },
+            builder,
+        )
+    };
+    let refused = keyed(Box::new(|_| panic!("a bug in the builder"))).await;
+    assert!(
+        matches!(refused, Err(StoreError::Payload(_))),
+        "{refused:?}"
+    );
+    let refused = keyed(Box::new(|_| Err("bad line".into()))).await;
+    assert!(
+        matches!(refused, Err(StoreError::Payload(_))),
+        "{refused:?}"
+    );
+    match keyed(payload()).await.unwrap() {
+        ushuru_store::IdempotentAccept::Accepted(accepted) => assert_eq!(accepted.invc_no, 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(accept(&store, scope, "B").await.invc_no, 3);
 }
 
 /// Many sales accepted at once, every third one refused by its payload builder (an error or
@@ -2733,6 +2769,61 @@ async fn plaintext_cmc_keys_on_postgres() {
         "TRUNCATE audit_events",
     ] {
         assert!(client.batch_execute(change).await.is_err(), "{change}");
+    }
+}
+
+/// Every way phase 1 of a sale alone can end without a sale must end its transaction too:
+/// no connection may be left idle inside one, holding the branch's counter row. (A version
+/// that began the transaction by hand, to send `BEGIN` with the first statements, was
+/// measured and not kept; this test caught it leaving one open when mutated.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_refused_sale_leaves_no_transaction_open() {
+    let url = postgres_database().await;
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let scope = branch(&store, "P051234567A").await;
+    let (observer, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let refusals: [PayloadBuilder; 2] = [
+        Box::new(|_| panic!("a bug in the builder")),
+        Box::new(|_| Err("bad line".into())),
+    ];
+    for (i, builder) in refusals.into_iter().enumerate() {
+        let refused = store
+            .accept_sale_once(
+                scope,
+                ushuru_store::IdempotentRequest {
+                    key: format!("REFUSED-{i}"),
+                    request_sha256: "h".into(),
+                    now: now(),
+                    in_flight_for: Duration::from_secs(60),
+                    keep: Duration::from_secs(86_400),
+                },
+                NewSale {
+                    client_reference: None,
+                    tot_amt: money("5800.00"),
+                    lines: sample_lines(),
+                    idempotency_key: None,
+                },
+                builder,
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Payload(_))),
+            "{refused:?}"
+        );
+        let open: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(open, 0, "a connection was left inside a transaction");
     }
 }
 
