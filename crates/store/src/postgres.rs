@@ -2344,6 +2344,24 @@ async fn insert_sale(
     Ok(sale_id)
 }
 
+/// A batch writer's next jobs: waits for one, then takes whatever else is queued, up to
+/// `max`; `None` once the queue is closed. One writer at a time takes from the queue, so a
+/// batch holds the jobs that arrived while the other writer's transaction ran.
+async fn next_batch<T>(
+    waiting: &tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<T>>,
+    max: usize,
+) -> Option<Vec<T>> {
+    let mut waiting = waiting.lock().await;
+    let mut jobs = vec![waiting.recv().await?];
+    while jobs.len() < max {
+        match waiting.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(jobs)
+}
+
 mod accept_batch;
 mod operations;
 mod relay_batch;

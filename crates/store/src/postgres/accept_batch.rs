@@ -88,20 +88,9 @@ impl Queue {
 /// One writer: takes whatever is queued (at least one sale), writes it, and goes again.
 async fn write(pool: Pool, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
     loop {
-        let mut jobs = Vec::new();
-        {
-            let mut waiting = waiting.lock().await;
-            match waiting.recv().await {
-                Some(job) => jobs.push(job),
-                None => return,
-            }
-            while jobs.len() < MAX_BATCH {
-                match waiting.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
+        let Some(jobs) = super::next_batch(&waiting, MAX_BATCH).await else {
+            return;
+        };
         // The tenant is set per transaction (row-level security), so one per tenant.
         let mut by_tenant: BTreeMap<i64, Vec<Job>> = BTreeMap::new();
         for job in jobs {

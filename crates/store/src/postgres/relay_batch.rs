@@ -127,20 +127,9 @@ impl Queue {
 /// One writer: takes whatever is queued (at least one job), runs it, and goes again.
 async fn write(pool: Pool, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
     loop {
-        let mut jobs = Vec::new();
-        {
-            let mut waiting = waiting.lock().await;
-            match waiting.recv().await {
-                Some(job) => jobs.push(job),
-                None => return,
-            }
-            while jobs.len() < MAX_BATCH {
-                match waiting.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
+        let Some(jobs) = super::next_batch(&waiting, MAX_BATCH).await else {
+            return;
+        };
         if jobs.len() == 1 {
             for job in jobs {
                 alone(&pool, job).await;
