@@ -1796,7 +1796,20 @@ impl ClaimParams {
 /// previous receipt (the snapshot before this one's insert), and a gap after it stored as a
 /// finding; the receipt under its UNIQUE constraint; the sale, returned as it now is; and,
 /// with `journal`, the call that brought it. Parameters: [`RecordParams::as_params`].
-fn record_sql(journal: bool) -> String {
+fn record_sql(journal: bool) -> &'static str {
+    static WITH_JOURNAL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| record_sql_text(true));
+    static WITHOUT_JOURNAL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| record_sql_text(false));
+    if journal {
+        &WITH_JOURNAL
+    } else {
+        &WITHOUT_JOURNAL
+    }
+}
+
+/// [`record_sql`]'s text, built once per form.
+fn record_sql_text(journal: bool) -> String {
     let journal = if journal {
         ", journal AS (INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt,
                             request_body, response_body, http_status, outcome, elapsed_ms, created_at)
@@ -2342,6 +2355,26 @@ async fn insert_sale(
         .map_err(query_error)?
         .get(0);
     Ok(sale_id)
+}
+
+/// Starts `writers` tasks of a batch writer on one shared queue, on the current runtime;
+/// returns the queue. The tasks end when the last sender is gone.
+fn start_writers<T, Writer, Running>(
+    pool: &Pool,
+    writers: usize,
+    write: Writer,
+) -> tokio::sync::mpsc::UnboundedSender<T>
+where
+    T: Send + 'static,
+    Writer: Fn(Pool, Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<T>>>) -> Running,
+    Running: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (jobs, waiting) = tokio::sync::mpsc::unbounded_channel();
+    let waiting = Arc::new(tokio::sync::Mutex::new(waiting));
+    for _ in 0..writers {
+        tokio::spawn(write(pool.clone(), Arc::clone(&waiting)));
+    }
+    jobs
 }
 
 /// A batch writer's next jobs: waits for one, then takes whatever else is queued, up to

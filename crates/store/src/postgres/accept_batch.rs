@@ -48,12 +48,9 @@ pub(super) struct Queue {
 
 /// Starts the writers on the current runtime.
 pub(super) fn start(pool: Pool) -> Queue {
-    let (jobs, waiting) = mpsc::unbounded_channel();
-    let waiting = Arc::new(Mutex::new(waiting));
-    for _ in 0..WRITERS {
-        tokio::spawn(write(pool.clone(), Arc::clone(&waiting)));
+    Queue {
+        jobs: super::start_writers(&pool, WRITERS, write),
     }
-    Queue { jobs }
 }
 
 impl Queue {

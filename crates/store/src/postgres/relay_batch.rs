@@ -85,12 +85,9 @@ pub(super) struct Queue {
 
 /// Starts the writers on the current runtime.
 pub(super) fn start(pool: Pool) -> Queue {
-    let (jobs, waiting) = mpsc::unbounded_channel();
-    let waiting = Arc::new(Mutex::new(waiting));
-    for _ in 0..WRITERS {
-        tokio::spawn(write(pool.clone(), Arc::clone(&waiting)));
+    Queue {
+        jobs: super::start_writers(&pool, WRITERS, write),
     }
-    Queue { jobs }
 }
 
 fn stopped<T>(_: T) -> StoreError {
@@ -181,7 +178,7 @@ async fn record_alone(
 ) -> Result<Recorded> {
     let client = pool.get().await.map_err(database)?;
     let statement = client
-        .prepare_cached(&record_sql(record.journal.is_some()))
+        .prepare_cached(record_sql(record.journal.is_some()))
         .await
         .map_err(query_error)?;
     let claim_statement = match next {
@@ -329,17 +326,17 @@ async fn run_together(
 ) -> std::result::Result<Vec<Option<tokio_postgres::Row>>, NotCommitted> {
     let nothing = NotCommitted::NothingWritten;
     let client = pool.get().await.map_err(|e| nothing(database(e)))?;
-    let prepare = |sql: String| {
+    let prepare = |sql: &'static str| {
         let client = &client;
         async move {
             client
-                .prepare_cached(&sql)
+                .prepare_cached(sql)
                 .await
                 .map_err(|e| nothing(query_error(e)))
         }
     };
-    let enter = prepare(ENTER_SQL.to_owned()).await?;
-    let claim = prepare(CLAIM_SQL.to_owned()).await?;
+    let enter = prepare(ENTER_SQL).await?;
+    let claim = prepare(CLAIM_SQL).await?;
     let record = prepare(record_sql(false)).await?;
     let record_journal = prepare(record_sql(true)).await?;
     let (client, enter, claim) = (&client, &enter, &claim);
