@@ -21,6 +21,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use model::*;
+/// Phase 3's look at a device's latest receipt on PostgreSQL, for the test that checks its
+/// plan stays one index probe as history grows.
+#[doc(hidden)]
+pub use postgres::LATEST_RECEIPT_SQL;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use ushuru_vault::SealedCmcKey;
@@ -655,6 +659,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0013_row_level_security",
         sqlite: include_str!("../migrations/sqlite/0013_row_level_security.sql"),
         postgres: include_str!("../migrations/postgres/0013_row_level_security.sql"),
+    },
+    Migration {
+        version: 14,
+        name: "0014_receipt_look_by_branch",
+        sqlite: include_str!("../migrations/sqlite/0014_receipt_look_by_branch.sql"),
+        postgres: include_str!("../migrations/postgres/0014_receipt_look_by_branch.sql"),
     },
 ];
 

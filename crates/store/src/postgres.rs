@@ -1808,6 +1808,14 @@ fn record_sql(journal: bool) -> &'static str {
     }
 }
 
+/// The sequence auditor's look at the device's latest receipt, as phase 3 runs it
+/// ([`record_sql`]'s `$2` tenant, `$3` branch, `$5` device). It names every column of
+/// `receipts_scope_branch_sdc_rcpt_idx` (migration 0014), so that its generic plan is one
+/// backward probe whatever the statistics; with a column outside the index, the planner
+/// read every receipt the device ever signed and sorted them.
+pub const LATEST_RECEIPT_SQL: &str = "SELECT rcpt_no FROM receipts
+    WHERE tenant_id = $2 AND branch_id = $3 AND sdc_id = $5 ORDER BY rcpt_no DESC LIMIT 1";
+
 /// [`record_sql`]'s text, built once per form.
 fn record_sql_text(journal: bool) -> String {
     let journal = if journal {
@@ -1822,8 +1830,7 @@ fn record_sql_text(journal: bool) -> String {
             UPDATE outbox SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
             WHERE id = $1 AND tenant_id = $2 AND branch_id = $3 AND state = 'PENDING' AND lease_owner = $4
             RETURNING sale_id),
-         previous AS (SELECT rcpt_no FROM receipts WHERE tenant_id = $2 AND branch_id = $3 AND sdc_id = $5
-                      ORDER BY rcpt_no DESC LIMIT 1),
+         previous AS ({LATEST_RECEIPT_SQL}),
          receipt AS (
             INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
             SELECT $2, $3, $5, $6, sale_id FROM done),

@@ -69,7 +69,7 @@ async fn postgres_database() -> String {
 }
 
 /// Every migration, in order: what a fresh database runs.
-const ALL_MIGRATIONS: [&str; 13] = [
+const ALL_MIGRATIONS: [&str; 14] = [
     "0001_foundation",
     "0002_sale_search",
     "0003_sale_lines",
@@ -83,6 +83,7 @@ const ALL_MIGRATIONS: [&str; 13] = [
     "0011_operators_and_audit",
     "0012_oauth_clients",
     "0013_row_level_security",
+    "0014_receipt_look_by_branch",
 ];
 
 fn now() -> DateTime<Utc> {
@@ -2825,6 +2826,90 @@ async fn on_postgres_a_refused_sale_leaves_no_transaction_open() {
             .get(0);
         assert_eq!(open, 0, "a connection was left inside a transaction");
     }
+}
+
+/// Phase 3's look at the device's latest receipt must stay one index probe however many
+/// receipts the device has signed, with statistics and with the generic plan a prepared
+/// statement settles on. With the branch outside its index (migration 0009's), the planner
+/// chose a bitmap scan of every receipt of the device and a sort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_the_auditors_look_reads_one_entry_whatever_the_history() {
+    let url = postgres_database().await;
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let scope = branch(&store, "P051234567A").await;
+    let (owner, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for bhf in 1..50 {
+        store
+            .create_branch(scope.tenant, &format!("{bhf:02}"))
+            .await
+            .unwrap();
+    }
+    let (tenant, branch_id) = (scope.tenant.0, scope.branch.0);
+    // 50 branches, each with its own device that signed 200 receipts, and the statistics
+    // ANALYZE gathers.
+    owner
+        .batch_execute(&format!(
+            "SET ushuru.system = 'on';
+             INSERT INTO sales (tenant_id, branch_id, invc_no, status, tot_amt)
+                  SELECT {tenant}, b.id, n, 'SIGNED', 1
+                  FROM branches b, generate_series(1, 200) AS n WHERE b.tenant_id = {tenant};
+             INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
+                  SELECT tenant_id, branch_id, 'KRACU01' || lpad(branch_id::text, 8, '0'), invc_no, id
+                  FROM sales;
+             ANALYZE receipts;
+             RESET ushuru.system;
+             SET plan_cache_mode = force_generic_plan;"
+        ))
+        .await
+        .unwrap();
+    owner
+        .query(
+            "SELECT set_config('ushuru.tenant_id', $1, false)",
+            &[&tenant.to_string()],
+        )
+        .await
+        .unwrap();
+    owner
+        .batch_execute(&format!(
+            "PREPARE look (int8, int8, int8, text, text) AS {}",
+            ushuru_store::LATEST_RECEIPT_SQL
+        ))
+        .await
+        .unwrap();
+    let explained = owner
+        .query_one(
+            &format!(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+                 EXECUTE look(0, {tenant}, {branch_id}, '', 'KRACU01{branch_id:08}')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let plan: serde_json::Value = explained.get(0);
+    let top = &plan[0]["Plan"];
+    let text = plan.to_string();
+    assert!(!text.contains("\"Sort\""), "the look sorts: {plan:#}");
+    let buffers =
+        top["Shared Hit Blocks"].as_u64().unwrap() + top["Shared Read Blocks"].as_u64().unwrap();
+    assert!(
+        buffers <= 8,
+        "the look read {buffers} buffers for one receipt: {plan:#}"
+    );
+    // And it answers what phase 3 asks: the device's latest receipt.
+    let latest: i64 = owner
+        .query_one(
+            &format!("EXECUTE look(0, {tenant}, {branch_id}, '', 'KRACU01{branch_id:08}')"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(latest, 200);
 }
 
 macro_rules! conformance {
