@@ -341,7 +341,7 @@ async fn write_sales(
             "WITH numbered AS (
                 UPDATE branches b SET last_invc_no = c.last_invc_no
                 FROM unnest($2::int8[], $3::int8[]) AS c(id, last_invc_no)
-                WHERE b.id = c.id AND b.tenant_id = $1),
+                WHERE b.id = ANY($2::int8[]) AND b.id = c.id AND b.tenant_id = $1),
              dropped AS (
                 DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = ANY($4::text[])),
              sale AS (
@@ -371,7 +371,7 @@ async fn write_sales(
                 UPDATE idempotency_keys k SET sale_id = sale.id
                 FROM unnest($5::int8[], $6::int8[], $9::text[]) AS x(branch_id, invc_no, key)
                 JOIN sale ON sale.branch_id = x.branch_id AND sale.invc_no = x.invc_no
-                WHERE k.tenant_id = $1 AND k.key = x.key)
+                WHERE k.tenant_id = $1 AND k.key = ANY($9::text[]) AND k.key = x.key)
              SELECT branch_id, invc_no, id FROM sale",
         )
         .await
