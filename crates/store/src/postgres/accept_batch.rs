@@ -343,7 +343,8 @@ async fn write_sales(
                 FROM unnest($2::int8[], $3::int8[]) AS c(id, last_invc_no)
                 WHERE b.id = ANY($2::int8[]) AND b.id = c.id AND b.tenant_id = $1),
              dropped AS (
-                DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = ANY($4::text[])),
+                DELETE FROM idempotency_keys
+                WHERE cardinality($4::text[]) > 0 AND tenant_id = $1 AND key = ANY($4::text[])),
              sale AS (
                 INSERT INTO sales (tenant_id, branch_id, invc_no, client_reference, status, tot_amt, rcpt_ty_cd)
                 SELECT $1, s.branch_id, s.invc_no, s.client_reference, 'PENDING_SYNC', s.tot_amt::numeric, 'S'
