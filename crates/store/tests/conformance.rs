@@ -2773,20 +2773,27 @@ async fn plaintext_cmc_keys_on_postgres() {
     }
 }
 
+/// A migrated PostgreSQL store with one branch, and a plain connection of the same login to
+/// look at the database beside it.
+async fn postgres_store_with_client() -> (Store, Scope, tokio_postgres::Client) {
+    let url = postgres_database().await;
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let scope = branch(&store, "P051234567A").await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    (store, scope, client)
+}
+
 /// Every way phase 1 of a sale alone can end without a sale must end its transaction too:
 /// no connection may be left idle inside one, holding the branch's counter row. (A version
 /// that began the transaction by hand, to send `BEGIN` with the first statements, was
 /// measured and not kept; this test caught it leaving one open when mutated.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_refused_sale_leaves_no_transaction_open() {
-    let url = postgres_database().await;
-    let store = Store::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    let scope = branch(&store, "P051234567A").await;
-    let (observer, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (store, scope, observer) = postgres_store_with_client().await;
     let refusals: [PayloadBuilder; 2] = [
         Box::new(|_| panic!("a bug in the builder")),
         Box::new(|_| Err("bad line".into())),
@@ -2834,14 +2841,7 @@ async fn on_postgres_a_refused_sale_leaves_no_transaction_open() {
 /// chose a bitmap scan of every receipt of the device and a sort.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_the_auditors_look_reads_one_entry_whatever_the_history() {
-    let url = postgres_database().await;
-    let store = Store::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    let scope = branch(&store, "P051234567A").await;
-    let (owner, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let (store, scope, owner) = postgres_store_with_client().await;
     for bhf in 1..50 {
         store
             .create_branch(scope.tenant, &format!("{bhf:02}"))
