@@ -421,6 +421,15 @@ async fn branch(store: &Store, tin: &str) -> Scope {
     store.create_branch(tenant.id, "00").await.unwrap().scope()
 }
 
+/// Nothing of a refused record stuck: the sale is still pending, without a receipt.
+async fn assert_still_pending(store: &Store, scope: Scope, sale: SaleId) {
+    let untouched = store.sale(scope, sale).await.unwrap().unwrap();
+    assert_eq!(
+        (untouched.status, untouched.receipt),
+        (SaleStatus::PendingSync, None)
+    );
+}
+
 async fn accept(store: &Store, scope: Scope, reference: &str) -> ushuru_store::AcceptedSale {
     let sale = NewSale {
         client_reference: Some(reference.into()),
@@ -613,11 +622,7 @@ async fn a_receipt_number_is_recorded_once(store: Store) {
         other => panic!("{other:?}"),
     }
     // Nothing of the refused record stuck: the sale is pending, its row still leased.
-    let untouched = store.sale(scope, second.sale).await.unwrap().unwrap();
-    assert_eq!(
-        (untouched.status, untouched.receipt),
-        (SaleStatus::PendingSync, None)
-    );
+    assert_still_pending(&store, scope, second.sale).await;
     assert_eq!(
         store
             .claim_next(scope, "relay", lease, now())
@@ -1498,11 +1503,7 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
         let (first, second) = &sales[i];
         if i == NOT_MINE {
             assert!(matches!(answer, Err(StoreError::NotFound(_))), "{answer:?}");
-            let untouched = store.sale(scope, first.sale).await.unwrap().unwrap();
-            assert_eq!(
-                (untouched.status, untouched.receipt),
-                (SaleStatus::PendingSync, None)
-            );
+            assert_still_pending(&store, scope, first.sale).await;
             assert_eq!(
                 store
                     .claim_next(scope, "relay", lease, now())
@@ -1562,15 +1563,7 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
                 other => panic!("{other:?}"),
             }
             let scope = scopes[TAKEN.1];
-            let untouched = store
-                .sale(scope, sales[TAKEN.1].0.sale)
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(
-                (untouched.status, untouched.receipt),
-                (SaleStatus::PendingSync, None)
-            );
+            assert_still_pending(&store, scope, sales[TAKEN.1].0.sale).await;
             assert!(
                 store
                     .exchanges(scope, sales[TAKEN.1].0.sale)
