@@ -341,6 +341,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let provisioning = Arc::new(Provisioning::new(control_units, relay_owner()));
     let purger = tokio::spawn(purge_idempotency_records(store.clone()));
+    let statistician = tokio::spawn(gather_statistics_early(store.clone()));
     let state = AppState {
         store: store.clone(),
         pipeline: Arc::clone(&pipeline),
@@ -408,6 +409,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     purger.abort();
+    statistician.abort();
     // In-flight requests have been answered; let the relays finish the call each is in.
     pipeline.shutdown().await;
     tracing::info!("stopped");
@@ -621,6 +623,34 @@ async fn purge_idempotency_records(store: Store) {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "expired access tokens deleted"),
             Err(e) => tracing::warn!(error = %e, "access token purge failed; retrying later"),
+        }
+    }
+}
+
+/// Rows a never-analysed table must hold before its statistics are gathered: by then a
+/// branch's range of an index spans pages, and a plan that reads it for one row costs.
+const ANALYZE_FROM_ROWS: u64 = 1_000;
+/// How often new tables are looked at: soon after they pass `ANALYZE_FROM_ROWS` rows,
+/// long before autovacuum's first pass (a minute).
+const ANALYZE_EVERY: Duration = Duration::from_secs(2);
+
+/// Gathers planner statistics for tables that grew before anything analysed them (see
+/// `Store::analyze_new_tables`), from start and for as long as the server runs: one cheap
+/// look at the catalogue every `ANALYZE_EVERY`, and an `ANALYZE` per table once.
+async fn gather_statistics_early(store: Store) {
+    let mut every = tokio::time::interval(ANALYZE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match store.analyze_new_tables(ANALYZE_FROM_ROWS).await {
+            Ok(tables) if tables.is_empty() => {}
+            Ok(tables) => tracing::info!(
+                tables = tables.join(", "),
+                "planner statistics gathered for tables that had none"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "gathering planner statistics failed; retrying later")
+            }
         }
     }
 }

@@ -234,7 +234,6 @@ async fn on_postgres_a_service_login_serves_once_the_owner_has_migrated() {
     let (running, url) = start(&data_dir, free_port(), Some(&service_url)).await;
     let sale = sell(&url, "service-login-1").await;
     assert_eq!(sale["status"], "SIGNED", "{sale}");
-    terminate(running);
 
     // Written as the service, under the policies: the owner finds the sale signed only with
     // the flag a backup uses.
@@ -255,6 +254,36 @@ async fn on_postgres_a_service_login_serves_once_the_owner_has_migrated() {
         owner.query_one(signed, &[]).await.unwrap().get::<_, i64>(0),
         1
     );
+
+    // A table that grows past 1,000 rows before anything analysed it gets its planner
+    // statistics from the service, as the service's login (migration 0015), within a few
+    // seconds rather than at autovacuum's first pass a minute on.
+    owner
+        .batch_execute(
+            "INSERT INTO sales (tenant_id, branch_id, invc_no, status, tot_amt)
+                 SELECT tenant_id, branch_id, invc_no + n, 'SIGNED', 1
+                 FROM sales, generate_series(1, 1000) AS n;
+             SELECT pg_stat_force_next_flush();",
+        )
+        .await
+        .unwrap();
+    let analysed =
+        "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'sales'";
+    let mut waited = Duration::ZERO;
+    while !owner
+        .query_one(analysed, &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(
+            waited < Duration::from_secs(20),
+            "sales had no statistics 20 s after passing 1,000 rows"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    terminate(running);
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 

@@ -497,6 +497,19 @@ impl Store {
     pub async fn purge_idempotency(&self, now: DateTime<Utc>) -> Result<u64> {
         dispatch!(self, s => s.purge_idempotency(now))
     }
+
+    /// Gathers planner statistics for each table that holds at least `min_rows` rows and
+    /// was never analysed, and returns the tables' names (PostgreSQL, migration 0015: plans
+    /// made on near-empty tables are kept by every connection until statistics arrive,
+    /// and autovacuum brings the first ones only after its naptime). A table another
+    /// `ANALYZE` holds is left for the next call. SQLite plans without statistics, so
+    /// there it has nothing to do.
+    pub async fn analyze_new_tables(&self, min_rows: u64) -> Result<Vec<String>> {
+        match self {
+            Store::Sqlite(_) => Ok(Vec::new()),
+            Store::Postgres(store) => store.analyze_new_tables(min_rows).await,
+        }
+    }
 }
 
 /// A new API key: `ush_` and 32 random bytes in lower-case hex.
@@ -665,6 +678,12 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0014_receipt_look_by_branch",
         sqlite: include_str!("../migrations/sqlite/0014_receipt_look_by_branch.sql"),
         postgres: include_str!("../migrations/postgres/0014_receipt_look_by_branch.sql"),
+    },
+    Migration {
+        version: 15,
+        name: "0015_statistics_for_new_tables",
+        sqlite: include_str!("../migrations/sqlite/0015_statistics_for_new_tables.sql"),
+        postgres: include_str!("../migrations/postgres/0015_statistics_for_new_tables.sql"),
     },
 ];
 

@@ -1358,6 +1358,21 @@ impl PostgresStore {
             .get(0);
         to_u64(purged, "purged records")
     }
+
+    pub async fn analyze_new_tables(&self, min_rows: u64) -> Result<Vec<String>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached("SELECT ushuru_analyze_new_tables($1)")
+                    .await
+                    .map_err(query_error)?,
+                &[&to_i64(min_rows, "min_rows")?],
+            )
+            .await
+            .map_err(query_error)?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
 }
 
 impl PostgresStore {
