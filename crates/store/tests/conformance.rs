@@ -2839,12 +2839,11 @@ async fn on_postgres_a_refused_sale_leaves_no_transaction_open() {
     }
 }
 
-/// Phase 3's look at the device's latest receipt must stay one index probe however many
-/// receipts the device has signed, with statistics and with the generic plan a prepared
-/// statement settles on. With the branch outside its index (migration 0009's), the planner
-/// chose a bitmap scan of every receipt of the device and a sort.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_postgres_the_auditors_look_reads_one_entry_whatever_the_history() {
+/// A PostgreSQL store with 50 branches of one tenant, each with its own device that signed
+/// `per_branch` sales, written straight in as the owner (the flag row-level security
+/// honours for it is off again after). Returns the first branch's scope and the owner's
+/// connection.
+async fn postgres_store_with_history(per_branch: u32) -> (Store, Scope, tokio_postgres::Client) {
     let (store, scope, owner) = postgres_store_with_client().await;
     for bhf in 1..50 {
         store
@@ -2852,22 +2851,35 @@ async fn on_postgres_the_auditors_look_reads_one_entry_whatever_the_history() {
             .await
             .unwrap();
     }
-    let (tenant, branch_id) = (scope.tenant.0, scope.branch.0);
-    // 50 branches, each with its own device that signed 200 receipts, and the statistics
-    // ANALYZE gathers.
+    let tenant = scope.tenant.0;
     owner
         .batch_execute(&format!(
             "SET ushuru.system = 'on';
              INSERT INTO sales (tenant_id, branch_id, invc_no, status, tot_amt)
                   SELECT {tenant}, b.id, n, 'SIGNED', 1
-                  FROM branches b, generate_series(1, 200) AS n WHERE b.tenant_id = {tenant};
+                  FROM branches b, generate_series(1, {per_branch}) AS n WHERE b.tenant_id = {tenant};
              INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
                   SELECT tenant_id, branch_id, 'KRACU01' || lpad(branch_id::text, 8, '0'), invc_no, id
                   FROM sales;
-             ANALYZE receipts;
-             RESET ushuru.system;
-             SET plan_cache_mode = force_generic_plan;"
+             RESET ushuru.system;"
         ))
+        .await
+        .unwrap();
+    (store, scope, owner)
+}
+
+/// Phase 3's look at the device's latest receipt must stay one index probe however many
+/// receipts the device has signed, with statistics and with the generic plan a prepared
+/// statement settles on. With the branch outside its index (migration 0009's), the planner
+/// chose a bitmap scan of every receipt of the device and a sort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_the_auditors_look_reads_one_entry_whatever_the_history() {
+    // 50 branches, each with its own device that signed 200 receipts, and the statistics
+    // ANALYZE gathers.
+    let (_store, scope, owner) = postgres_store_with_history(200).await;
+    let (tenant, branch_id) = (scope.tenant.0, scope.branch.0);
+    owner
+        .batch_execute("ANALYZE receipts; SET plan_cache_mode = force_generic_plan;")
         .await
         .unwrap();
     owner
@@ -2923,28 +2935,13 @@ async fn on_postgres_the_auditors_look_reads_one_entry_whatever_the_history() {
 /// not by a range of an index that starts with its tenant and branch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_new_tables_get_statistics_once_they_hold_rows() {
-    let (store, scope, owner) = postgres_store_with_client().await;
-    for bhf in 1..50 {
-        store
-            .create_branch(scope.tenant, &format!("{bhf:02}"))
-            .await
-            .unwrap();
-    }
+    // 50 branches with 40 signed sales and their receipts each, written by the owner's
+    // connection, so that the statistics system is told at once (its counts are flushed
+    // when it next goes idle).
+    let (store, scope, owner) = postgres_store_with_history(40).await;
     let tenant = scope.tenant.0;
-    // 50 branches with 40 signed sales and their receipts each, written straight in, so
-    // that the statistics system is told at once (the owner's own counts, flushed when it
-    // next goes idle).
     owner
-        .batch_execute(&format!(
-            "SET ushuru.system = 'on';
-             INSERT INTO sales (tenant_id, branch_id, invc_no, status, tot_amt)
-                  SELECT {tenant}, b.id, n, 'SIGNED', 1
-                  FROM branches b, generate_series(1, 40) AS n WHERE b.tenant_id = {tenant};
-             INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
-                  SELECT tenant_id, branch_id, 'KRACU01' || lpad(branch_id::text, 8, '0'), invc_no, id
-                  FROM sales;
-             SELECT pg_stat_force_next_flush();"
-        ))
+        .batch_execute("SELECT pg_stat_force_next_flush()")
         .await
         .unwrap();
     let counted = async {
