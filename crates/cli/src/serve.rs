@@ -341,7 +341,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let provisioning = Arc::new(Provisioning::new(control_units, relay_owner()));
     let purger = tokio::spawn(purge_idempotency_records(store.clone()));
-    let statistician = tokio::spawn(gather_statistics_early(store.clone()));
+    // SQLite plans without statistics (`Store::analyze_new_tables`): nothing to gather.
+    let statistician = matches!(store, Store::Postgres(_))
+        .then(|| tokio::spawn(gather_statistics_early(store.clone())));
     let state = AppState {
         store: store.clone(),
         pipeline: Arc::clone(&pipeline),
@@ -409,7 +411,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     purger.abort();
-    statistician.abort();
+    if let Some(statistician) = statistician {
+        statistician.abort();
+    }
     // In-flight requests have been answered; let the relays finish the call each is in.
     pipeline.shutdown().await;
     tracing::info!("stopped");
