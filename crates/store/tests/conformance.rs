@@ -1409,11 +1409,14 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
             ..other_tenant
         });
     }
-    let mut sales = Vec::new();
+    // Each branch's three sales, in order.
+    let mut sales: Vec<Vec<SaleId>> = Vec::new();
     for (i, scope) in scopes.iter().enumerate() {
-        let first = accept(&store, *scope, &format!("{i}-first")).await;
-        let second = accept(&store, *scope, &format!("{i}-second")).await;
-        sales.push((first, second));
+        let mut own = Vec::new();
+        for k in 0..3 {
+            own.push(accept(&store, *scope, &format!("{i}-{k}")).await.sale);
+        }
+        sales.push(own);
     }
     // All claims at once.
     let start = Arc::new(tokio::sync::Barrier::new(scopes.len()));
@@ -1434,7 +1437,7 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
             .unwrap()
             .unwrap()
             .expect("each branch's first sale");
-        assert_eq!((claim.sale, claim.scope), (sales[i].0.sale, scopes[i]));
+        assert_eq!((claim.sale, claim.scope), (sales[i][0], scopes[i]));
         assert_eq!((claim.invc_no, claim.attempts), (1, 1));
         claimed.push(claim);
     }
@@ -1501,10 +1504,10 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
     let mut seconds = Vec::new();
     for (&i, answer) in wave_one.iter().zip(answers) {
         let scope = scopes[i];
-        let (first, second) = &sales[i];
+        let (first, second) = (sales[i][0], sales[i][1]);
         if i == NOT_MINE {
             assert!(matches!(answer, Err(StoreError::NotFound(_))), "{answer:?}");
-            assert_still_pending(&store, scope, first.sale).await;
+            assert_still_pending(&store, scope, first).await;
             assert_eq!(
                 store
                     .claim_next(scope, "relay", lease, now())
@@ -1515,7 +1518,7 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
             continue;
         }
         let recorded = answer.unwrap_or_else(|e| panic!("branch {i}: {e:?}"));
-        assert_eq!(recorded.sale.id, first.sale, "branch {i}");
+        assert_eq!(recorded.sale.id, first, "branch {i}");
         assert_eq!(recorded.sale.status, SaleStatus::Signed);
         let signed = recorded.sale.receipt.as_ref().unwrap();
         assert_eq!(
@@ -1524,38 +1527,90 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
         );
         assert_eq!(
             Some(recorded.sale.clone()),
-            store.sale(scope, first.sale).await.unwrap()
+            store.sale(scope, first).await.unwrap()
         );
         let next = recorded
             .next
             .expect("the branch's second sale, claimed with the receipt");
         assert_eq!(
             (next.sale, next.invc_no, next.scope),
-            (second.sale, 2, scope),
+            (second, 2, scope),
             "branch {i}"
         );
-        let journal = store.exchanges(scope, first.sale).await.unwrap();
+        let journal = store.exchanges(scope, first).await.unwrap();
         if i % 2 == 0 {
-            assert_eq!(journal, vec![call(i, first.sale)]);
+            assert_eq!(journal, vec![call(i, first)]);
         } else {
             assert!(journal.is_empty(), "{journal:?}");
         }
         seconds.push((i, next));
     }
-    // Wave two: the second sales' receipts, and with them branch 3's first, under the
+    // Wave two: the second sales' receipts, each with the claim of its branch's third sale.
+    // Branch 7's control unit skipped two numbers: the sequence auditor finds the gap, for
+    // that branch alone, though its look at the previous receipt may share a statement with
+    // the other branches' looks.
+    const GAPPED: usize = 7;
+    let number_of = |i: usize| if i == GAPPED { 4 } else { 2 };
+    let answers = record_all(
+        seconds
+            .iter()
+            .map(|(i, next)| {
+                let exchange = (i % 2 == 1).then(|| call(*i, next.sale));
+                (next.clone(), receipt(&sdc_of(*i), number_of(*i)), exchange)
+            })
+            .collect(),
+    )
+    .await;
+    let mut thirds = Vec::new();
+    for ((i, _), answer) in seconds.iter().zip(answers) {
+        let (i, scope) = (*i, scopes[*i]);
+        let recorded = answer.unwrap_or_else(|e| panic!("branch {i}: {e:?}"));
+        assert_eq!(recorded.sale.id, sales[i][1], "branch {i}");
+        let signed = recorded.sale.receipt.as_ref().unwrap();
+        assert_eq!(
+            (signed.sdc_id.as_str(), signed.tot_rcpt_no),
+            (sdc_of(i).as_str(), number_of(i))
+        );
+        assert_eq!(
+            Some(recorded.sale.clone()),
+            store.sale(scope, sales[i][1]).await.unwrap()
+        );
+        let journal = store.exchanges(scope, sales[i][1]).await.unwrap();
+        if i % 2 == 1 {
+            assert_eq!(journal, vec![call(i, sales[i][1])]);
+        } else {
+            assert!(journal.is_empty(), "{journal:?}");
+        }
+        let findings = store.findings(scope).await.unwrap();
+        if i == GAPPED {
+            let gap = SequenceFinding {
+                sdc_id: sdc_of(i),
+                kind: FindingKind::Gap,
+                expected: Some(2),
+                found: 4,
+                sale: Some(sales[i][1]),
+            };
+            assert_eq!(findings, vec![gap]);
+        } else {
+            assert!(findings.is_empty(), "branch {i}: {findings:?}");
+        }
+        let next = recorded.next.expect("the branch's third sale");
+        assert_eq!((next.sale, next.invc_no), (sales[i][2], 3), "branch {i}");
+        thirds.push((i, next));
+    }
+    // Wave three: the third sales' receipts, and with them branch 3's first, under the
     // number branch 2's control unit already gave: refused (its shared transaction rolls
     // back and every job runs again alone), and every other receipt signs.
-    let mut jobs: Vec<_> = seconds
+    let mut jobs: Vec<_> = thirds
         .iter()
-        .map(|(i, next)| (next.clone(), receipt(&sdc_of(*i), 2), None))
+        .map(|(i, next)| (next.clone(), receipt(&sdc_of(*i), number_of(*i) + 1), None))
         .collect();
     jobs.insert(
         3,
         (claimed[TAKEN.1].clone(), receipt(&sdc_of(TAKEN.0), 1), None),
     );
     let answers = record_all(jobs).await;
-    let mut answers = answers.into_iter();
-    for (index, answer) in answers.by_ref().enumerate() {
+    for (index, answer) in answers.into_iter().enumerate() {
         if index == 3 {
             match answer {
                 Err(StoreError::DuplicateReceipt { sdc_id, rcpt_no }) => {
@@ -1564,25 +1619,27 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
                 other => panic!("{other:?}"),
             }
             let scope = scopes[TAKEN.1];
-            assert_still_pending(&store, scope, sales[TAKEN.1].0.sale).await;
+            assert_still_pending(&store, scope, sales[TAKEN.1][0]).await;
             assert!(
                 store
-                    .exchanges(scope, sales[TAKEN.1].0.sale)
+                    .exchanges(scope, sales[TAKEN.1][0])
                     .await
                     .unwrap()
                     .is_empty()
             );
             continue;
         }
-        let (i, _) = seconds[if index < 3 { index } else { index - 1 }];
+        let (i, _) = thirds[if index < 3 { index } else { index - 1 }];
         let recorded = answer.unwrap_or_else(|e| panic!("branch {i}: {e:?}"));
-        assert_eq!(recorded.sale.id, sales[i].1.sale, "branch {i}");
+        assert_eq!(recorded.sale.id, sales[i][2], "branch {i}");
         let signed = recorded.sale.receipt.as_ref().unwrap();
         assert_eq!(
             (signed.sdc_id.as_str(), signed.tot_rcpt_no),
-            (sdc_of(i).as_str(), 2)
+            (sdc_of(i).as_str(), number_of(i) + 1)
         );
         assert!(recorded.next.is_none(), "branch {i} has nothing more");
+        let gaps = store.findings(scopes[i]).await.unwrap().len();
+        assert_eq!(gaps, usize::from(i == GAPPED), "branch {i}");
     }
 }
 

@@ -35,12 +35,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
-    CLAIM_SQL, ClaimParams, ENTER_SQL, RecordParams, database, one_round_trip, query_error,
-    record_sql, scope_settings,
+    CLAIM_SQL, ClaimParams, ENTER_SQL, RecordParams, SALE_COLUMNS, database, one_round_trip,
+    query_error, record_sql, scope_settings,
 };
 use crate::{Claim, Recorded, Result, Scope, StoreError};
 
@@ -65,16 +66,6 @@ enum Work {
 struct Job {
     scope: Scope,
     work: Work,
-}
-
-impl Job {
-    /// How many statements the job sends after its scope's `set_config`.
-    fn statements(&self) -> usize {
-        match &self.work {
-            Work::Claim { .. } => 1,
-            Work::Record { next, .. } => 1 + usize::from(next.is_some()),
-        }
-    }
 }
 
 /// The relays' queue. Its writers end when the last handle to it (the store and its
@@ -255,26 +246,20 @@ async fn together(pool: &Pool, mut jobs: Vec<Job>) {
     jobs.sort_by_key(|job| job.scope.tenant.0);
     match run_together(pool, &jobs).await {
         Ok(rows) => {
-            let mut rows = rows.into_iter();
-            for job in jobs {
+            for (job, rows) in jobs.into_iter().zip(rows) {
                 let scope = job.scope;
-                // This job's rows, by position, before anything is made of them.
-                let mut own = rows.by_ref().take(job.statements());
                 match job.work {
                     Work::Claim { params, answer } => {
-                        let row = own.next().flatten();
-                        let _ = answer.send(params.claim(scope, row));
+                        let _ = answer.send(params.claim(scope, rows.first));
                     }
                     Work::Record {
                         record,
                         next,
                         answer,
                     } => {
-                        let signed = own.next().flatten();
-                        let next_row = own.next().flatten();
-                        let recorded = record.signed(signed).and_then(|sale| {
+                        let recorded = record.signed(rows.first).and_then(|sale| {
                             let next = match next {
-                                Some(next) => next.claim(scope, next_row)?,
+                                Some(next) => next.claim(scope, rows.second)?,
                                 None => None,
                             };
                             Ok(Recorded { sale, next })
@@ -308,22 +293,198 @@ async fn together(pool: &Pool, mut jobs: Vec<Job>) {
     }
 }
 
-type Statement<'a> = Pin<
-    Box<
-        dyn Future<Output = std::result::Result<Option<tokio_postgres::Row>, tokio_postgres::Error>>
-            + Send
-            + 'a,
-    >,
->;
+/// One statement's answer: no row, one row, or (for [`record_many_sql`]) several.
+type Rows = std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>;
+type Statement<'a> = Pin<Box<dyn Future<Output = Rows> + Send + 'a>>;
 
-/// Sends `BEGIN`, each tenant's `set_config` and every job's statements in order (`jobs`
-/// sorted by tenant), and `COMMIT` in one round trip, as [`super::one_round_trip`] does
-/// for one job. Returns one row (or none) per job statement, in the order sent (the
-/// `set_config`s left out).
+/// Where a statement's rows go: to nobody (a `set_config`), to one job's first or second
+/// answer, or (the receipts of several jobs) each row to the job its last column names.
+enum Destination {
+    Nobody,
+    First(usize),
+    Second(usize),
+    /// The jobs of a [`record_many_sql`], in the order of its arrays.
+    Records(Vec<usize>),
+}
+
+/// The rows each job's statements returned: its claim's or its receipt's, and the claim
+/// chained to its receipt.
+#[derive(Default)]
+struct JobRows {
+    first: Option<tokio_postgres::Row>,
+    second: Option<tokio_postgres::Row>,
+}
+
+/// Phase 3 for several receipts of one tenant in one statement: [`record_sql`] with arrays,
+/// one element per receipt, as phase 1's batches write their sales. The per-statement work
+/// (executor start, the CTEs, the protocol round) was about half of what each receipt's own
+/// statement cost PostgreSQL. Each receipt keeps every rule of [`record_sql`]: its outbox
+/// row is finished only under its lease, the sequence auditor's look sees the device's
+/// receipts before this statement, and its sale is updated only if its row was finished.
+///
+/// No two receipts of one statement may be of the same branch: the auditor's look at a
+/// branch's previous receipt sees the statement's snapshot, which holds neither. The
+/// caller splits them ([`chunks_of_distinct_branches`]).
+///
+/// Returns, per receipt finished, the columns [`RecordParams::signed`] reads (as
+/// [`record_sql`] returns them) and then the receipt's 1-based position in the arrays.
+/// Parameters: `$1` the tenant, then one array per column of [`Receipts`].
+fn record_many_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH input AS (
+                SELECT * FROM unnest($2::int8[], $3::int8[], $4::text[], $5::text[], $6::int8[], $7::int8[],
+                                     $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
+                                     $13::text[], $14::int4[], $15::text[], $16::text[], $17::int4[],
+                                     $18::text[], $19::int8[])
+                    WITH ORDINALITY AS r(x_outbox, x_branch, x_owner, x_sdc, x_rcpt, x_cur, x_intrl,
+                                         x_sign, x_time, x_mrc, x_at, x_endpoint, x_attempt, x_request,
+                                         x_response, x_http, x_outcome, x_elapsed, x_n)),
+             done AS (
+                UPDATE outbox o SET state = 'DONE', lease_owner = NULL, lease_expires_at = NULL
+                FROM input r
+                WHERE o.id = ANY($2::int8[]) AND o.id = r.x_outbox AND o.tenant_id = $1
+                  AND o.branch_id = r.x_branch AND o.state = 'PENDING' AND o.lease_owner = r.x_owner
+                RETURNING r.x_n, o.sale_id AS x_sale),
+             previous AS (
+                SELECT r.x_n, (SELECT rc.rcpt_no FROM receipts rc
+                               WHERE rc.tenant_id = $1 AND rc.branch_id = r.x_branch AND rc.sdc_id = r.x_sdc
+                               ORDER BY rc.rcpt_no DESC LIMIT 1) AS x_previous
+                FROM input r),
+             receipt AS (
+                INSERT INTO receipts (tenant_id, branch_id, sdc_id, rcpt_no, sale_id)
+                SELECT $1, r.x_branch, r.x_sdc, r.x_rcpt, done.x_sale FROM done JOIN input r USING (x_n)),
+             gap AS (
+                INSERT INTO sequence_findings (tenant_id, branch_id, sdc_id, kind, expected, found, sale_id)
+                SELECT $1, r.x_branch, r.x_sdc, 'GAP', p.x_previous + 1, r.x_rcpt, done.x_sale
+                FROM done JOIN input r USING (x_n) JOIN previous p USING (x_n)
+                WHERE r.x_rcpt > p.x_previous + 1),
+             journal AS (
+                INSERT INTO exchanges (tenant_id, branch_id, sale_id, operation_id, endpoint, attempt,
+                                       request_body, response_body, http_status, outcome, elapsed_ms,
+                                       created_at)
+                SELECT $1, r.x_branch, done.x_sale, NULL, r.x_endpoint, r.x_attempt, r.x_request,
+                       r.x_response, r.x_http, r.x_outcome, r.x_elapsed, r.x_at
+                FROM done JOIN input r USING (x_n) WHERE r.x_endpoint IS NOT NULL),
+             signed AS (
+                UPDATE sales SET status = 'SIGNED', cur_rcpt_no = r.x_cur, tot_rcpt_no = r.x_rcpt,
+                                 intrl_data = r.x_intrl, rcpt_sign = r.x_sign, sdc_date_time = r.x_time,
+                                 sdc_id = r.x_sdc, mrc_no = r.x_mrc, signed_at = r.x_at
+                FROM done JOIN input r USING (x_n) JOIN previous p USING (x_n)
+                WHERE sales.id = done.x_sale
+                RETURNING sales.id, {SALE_COLUMNS}, p.x_previous, r.x_n)
+             SELECT * FROM signed"
+        )
+    });
+    &SQL
+}
+
+/// The receipts of a [`record_many_sql`], column by column (for `unnest`).
+#[derive(Default)]
+struct Receipts<'a> {
+    outbox_id: Vec<i64>,
+    branch: Vec<i64>,
+    owner: Vec<&'a str>,
+    sdc_id: Vec<&'a str>,
+    rcpt_no: Vec<i64>,
+    cur_rcpt_no: Vec<i64>,
+    intrl_data: Vec<&'a str>,
+    rcpt_sign: Vec<&'a str>,
+    sdc_date_time: Vec<&'a str>,
+    mrc_no: Vec<Option<&'a str>>,
+    now: Vec<DateTime<Utc>>,
+    /// NULL where the receipt comes without its call.
+    endpoint: Vec<Option<&'a str>>,
+    attempt: Vec<Option<i32>>,
+    request_body: Vec<Option<&'a str>>,
+    response_body: Vec<Option<&'a str>>,
+    http_status: Vec<Option<i32>>,
+    outcome: Vec<Option<&'a str>>,
+    elapsed_ms: Vec<Option<i64>>,
+}
+
+impl<'a> Receipts<'a> {
+    fn push(&mut self, r: &'a RecordParams) {
+        self.outbox_id.push(r.outbox_id);
+        self.branch.push(r.branch);
+        self.owner.push(&r.owner);
+        self.sdc_id.push(&r.sdc_id);
+        self.rcpt_no.push(r.rcpt_no);
+        self.cur_rcpt_no.push(r.cur_rcpt_no);
+        self.intrl_data.push(&r.intrl_data);
+        self.rcpt_sign.push(&r.rcpt_sign);
+        self.sdc_date_time.push(&r.sdc_date_time);
+        self.mrc_no.push(r.mrc_no.as_deref());
+        self.now.push(r.now);
+        let j = r.journal.as_ref();
+        self.endpoint.push(j.map(|j| j.endpoint.as_str()));
+        self.attempt.push(j.map(|j| j.attempt));
+        self.request_body.push(j.map(|j| j.request_body.as_str()));
+        self.response_body
+            .push(j.and_then(|j| j.response_body.as_deref()));
+        self.http_status.push(j.and_then(|j| j.http_status));
+        self.outcome.push(j.map(|j| j.outcome.as_str()));
+        self.elapsed_ms.push(j.map(|j| j.elapsed_ms));
+    }
+
+    /// `$2` onwards of [`record_many_sql`].
+    fn as_params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 18] {
+        [
+            &self.outbox_id,
+            &self.branch,
+            &self.owner,
+            &self.sdc_id,
+            &self.rcpt_no,
+            &self.cur_rcpt_no,
+            &self.intrl_data,
+            &self.rcpt_sign,
+            &self.sdc_date_time,
+            &self.mrc_no,
+            &self.now,
+            &self.endpoint,
+            &self.attempt,
+            &self.request_body,
+            &self.response_body,
+            &self.http_status,
+            &self.outcome,
+            &self.elapsed_ms,
+        ]
+    }
+}
+
+/// Splits `jobs` (sorted by tenant) into runs to be sent in order: each of one tenant and of
+/// distinct branches, so that a run's receipts can share one [`record_many_sql`]. A branch
+/// has one relay, so its second job in a batch means something is misconfigured; it then
+/// simply starts the next run, after the first job's.
+fn chunks_of_distinct_branches(jobs: &[Job]) -> Vec<std::ops::Range<usize>> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut branches = std::collections::HashSet::new();
+    for (at, job) in jobs.iter().enumerate() {
+        let joins_the_run =
+            jobs[start].scope.tenant == job.scope.tenant && !branches.contains(&job.scope.branch);
+        if !joins_the_run {
+            chunks.push(start..at);
+            start = at;
+            branches.clear();
+        }
+        branches.insert(job.scope.branch);
+    }
+    if start < jobs.len() {
+        chunks.push(start..jobs.len());
+    }
+    chunks
+}
+
+/// Sends `BEGIN`, each tenant's `set_config` and every job's statements (`jobs` sorted by
+/// tenant), and `COMMIT` in one round trip, as [`super::one_round_trip`] does for one job.
+/// Per run of [`chunks_of_distinct_branches`]: its receipts (in one [`record_many_sql`] when
+/// there are several), then its claims, each chained claim after its own receipt. Returns
+/// each job's rows, in the order of `jobs`.
 async fn run_together(
     pool: &Pool,
     jobs: &[Job],
-) -> std::result::Result<Vec<Option<tokio_postgres::Row>>, NotCommitted> {
+) -> std::result::Result<Vec<JobRows>, NotCommitted> {
     let nothing = NotCommitted::NothingWritten;
     let client = pool.get().await.map_err(|e| nothing(database(e)))?;
     let prepare = |sql: &'static str| {
@@ -339,57 +500,88 @@ async fn run_together(
     let claim = prepare(CLAIM_SQL).await?;
     let record = prepare(record_sql(false)).await?;
     let record_journal = prepare(record_sql(true)).await?;
-    let (client, enter, claim) = (&client, &enter, &claim);
-    // Each tenant's `set_config` (its answer is dropped) before its first job (the jobs come
-    // sorted by tenant), then each job's statements.
-    let settings: Vec<Option<[String; 2]>> = jobs
+    let record_many = prepare(record_many_sql()).await?;
+    let (client, enter, claim, record_many) = (&client, &enter, &claim, &record_many);
+    let chunks = chunks_of_distinct_branches(jobs);
+    // What each statement needs, built before any is sent (the futures borrow them).
+    let tenants: Vec<i64> = chunks
+        .iter()
+        .map(|c| jobs[c.start].scope.tenant.0)
+        .collect();
+    let settings: Vec<Option<[String; 2]>> = chunks
         .iter()
         .enumerate()
-        .map(|(at, job)| {
-            let first_of_tenant = at == 0 || jobs[at - 1].scope.tenant != job.scope.tenant;
-            first_of_tenant.then(|| scope_settings(job.scope.tenant, None))
+        .map(|(at, chunk)| {
+            let tenant = jobs[chunk.start].scope.tenant;
+            let first_of_tenant = at == 0 || jobs[chunks[at - 1].start].scope.tenant != tenant;
+            first_of_tenant.then(|| scope_settings(tenant, None))
         })
         .collect();
-    let mut statements: Vec<(bool, Statement<'_>)> =
-        Vec::with_capacity(2 * jobs.len() + jobs.iter().map(Job::statements).sum::<usize>());
-    for (job, setting) in jobs.iter().zip(&settings) {
-        if let Some([tenant, branch]) = setting {
-            statements.push((
-                false,
-                Box::pin(
-                    async move { client.execute(enter, &[tenant, branch]).await.map(|_| None) },
-                ),
-            ));
-        }
-        match &job.work {
-            Work::Claim { params, .. } => {
-                statements.push((
-                    true,
-                    Box::pin(async move { client.query_opt(claim, &params.as_params()).await }),
-                ));
-            }
-            Work::Record {
-                record: r, next, ..
-            } => {
-                let statement = if r.journal.is_some() {
-                    &record_journal
-                } else {
-                    &record
-                };
-                statements.push((
-                    true,
-                    Box::pin(async move { client.query_opt(statement, &r.as_params()).await }),
-                ));
-                if let Some(next) = next {
-                    statements.push((
-                        true,
-                        Box::pin(async move { client.query_opt(claim, &next.as_params()).await }),
-                    ));
+    let receipts: Vec<(Vec<usize>, Receipts<'_>)> = chunks
+        .iter()
+        .map(|chunk| {
+            let mut columns = Receipts::default();
+            let mut owners = Vec::new();
+            for at in chunk.clone() {
+                if let Work::Record { record, .. } = &jobs[at].work {
+                    columns.push(record);
+                    owners.push(at);
                 }
             }
+            (owners, columns)
+        })
+        .collect();
+    let mut statements: Vec<(Destination, Statement<'_>)> = Vec::new();
+    for (((chunk, setting), (owners, columns)), tenant) in
+        chunks.iter().zip(&settings).zip(&receipts).zip(&tenants)
+    {
+        if let Some([tenant, branch]) = setting {
+            statements.push((
+                Destination::Nobody,
+                Box::pin(async move {
+                    client
+                        .execute(enter, &[tenant, branch])
+                        .await
+                        .map(|_| Vec::new())
+                }),
+            ));
+        }
+        if owners.len() > 1 {
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![tenant];
+            params.extend_from_slice(&columns.as_params());
+            statements.push((
+                Destination::Records(owners.clone()),
+                Box::pin(async move { client.query(record_many, &params).await }),
+            ));
+        } else if let Some(&at) = owners.first()
+            && let Work::Record { record: r, .. } = &jobs[at].work
+        {
+            let statement = if r.journal.is_some() {
+                &record_journal
+            } else {
+                &record
+            };
+            statements.push((
+                Destination::First(at),
+                Box::pin(async move { client.query(statement, &r.as_params()).await }),
+            ));
+        }
+        for at in chunk.clone() {
+            let (params, destination) = match &jobs[at].work {
+                Work::Claim { params, .. } => (params, Destination::First(at)),
+                Work::Record {
+                    next: Some(next), ..
+                } => (next, Destination::Second(at)),
+                Work::Record { next: None, .. } => continue,
+            };
+            statements.push((
+                destination,
+                Box::pin(async move { client.query(claim, &params.as_params()).await }),
+            ));
         }
     }
-    let (answered, statements): (Vec<bool>, Vec<Statement<'_>>) = statements.into_iter().unzip();
+    let (destinations, statements): (Vec<Destination>, Vec<Statement<'_>>) =
+        statements.into_iter().unzip();
     // `biased`: polled in this order, so sent in this order; `in_order` sends every
     // statement on its first poll, before the `COMMIT`.
     let (begun, rows, committed) = tokio::join!(
@@ -399,17 +591,38 @@ async fn run_together(
         client.batch_execute("COMMIT"),
     );
     let mut failed: Option<NotCommitted> = begun.err().map(NotCommitted::of);
-    let mut answers = Vec::with_capacity(rows.len());
-    for (row, answered) in rows.into_iter().zip(answered) {
-        match row {
-            Ok(row) if answered => answers.push(row),
-            Ok(_) => {}
+    let mut answers: Vec<JobRows> = jobs.iter().map(|_| JobRows::default()).collect();
+    for (rows, destination) in rows.into_iter().zip(destinations) {
+        let rows = match rows {
+            Ok(rows) => rows,
             Err(error) => {
                 let this = NotCommitted::of(error);
                 failed = Some(match failed {
                     Some(earlier) => earlier.worse(this),
                     None => this,
                 });
+                continue;
+            }
+        };
+        match destination {
+            Destination::Nobody => {}
+            Destination::First(at) => answers[at].first = one_row(rows)?,
+            Destination::Second(at) => answers[at].second = one_row(rows)?,
+            Destination::Records(owners) => {
+                for row in rows {
+                    // The receipt's 1-based position in the arrays, the last column.
+                    let position: i64 = row.try_get(RECORD_MANY_POSITION).map_err(unknown)?;
+                    let at = usize::try_from(position - 1)
+                        .ok()
+                        .and_then(|p| owners.get(p))
+                        .ok_or_else(|| {
+                            unknown_text(format!(
+                                "a receipt row at position {position} of {}",
+                                owners.len()
+                            ))
+                        })?;
+                    answers[*at].first = Some(row);
+                }
             }
         }
     }
@@ -418,6 +631,32 @@ async fn run_together(
     }
     committed.map_err(|e| NotCommitted::Unknown(query_error(e)))?;
     Ok(answers)
+}
+
+/// The column of [`record_many_sql`]'s rows that holds the receipt's position.
+const RECORD_MANY_POSITION: usize = 14;
+
+/// The one row (or none) of a statement that returns at most one.
+fn one_row(
+    rows: Vec<tokio_postgres::Row>,
+) -> std::result::Result<Option<tokio_postgres::Row>, NotCommitted> {
+    if rows.len() > 1 {
+        return Err(unknown_text(format!(
+            "{} rows where at most one was expected",
+            rows.len()
+        )));
+    }
+    Ok(rows.into_iter().next())
+}
+
+/// Something this process refused after the statements were sent: the `COMMIT` may have
+/// taken.
+fn unknown(error: tokio_postgres::Error) -> NotCommitted {
+    NotCommitted::Unknown(query_error(error))
+}
+
+fn unknown_text(message: String) -> NotCommitted {
+    NotCommitted::Unknown(StoreError::Database(message))
 }
 
 /// Awaits every future, polling them in the order given (so each one's first poll, which
@@ -442,4 +681,54 @@ async fn in_order<F: Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
     })
     .await;
     outputs.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BranchId, TenantId};
+
+    fn claim_job(tenant: i64, branch: i64) -> Job {
+        let scope = Scope {
+            tenant: TenantId(tenant),
+            branch: BranchId(branch),
+        };
+        let now = Utc::now();
+        Job {
+            scope,
+            work: Work::Claim {
+                params: ClaimParams {
+                    tenant,
+                    branch,
+                    token: String::new(),
+                    expires: now,
+                    now,
+                    issued_prefix: String::new(),
+                },
+                answer: oneshot::channel().0,
+            },
+        }
+    }
+
+    #[test]
+    fn runs_split_at_a_new_tenant_and_at_a_branch_seen_before() {
+        let jobs: Vec<Job> = [
+            (1, 10),
+            (1, 11),
+            (1, 10),
+            (1, 12),
+            (2, 20),
+            (2, 21),
+            (3, 30),
+        ]
+        .into_iter()
+        .map(|(tenant, branch)| claim_job(tenant, branch))
+        .collect();
+        assert_eq!(
+            chunks_of_distinct_branches(&jobs),
+            vec![0..2, 2..4, 4..6, 6..7]
+        );
+        assert_eq!(chunks_of_distinct_branches(&jobs[..1]), vec![0..1]);
+        assert!(chunks_of_distinct_branches(&[]).is_empty());
+    }
 }
