@@ -1418,7 +1418,37 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
         }
         sales.push(own);
     }
-    // All claims at once.
+    // All claims at once (PostgreSQL: several in one statement), three of them under the
+    // claim's own rules. Branch 9's first sale is already claimed under this hold, with a
+    // live lease: nothing. Branch 11's is backing off: nothing. Branch 13's lease (claimed
+    // two minutes ago for one) has run out: the same sale again, its second attempt, which
+    // may have been sent.
+    const HELD: usize = 9;
+    const BACKING_OFF: usize = 11;
+    const EXPIRED: usize = 13;
+    let claim_first = |i: usize, at: DateTime<Utc>| {
+        let store = store.clone();
+        let scope = scopes[i];
+        async move {
+            store
+                .claim_next(scope, "relay", lease, at)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    claim_first(HELD, now()).await;
+    let backing_off = claim_first(BACKING_OFF, now()).await;
+    store
+        .release(
+            &backing_off,
+            now() + chrono::Duration::seconds(60),
+            false,
+            SaleStatus::PendingSync,
+        )
+        .await
+        .unwrap();
+    claim_first(EXPIRED, now() - chrono::Duration::seconds(120)).await;
     let start = Arc::new(tokio::sync::Barrier::new(scopes.len()));
     let claims: Vec<_> = scopes
         .iter()
@@ -1432,16 +1462,24 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
         .collect();
     let mut claimed = Vec::new();
     for (i, task) in claims.into_iter().enumerate() {
-        let claim = task
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("each branch's first sale");
+        let claim = task.await.unwrap().unwrap();
+        if i == HELD || i == BACKING_OFF {
+            assert_eq!(claim, None, "branch {i}");
+            claimed.push(None);
+            continue;
+        }
+        let claim = claim.expect("each branch's first sale");
         assert_eq!((claim.sale, claim.scope), (sales[i][0], scopes[i]));
-        assert_eq!((claim.invc_no, claim.attempts), (1, 1));
-        claimed.push(claim);
+        let again = i == EXPIRED;
+        assert_eq!(
+            (claim.invc_no, claim.attempts, claim.maybe_sent),
+            (1, 1 + u32::from(again), again),
+            "branch {i}"
+        );
+        claimed.push(Some(claim));
     }
-    // Wave one: every branch's receipt at once but branch 3's, each with the claim of its
+    // Wave one: every branch's receipt at once but branch 3's (and 9's and 11's, which
+    // claimed nothing), each with the claim of its
     // branch's next sale, every other one with its call. Branch 5 records under a lease it
     // does not hold: refused, and nothing else refused, so shared transactions commit with
     // its failure among them (every later job must still get its own rows).
@@ -1486,12 +1524,14 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
             answers
         }
     };
-    let wave_one: Vec<usize> = (0..scopes.len()).filter(|i| *i != TAKEN.1).collect();
+    let wave_one: Vec<usize> = (0..scopes.len())
+        .filter(|i| ![TAKEN.1, HELD, BACKING_OFF].contains(i))
+        .collect();
     let answers = record_all(
         wave_one
             .iter()
             .map(|&i| {
-                let mut claim = claimed[i].clone();
+                let mut claim = claimed[i].clone().unwrap();
                 if i == NOT_MINE {
                     claim.owner = "not-the-holder".into();
                 }
@@ -1607,7 +1647,11 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
         .collect();
     jobs.insert(
         3,
-        (claimed[TAKEN.1].clone(), receipt(&sdc_of(TAKEN.0), 1), None),
+        (
+            claimed[TAKEN.1].clone().unwrap(),
+            receipt(&sdc_of(TAKEN.0), 1),
+            None,
+        ),
     );
     let answers = record_all(jobs).await;
     for (index, answer) in answers.into_iter().enumerate() {

@@ -5,27 +5,34 @@
 //! scope's `set_config`, one or two statements and a `COMMIT` with its WAL flush, and
 //! measured, that per-transaction work, not the rows, was most of what PostgreSQL spent
 //! on phases 2 and 3. Here the claims and receipts that arrive while a transaction is under
-//! way wait for the next one, and that one runs them all, each with exactly the statements
-//! it would have run alone, all sent together behind one `BEGIN` and ahead of one `COMMIT`.
+//! way wait for the next one, and that one runs them all, sent together behind one `BEGIN`
+//! and ahead of one `COMMIT`. Within it, the jobs are split into runs of one tenant's
+//! distinct branches ([`chunks_of_distinct_branches`]); a run's receipts are recorded by
+//! one statement ([`record_many_sql`]) and then its claims, the chained ones included, by
+//! another ([`CLAIM_MANY_SQL`]): the single statements' rules with arrays, since the
+//! per-statement work was, after the per-transaction work, the next largest share.
 //!
 //! What each relay gets is what a transaction of its own would give it, because:
-//! - each job's statements are the same ones, in the same order, and every one of them
-//!   names its tenant and branch in its own conditions and values. Row-level security is
-//!   set to the tenant with a `set_config` before the tenant's first job (jobs of several
-//!   tenants may share a transaction, sorted by tenant: a statement sees only the tenant
-//!   set last), as phase 1's batches are; the branch is left unset, since setting it per
-//!   job cost about 8 % of the pipeline's throughput in interleaved runs;
+//! - each job's rows are written and read under the rules of its own statements
+//!   ([`record_sql`], [`CLAIM_SQL`]), and every condition and value names the job's own
+//!   tenant and branch. Row-level security is set to the tenant with a `set_config`
+//!   before the tenant's first run (jobs of several tenants may share a transaction,
+//!   sorted by tenant: a statement sees only the tenant set last), as phase 1's batches
+//!   are; the branch is left unset, since setting it per job cost about 8 % of the
+//!   pipeline's throughput in interleaved runs;
 //! - a branch has one relay, with one claim or receipt under way at a time, so no two jobs
-//!   of a batch touch the same rows unless something is misconfigured, and then they run in
-//!   order, each seeing the one before;
+//!   of a batch touch the same rows unless something is misconfigured, and then they go to
+//!   successive runs, each seeing the one before; a job's chained claim comes after its
+//!   receipt, in the statement after it;
 //! - when a statement fails on the server, PostgreSQL rolls the whole transaction back (its
 //!   `COMMIT` answers as a rollback) and every job runs again on its own, so each gets its
 //!   own answer, the receipt whose number is taken its [`StoreError::DuplicateReceipt`];
 //! - when anything else fails (the connection, or an error raised in this process, after
 //!   which the `COMMIT` may still have committed), nobody knows what took: every job gets
 //!   the error, as a transaction of its own would have;
-//! - each job's answer is read from its own statements' rows, by position, whatever the
-//!   other jobs' answers were.
+//! - each job's answer is read from its own rows: by position for a single statement, by
+//!   the position in the arrays that every row of an array statement carries, whatever
+//!   the other jobs' answers were.
 //!
 //! Invariant 8 holds: nothing here waits for the control unit; a job enters the queue
 //! after its call returned, or before it starts.
@@ -305,6 +312,9 @@ enum Destination {
     Second(usize),
     /// The jobs of a [`record_many_sql`], in the order of its arrays.
     Records(Vec<usize>),
+    /// The claims of a [`CLAIM_MANY_SQL`], in the order of its arrays: each its job, and
+    /// whether it is the claim chained to the job's receipt.
+    Claims(Vec<(usize, bool)>),
 }
 
 /// The rows each job's statements returned: its claim's or its receipt's, and the claim
@@ -316,11 +326,10 @@ struct JobRows {
 }
 
 /// Phase 3 for several receipts of one tenant in one statement: [`record_sql`] with arrays,
-/// one element per receipt, as phase 1's batches write their sales. The per-statement work
-/// (executor start, the CTEs, the protocol round) was about half of what each receipt's own
-/// statement cost PostgreSQL. Each receipt keeps every rule of [`record_sql`]: its outbox
-/// row is finished only under its lease, the sequence auditor's look sees the device's
-/// receipts before this statement, and its sale is updated only if its row was finished.
+/// one element per receipt, as phase 1's batches write their sales. Each receipt keeps
+/// every rule of [`record_sql`]: its outbox row is finished only under its lease, the
+/// sequence auditor's look sees the device's receipts before this statement, its sale is
+/// updated only if its row was finished, and its call is journalled when it came with it.
 ///
 /// No two receipts of one statement may be of the same branch: the auditor's look at a
 /// branch's previous receipt sees the statement's snapshot, which holds neither. The
@@ -452,6 +461,68 @@ impl<'a> Receipts<'a> {
     }
 }
 
+/// Several claims of one tenant's distinct branches in one statement: [`CLAIM_SQL`] with
+/// arrays, each claim with its own branch, lease and hold, under the same rules: each
+/// branch's head row locked (not skipped) and leased unless it backs off or holds a live
+/// lease of the same hold. Returns [`CLAIM_SQL`]'s columns for each sale claimed, then the
+/// claim's 1-based position in the arrays ([`CLAIM_MANY_POSITION`]). Parameters: `$1` the
+/// tenant, then one array per column of [`Claims`].
+const CLAIM_MANY_SQL: &str = "WITH input AS (
+        SELECT * FROM unnest($2::int8[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[])
+            WITH ORDINALITY AS c(x_branch, x_token, x_expires, x_now, x_prefix, x_n)),
+     head AS (
+        SELECT c.x_n, c.x_token, c.x_expires, c.x_now, c.x_prefix, h.*
+        FROM input c CROSS JOIN LATERAL (
+            SELECT id, lease_owner, lease_expires_at, next_attempt_at, maybe_sent
+            FROM outbox WHERE tenant_id = $1 AND branch_id = c.x_branch AND state = 'PENDING'
+            ORDER BY invc_no LIMIT 1 FOR UPDATE) h)
+    UPDATE outbox o SET lease_owner = head.x_token, lease_expires_at = head.x_expires,
+                        attempts = o.attempts + 1, maybe_sent = TRUE
+    FROM head
+    WHERE o.id = head.id
+      AND (head.next_attempt_at IS NULL OR head.next_attempt_at <= head.x_now)
+      AND NOT (head.lease_owner IS NOT NULL AND head.lease_expires_at > head.x_now
+               AND starts_with(head.lease_owner, head.x_prefix))
+    RETURNING o.id, o.sale_id, o.invc_no, o.payload, o.payload_sha256, o.attempts, head.maybe_sent,
+              head.lease_owner, head.lease_expires_at, head.x_n";
+
+/// The column of [`CLAIM_MANY_SQL`]'s rows that holds the claim's position.
+const CLAIM_MANY_POSITION: usize = 9;
+
+/// The claims of a [`CLAIM_MANY_SQL`], column by column (for `unnest`).
+#[derive(Default)]
+struct Claims<'a> {
+    /// Each claim's own parameters, for [`CLAIM_SQL`] when it is the only one.
+    each: Vec<&'a ClaimParams>,
+    branch: Vec<i64>,
+    token: Vec<&'a str>,
+    expires: Vec<DateTime<Utc>>,
+    now: Vec<DateTime<Utc>>,
+    issued_prefix: Vec<&'a str>,
+}
+
+impl<'a> Claims<'a> {
+    fn push(&mut self, c: &'a ClaimParams) {
+        self.each.push(c);
+        self.branch.push(c.branch);
+        self.token.push(&c.token);
+        self.expires.push(c.expires);
+        self.now.push(c.now);
+        self.issued_prefix.push(&c.issued_prefix);
+    }
+
+    /// `$2` onwards of [`CLAIM_MANY_SQL`].
+    fn as_params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [
+            &self.branch,
+            &self.token,
+            &self.expires,
+            &self.now,
+            &self.issued_prefix,
+        ]
+    }
+}
+
 /// Splits `jobs` (sorted by tenant) into runs to be sent in order: each of one tenant and of
 /// distinct branches, so that a run's receipts can share one [`record_many_sql`]. A branch
 /// has one relay, so its second job in a batch means something is misconfigured; it then
@@ -501,7 +572,9 @@ async fn run_together(
     let record = prepare(record_sql(false)).await?;
     let record_journal = prepare(record_sql(true)).await?;
     let record_many = prepare(record_many_sql()).await?;
-    let (client, enter, claim, record_many) = (&client, &enter, &claim, &record_many);
+    let claim_many = prepare(CLAIM_MANY_SQL).await?;
+    let (client, enter, claim, record_many, claim_many) =
+        (&client, &enter, &claim, &record_many, &claim_many);
     let chunks = chunks_of_distinct_branches(jobs);
     // What each statement needs, built before any is sent (the futures borrow them).
     let tenants: Vec<i64> = chunks
@@ -531,9 +604,28 @@ async fn run_together(
             (owners, columns)
         })
         .collect();
+    let claims: Vec<(Vec<(usize, bool)>, Claims<'_>)> = chunks
+        .iter()
+        .map(|chunk| {
+            let mut columns = Claims::default();
+            let mut owners = Vec::new();
+            for at in chunk.clone() {
+                let (params, chained) = match &jobs[at].work {
+                    Work::Claim { params, .. } => (params, false),
+                    Work::Record {
+                        next: Some(next), ..
+                    } => (next, true),
+                    Work::Record { next: None, .. } => continue,
+                };
+                columns.push(params);
+                owners.push((at, chained));
+            }
+            (owners, columns)
+        })
+        .collect();
     let mut statements: Vec<(Destination, Statement<'_>)> = Vec::new();
-    for (((chunk, setting), (owners, columns)), tenant) in
-        chunks.iter().zip(&settings).zip(&receipts).zip(&tenants)
+    for (((setting, (owners, columns)), (claimers, claim_columns)), tenant) in
+        settings.iter().zip(&receipts).zip(&claims).zip(&tenants)
     {
         if let Some([tenant, branch]) = setting {
             statements.push((
@@ -566,13 +658,20 @@ async fn run_together(
                 Box::pin(async move { client.query(statement, &r.as_params()).await }),
             ));
         }
-        for at in chunk.clone() {
-            let (params, destination) = match &jobs[at].work {
-                Work::Claim { params, .. } => (params, Destination::First(at)),
-                Work::Record {
-                    next: Some(next), ..
-                } => (next, Destination::Second(at)),
-                Work::Record { next: None, .. } => continue,
+        if claimers.len() > 1 {
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![tenant];
+            params.extend_from_slice(&claim_columns.as_params());
+            statements.push((
+                Destination::Claims(claimers.clone()),
+                Box::pin(async move { client.query(claim_many, &params).await }),
+            ));
+        } else if let (Some(&(at, chained)), Some(params)) =
+            (claimers.first(), claim_columns.each.first())
+        {
+            let destination = if chained {
+                Destination::Second(at)
+            } else {
+                Destination::First(at)
             };
             statements.push((
                 destination,
@@ -622,6 +721,25 @@ async fn run_together(
                             ))
                         })?;
                     answers[*at].first = Some(row);
+                }
+            }
+            Destination::Claims(owners) => {
+                for row in rows {
+                    let position: i64 = row.try_get(CLAIM_MANY_POSITION).map_err(unknown)?;
+                    let &(at, chained) = usize::try_from(position - 1)
+                        .ok()
+                        .and_then(|p| owners.get(p))
+                        .ok_or_else(|| {
+                            unknown_text(format!(
+                                "a claim row at position {position} of {}",
+                                owners.len()
+                            ))
+                        })?;
+                    if chained {
+                        answers[at].second = Some(row);
+                    } else {
+                        answers[at].first = Some(row);
+                    }
                 }
             }
         }
