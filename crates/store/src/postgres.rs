@@ -2389,6 +2389,10 @@ async fn insert_sale(
 
 /// Starts `writers` tasks of a batch writer on one shared queue, on the current runtime;
 /// returns the queue. The tasks end when the last sender is gone.
+///
+/// A writer that panics (a bug: its batch's callers get "stopped before answering", as
+/// they would from a process that died) is started again, so that one bad batch does not
+/// leave the queue with fewer writers, or none, until the process restarts.
 fn start_writers<T, Writer, Running>(
     pool: &Pool,
     writers: usize,
@@ -2396,13 +2400,27 @@ fn start_writers<T, Writer, Running>(
 ) -> tokio::sync::mpsc::UnboundedSender<T>
 where
     T: Send + 'static,
-    Writer: Fn(Pool, Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<T>>>) -> Running,
+    Writer: Fn(Pool, Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<T>>>) -> Running
+        + Copy
+        + Send
+        + 'static,
     Running: std::future::Future<Output = ()> + Send + 'static,
 {
     let (jobs, waiting) = tokio::sync::mpsc::unbounded_channel();
     let waiting = Arc::new(tokio::sync::Mutex::new(waiting));
     for _ in 0..writers {
-        tokio::spawn(write(pool.clone(), Arc::clone(&waiting)));
+        let (pool, waiting) = (pool.clone(), Arc::clone(&waiting));
+        tokio::spawn(async move {
+            loop {
+                match tokio::spawn(write(pool.clone(), Arc::clone(&waiting))).await {
+                    Err(ended) if ended.is_panic() => {
+                        tracing::error!("a batch writer panicked; starting another in its place");
+                    }
+                    // The queue closed, or the runtime is shutting down.
+                    _ => return,
+                }
+            }
+        });
     }
     jobs
 }
@@ -2429,3 +2447,44 @@ mod accept_batch;
 mod operations;
 mod relay_batch;
 mod security;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::{Mutex, mpsc::UnboundedReceiver, oneshot};
+
+    type Job = (u32, oneshot::Sender<u32>);
+
+    /// A writer that panics on job 0 and answers every other job with its number.
+    async fn panicking_writer(_: Pool, waiting: Arc<Mutex<UnboundedReceiver<Job>>>) {
+        while let Some(jobs) = next_batch(&waiting, 1).await {
+            for (number, answer) in jobs {
+                assert_ne!(number, 0, "job 0 is a bug");
+                let _ = answer.send(number);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_panicked_is_started_again() {
+        // A pool that never connects: the writer under test never asks it for a client.
+        let config: tokio_postgres::Config = "postgres://nobody@127.0.0.1:1/none".parse().unwrap();
+        let manager = Manager::from_config(config, NoTls, ManagerConfig::default());
+        let pool = Pool::builder(manager).max_size(1).build().unwrap();
+        let queue = start_writers(&pool, 2, panicking_writer);
+        let ask = |number| {
+            let (answer, answered) = oneshot::channel();
+            queue.send((number, answer)).unwrap();
+            answered
+        };
+        // Three panics, more than there are writers; each panicking job's caller learns
+        // that nobody will answer, and every later job is answered.
+        let within = |answered| tokio::time::timeout(Duration::from_secs(10), answered);
+        for round in 1..=3 {
+            let refused = within(ask(0)).await.expect("no writer left to drop job 0");
+            assert!(refused.is_err(), "round {round}");
+            let answered = within(ask(round)).await.expect("no writer left");
+            assert_eq!(answered, Ok(round));
+        }
+    }
+}
