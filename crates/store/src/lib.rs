@@ -25,7 +25,7 @@ pub use model::*;
 /// plan stays one index probe as history grows.
 #[doc(hidden)]
 pub use postgres::LATEST_RECEIPT_SQL;
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, SharedRelayCounts};
 pub use sqlite::SqliteStore;
 pub use ushuru_vault::SealedCmcKey;
 

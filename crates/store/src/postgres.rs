@@ -816,6 +816,14 @@ impl PostgresStore {
             .await
     }
 
+    /// How the relays' shared transactions fared since this store started.
+    pub fn shared_relay_counts(&self) -> SharedRelayCounts {
+        self.relays
+            .get()
+            .map(relay_batch::Queue::counts)
+            .unwrap_or_default()
+    }
+
     pub async fn latest_sale_id_by_reference(
         &self,
         scope: Scope,
@@ -2401,7 +2409,7 @@ fn start_writers<T, Writer, Running>(
 where
     T: Send + 'static,
     Writer: Fn(Pool, Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<T>>>) -> Running
-        + Copy
+        + Clone
         + Send
         + 'static,
     Running: std::future::Future<Output = ()> + Send + 'static,
@@ -2409,12 +2417,24 @@ where
     let (jobs, waiting) = tokio::sync::mpsc::unbounded_channel();
     let waiting = Arc::new(tokio::sync::Mutex::new(waiting));
     for _ in 0..writers {
-        let (pool, waiting) = (pool.clone(), Arc::clone(&waiting));
+        let (pool, waiting, write) = (pool.clone(), Arc::clone(&waiting), write.clone());
         tokio::spawn(async move {
             loop {
                 match tokio::spawn(write(pool.clone(), Arc::clone(&waiting))).await {
                     Err(ended) if ended.is_panic() => {
-                        tracing::error!("a batch writer panicked; starting another in its place");
+                        let payload = ended.into_panic();
+                        let message = payload
+                            .downcast_ref::<&str>()
+                            .copied()
+                            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                            .unwrap_or("(no message)");
+                        tracing::error!(
+                            panic = message,
+                            "a batch writer panicked; starting another in its place"
+                        );
+                        // Not at once: a writer that panics before taking any job would
+                        // otherwise be restarted in a busy loop.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     // The queue closed, or the runtime is shutting down.
                     _ => return,
@@ -2447,6 +2467,8 @@ mod accept_batch;
 mod operations;
 mod relay_batch;
 mod security;
+
+pub use relay_batch::SharedRelayCounts;
 
 #[cfg(test)]
 mod tests {

@@ -1638,6 +1638,14 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
         assert_eq!((next.sale, next.invc_no), (sales[i][2], 3), "branch {i}");
         thirds.push((i, next));
     }
+    // On PostgreSQL the answers above came from array statements that committed, not from
+    // a fallback to one job at a time (which would give the same answers, slowly): nothing
+    // in these waves may roll a shared transaction back.
+    if let Store::Postgres(postgres) = &store {
+        let counts = postgres.shared_relay_counts();
+        assert_eq!(counts.rolled_back, 0, "{counts:?}");
+        assert!(counts.array_statements > 0, "{counts:?}");
+    }
     // Wave three: the third sales' receipts, and with them branch 3's first, under the
     // number branch 2's control unit already gave: refused (its shared transaction rolls
     // back and every job runs again alone), and every other receipt signs.

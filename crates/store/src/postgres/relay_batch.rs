@@ -40,6 +40,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 
 use chrono::{DateTime, Utc};
@@ -48,7 +49,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
     CLAIM_SQL, ClaimParams, ENTER_SQL, RecordParams, SALE_COLUMNS, database, one_round_trip,
-    query_error, record_sql, scope_settings,
+    query_error, record_sql, scope_settings, violated_constraint,
 };
 use crate::{Claim, Recorded, Result, Scope, StoreError};
 
@@ -79,20 +80,54 @@ struct Job {
 /// clones) is gone.
 pub(super) struct Queue {
     jobs: mpsc::UnboundedSender<Job>,
+    counts: Arc<Counts>,
+}
+
+/// What the shared transactions did, counted since the queue started.
+#[derive(Default)]
+struct Counts {
+    array_statements: AtomicU64,
+    rolled_back: AtomicU64,
+}
+
+/// How the relays' shared transactions fared since the store started (PostgreSQL only):
+/// for operators reading a slow pipeline, and for the tests, which must see that the array
+/// statements commit and do not merely fall back to one job at a time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SharedRelayCounts {
+    /// Array statements ([`record_many_sql`], [`CLAIM_MANY_SQL`]) in transactions that
+    /// committed.
+    pub array_statements: u64,
+    /// Shared transactions the server rolled back, whose jobs then ran one by one.
+    pub rolled_back: u64,
 }
 
 /// Starts the writers on the current runtime.
 pub(super) fn start(pool: Pool) -> Queue {
+    let counts = Arc::new(Counts::default());
+    let writer_counts = Arc::clone(&counts);
+    let writer = move |pool, waiting| write(pool, waiting, Arc::clone(&writer_counts));
     Queue {
-        jobs: super::start_writers(&pool, WRITERS, write),
+        jobs: super::start_writers(&pool, WRITERS, writer),
+        counts,
     }
 }
 
 fn stopped<T>(_: T) -> StoreError {
-    StoreError::Database("the relays' writer stopped (is the process shutting down?)".into())
+    StoreError::Database(
+        "the relays' writer stopped before answering (the process is shutting down, or the writer failed)"
+            .into(),
+    )
 }
 
 impl Queue {
+    pub(super) fn counts(&self) -> SharedRelayCounts {
+        SharedRelayCounts {
+            array_statements: self.counts.array_statements.load(Ordering::Relaxed),
+            rolled_back: self.counts.rolled_back.load(Ordering::Relaxed),
+        }
+    }
+
     /// Claims the branch's oldest pending sale ([`CLAIM_SQL`]).
     pub(super) async fn claim(&self, scope: Scope, params: ClaimParams) -> Result<Option<Claim>> {
         let (answer, answered) = oneshot::channel();
@@ -120,7 +155,7 @@ impl Queue {
 }
 
 /// One writer: takes whatever is queued (at least one job), runs it, and goes again.
-async fn write(pool: Pool, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
+async fn write(pool: Pool, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, counts: Arc<Counts>) {
     loop {
         let Some(jobs) = super::next_batch(&waiting, MAX_BATCH).await else {
             return;
@@ -130,7 +165,7 @@ async fn write(pool: Pool, waiting: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
                 alone(&pool, job).await;
             }
         } else {
-            together(&pool, jobs).await;
+            together(&pool, jobs, &counts).await;
         }
     }
 }
@@ -220,8 +255,12 @@ async fn record_alone(
 /// How a shared transaction ended when it did not commit.
 enum NotCommitted {
     /// The server refused a statement, so the transaction was rolled back (or never begun):
-    /// nothing was written, the jobs may run again.
-    NothingWritten(StoreError),
+    /// nothing was written, the jobs may run again. `number_taken`: the refusal was a
+    /// receipt number recorded already, the one expected cause.
+    NothingWritten {
+        error: StoreError,
+        number_taken: bool,
+    },
     /// The connection failed, or this process refused something after sending it: the
     /// `COMMIT` may or may not have taken.
     Unknown(StoreError),
@@ -231,7 +270,10 @@ impl NotCommitted {
     /// A statement's error: only the server's own refusal aborts the transaction for sure.
     fn of(error: tokio_postgres::Error) -> Self {
         if error.as_db_error().is_some() {
-            NotCommitted::NothingWritten(query_error(error))
+            NotCommitted::NothingWritten {
+                number_taken: violated_constraint(&error) == Some("receipts_sdc_rcpt_unique"),
+                error: query_error(error),
+            }
         } else {
             NotCommitted::Unknown(query_error(error))
         }
@@ -240,19 +282,22 @@ impl NotCommitted {
     /// The first of two, the unknown outcome before the known one.
     fn worse(self, other: Self) -> Self {
         match (self, other) {
-            (NotCommitted::NothingWritten(_), unknown @ NotCommitted::Unknown(_)) => unknown,
+            (NotCommitted::NothingWritten { .. }, unknown @ NotCommitted::Unknown(_)) => unknown,
             (first, _) => first,
         }
     }
 }
 
 /// Runs several jobs in one transaction and answers them all.
-async fn together(pool: &Pool, mut jobs: Vec<Job>) {
+async fn together(pool: &Pool, mut jobs: Vec<Job>, counts: &Counts) {
     // By tenant, for one `set_config` per tenant (a stable sort: no branch has two jobs
     // here, but order is kept anyway).
     jobs.sort_by_key(|job| job.scope.tenant.0);
     match run_together(pool, &jobs).await {
-        Ok(rows) => {
+        Ok((rows, array_statements)) => {
+            counts
+                .array_statements
+                .fetch_add(array_statements, Ordering::Relaxed);
             for (job, rows) in jobs.into_iter().zip(rows) {
                 let scope = job.scope;
                 match job.work {
@@ -276,8 +321,19 @@ async fn together(pool: &Pool, mut jobs: Vec<Job>) {
                 }
             }
         }
-        Err(NotCommitted::NothingWritten(error)) => {
-            tracing::debug!(%error, jobs = jobs.len(), "a shared relay transaction rolled back; running its jobs one by one");
+        Err(NotCommitted::NothingWritten {
+            error,
+            number_taken,
+        }) => {
+            counts.rolled_back.fetch_add(1, Ordering::Relaxed);
+            if number_taken {
+                // A control unit's answer replayed or misnumbered; its own job says so.
+                tracing::debug!(%error, jobs = jobs.len(), "a shared relay transaction rolled back; running its jobs one by one");
+            } else {
+                // Nothing the jobs themselves should cause: every shared transaction that
+                // fails this way costs a round trip and then one transaction per job.
+                tracing::warn!(%error, jobs = jobs.len(), "a shared relay transaction rolled back unexpectedly; running its jobs one by one");
+            }
             for job in jobs {
                 alone(pool, job).await;
             }
@@ -551,12 +607,15 @@ fn chunks_of_distinct_branches(jobs: &[Job]) -> Vec<std::ops::Range<usize>> {
 /// tenant), and `COMMIT` in one round trip, as [`super::one_round_trip`] does for one job.
 /// Per run of [`chunks_of_distinct_branches`]: its receipts (in one [`record_many_sql`] when
 /// there are several), then its claims, each chained claim after its own receipt. Returns
-/// each job's rows, in the order of `jobs`.
+/// each job's rows, in the order of `jobs`, and how many array statements it sent.
 async fn run_together(
     pool: &Pool,
     jobs: &[Job],
-) -> std::result::Result<Vec<JobRows>, NotCommitted> {
-    let nothing = NotCommitted::NothingWritten;
+) -> std::result::Result<(Vec<JobRows>, u64), NotCommitted> {
+    let nothing = |error| NotCommitted::NothingWritten {
+        error,
+        number_taken: false,
+    };
     let client = pool.get().await.map_err(|e| nothing(database(e)))?;
     let prepare = |sql: &'static str| {
         let client = &client;
@@ -681,6 +740,10 @@ async fn run_together(
     }
     let (destinations, statements): (Vec<Destination>, Vec<Statement<'_>>) =
         statements.into_iter().unzip();
+    let array_statements = destinations
+        .iter()
+        .filter(|d| matches!(d, Destination::Records(_) | Destination::Claims(_)))
+        .count() as u64;
     // `biased`: polled in this order, so sent in this order; `in_order` sends every
     // statement on its first poll, before the `COMMIT`.
     let (begun, rows, committed) = tokio::join!(
@@ -748,7 +811,7 @@ async fn run_together(
         return Err(failed);
     }
     committed.map_err(|e| NotCommitted::Unknown(query_error(e)))?;
-    Ok(answers)
+    Ok((answers, array_statements))
 }
 
 /// The column of [`record_many_sql`]'s rows that holds the receipt's position.
