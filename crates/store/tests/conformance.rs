@@ -1695,6 +1695,119 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
     }
 }
 
+/// Claims and receipts of one tenant's branches arriving together (PostgreSQL: one run of
+/// a shared transaction, its receipts in one statement and its claims in the next): some
+/// receipts with the claim of their branch's next sale, some without, and plain claims.
+/// Each gets its own answer, and a receipt without a chained claim leaves its branch's next
+/// sale unclaimed.
+async fn claims_and_receipts_share_a_run_each_as_asked(store: Store) {
+    let lease = Duration::from_secs(60);
+    let first = branch(&store, "P051234567A").await;
+    let mut scopes = vec![first];
+    for i in 1..8 {
+        let id = store
+            .create_branch(first.tenant, &format!("{i:02}"))
+            .await
+            .unwrap()
+            .id;
+        scopes.push(Scope {
+            branch: id,
+            ..first
+        });
+    }
+    let mut sales = Vec::new();
+    for (i, scope) in scopes.iter().enumerate() {
+        let one = accept(&store, *scope, &format!("{i}-1")).await.sale;
+        let two = accept(&store, *scope, &format!("{i}-2")).await.sale;
+        sales.push((one, two));
+    }
+    // Branches 0 to 3 hold their first sale's claim; 4 to 7 claim theirs below.
+    let mut held = Vec::new();
+    for scope in &scopes[..4] {
+        held.push(
+            store
+                .claim_next(*scope, "relay", lease, now())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let sdc_of = |i: usize| format!("KRACU{:010}", 100 + i);
+    let start = Arc::new(tokio::sync::Barrier::new(scopes.len()));
+    let mut tasks = Vec::new();
+    for (i, scope) in scopes.iter().enumerate() {
+        let (store, start, scope) = (store.clone(), Arc::clone(&start), *scope);
+        let claim = held.get(i).cloned();
+        let sdc_id = sdc_of(i);
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            match claim {
+                // 0 and 1 go on to their next sale; 2 and 3 do not ask for it.
+                Some(claim) => {
+                    let next = (i < 2).then_some(("relay", lease));
+                    let recorded = store
+                        .record_and_claim_next(&claim, &receipt(&sdc_id, 1), None, now(), next)
+                        .await;
+                    (Some(recorded), None)
+                }
+                None => (
+                    None,
+                    Some(store.claim_next(scope, "relay", lease, now()).await),
+                ),
+            }
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (one, two) = sales[i];
+        match task.await.unwrap() {
+            (Some(recorded), None) => {
+                let recorded = recorded.unwrap_or_else(|e| panic!("branch {i}: {e:?}"));
+                assert_eq!(
+                    (recorded.sale.id, recorded.sale.status),
+                    (one, SaleStatus::Signed),
+                    "branch {i}"
+                );
+                let signed = recorded.sale.receipt.unwrap();
+                assert_eq!((signed.sdc_id, signed.tot_rcpt_no), (sdc_of(i), 1));
+                match recorded.next {
+                    Some(next) => {
+                        assert!(i < 2, "branch {i} did not ask for its next sale");
+                        assert_eq!((next.sale, next.invc_no, next.attempts), (two, 2, 1));
+                    }
+                    None => assert!(i >= 2, "branch {i} asked for its next sale"),
+                }
+            }
+            (None, Some(claimed)) => {
+                let claim = claimed.unwrap().expect("the branch's first sale");
+                assert_eq!(
+                    (claim.sale, claim.invc_no, claim.scope),
+                    (one, 1, scopes[i]),
+                    "branch {i}"
+                );
+            }
+            other => panic!("branch {i}: {other:?}"),
+        }
+    }
+    // Branches 2 and 3 claimed nothing with their receipts: their second sales are free to
+    // claim now, first attempt. Branches 0 and 1 hold theirs (a live lease: nothing).
+    for i in 0..4 {
+        let claim = store
+            .claim_next(scopes[i], "relay", lease, now())
+            .await
+            .unwrap();
+        if i < 2 {
+            assert_eq!(claim, None, "branch {i}");
+        } else {
+            let claim = claim.expect("the branch's second sale");
+            assert_eq!((claim.sale, claim.attempts), (sales[i].1, 1), "branch {i}");
+        }
+    }
+    if let Store::Postgres(postgres) = &store {
+        let counts = postgres.shared_relay_counts();
+        assert_eq!(counts.rolled_back, 0, "{counts:?}");
+    }
+}
+
 async fn api_keys_are_kept_as_hashes_and_can_be_revoked(store: Store) {
     let a = branch(&store, "P051234567A").await;
     let b = branch(&store, "P000000001Z").await;
@@ -3178,6 +3291,7 @@ conformance!(
     concurrent_idempotent_sales_are_each_exact,
     a_receipt_and_the_next_claim_share_a_transaction,
     concurrent_relays_each_get_their_own_answer,
+    claims_and_receipts_share_a_run_each_as_asked,
     an_idempotency_key_spans_the_tenants_branches,
     api_keys_are_kept_as_hashes_and_can_be_revoked,
     idempotency_keys_replay_refuse_and_expire,
