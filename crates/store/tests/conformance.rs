@@ -422,6 +422,23 @@ async fn branch(store: &Store, tin: &str) -> Scope {
     store.create_branch(tenant.id, "00").await.unwrap().scope()
 }
 
+/// Branches `codes` (as two digits) of `first`'s tenant, created in order.
+async fn more_branches(store: &Store, first: Scope, codes: std::ops::Range<usize>) -> Vec<Scope> {
+    let mut scopes = Vec::new();
+    for code in codes {
+        let id = store
+            .create_branch(first.tenant, &format!("{code:02}"))
+            .await
+            .unwrap()
+            .id;
+        scopes.push(Scope {
+            branch: id,
+            ..first
+        });
+    }
+    scopes
+}
+
 /// Nothing of a refused record stuck: the sale is still pending, without a receipt.
 async fn assert_still_pending(store: &Store, scope: Scope, sale: SaleId) {
     let untouched = store.sale(scope, sale).await.unwrap().unwrap();
@@ -1387,28 +1404,8 @@ async fn concurrent_relays_each_get_their_own_answer(store: Store) {
     let first = branch(&store, "P051234567A").await;
     let other_tenant = branch(&store, "P000000001Z").await;
     let mut scopes = vec![first, other_tenant];
-    for i in 1..20 {
-        let id = store
-            .create_branch(first.tenant, &format!("{i:02}"))
-            .await
-            .unwrap()
-            .id;
-        scopes.push(Scope {
-            branch: id,
-            ..first
-        });
-    }
-    for i in 1..4 {
-        let id = store
-            .create_branch(other_tenant.tenant, &format!("{i:02}"))
-            .await
-            .unwrap()
-            .id;
-        scopes.push(Scope {
-            branch: id,
-            ..other_tenant
-        });
-    }
+    scopes.extend(more_branches(&store, first, 1..20).await);
+    scopes.extend(more_branches(&store, other_tenant, 1..4).await);
     // Each branch's three sales, in order.
     let mut sales: Vec<Vec<SaleId>> = Vec::new();
     for (i, scope) in scopes.iter().enumerate() {
@@ -1704,17 +1701,7 @@ async fn claims_and_receipts_share_a_run_each_as_asked(store: Store) {
     let lease = Duration::from_secs(60);
     let first = branch(&store, "P051234567A").await;
     let mut scopes = vec![first];
-    for i in 1..8 {
-        let id = store
-            .create_branch(first.tenant, &format!("{i:02}"))
-            .await
-            .unwrap()
-            .id;
-        scopes.push(Scope {
-            branch: id,
-            ..first
-        });
-    }
+    scopes.extend(more_branches(&store, first, 1..8).await);
     let mut sales = Vec::new();
     for (i, scope) in scopes.iter().enumerate() {
         let one = accept(&store, *scope, &format!("{i}-1")).await.sale;
