@@ -447,6 +447,8 @@ fn record_many_sql() -> &'static str {
 /// The receipts of a [`record_many_sql`], column by column (for `unnest`).
 #[derive(Default)]
 struct Receipts<'a> {
+    /// Each receipt's own parameters, for [`record_sql`] when it is the only one.
+    each: Vec<&'a RecordParams>,
     outbox_id: Vec<i64>,
     branch: Vec<i64>,
     owner: Vec<&'a str>,
@@ -470,6 +472,7 @@ struct Receipts<'a> {
 
 impl<'a> Receipts<'a> {
     fn push(&mut self, r: &'a RecordParams) {
+        self.each.push(r);
         self.outbox_id.push(r.outbox_id);
         self.branch.push(r.branch);
         self.owner.push(&r.owner);
@@ -579,6 +582,49 @@ impl<'a> Claims<'a> {
     }
 }
 
+/// One run of [`chunks_of_distinct_branches`], ready to send: its tenant, the tenant's
+/// `set_config` values when the run is the tenant's first, and its receipts and claims
+/// with the positions (in the batch) of the jobs they answer.
+struct Run<'a> {
+    tenant: i64,
+    setting: Option<[String; 2]>,
+    receipt_jobs: Vec<usize>,
+    receipts: Receipts<'a>,
+    /// Each claim's job, and whether it is the claim chained to that job's receipt.
+    claim_jobs: Vec<(usize, bool)>,
+    claims: Claims<'a>,
+}
+
+impl<'a> Run<'a> {
+    /// The run of `jobs`, which start at position `first` of the batch.
+    fn of(jobs: &'a [Job], first: usize, first_of_tenant: bool) -> Self {
+        let tenant = jobs[0].scope.tenant;
+        let mut run = Run {
+            tenant: tenant.0,
+            setting: first_of_tenant.then(|| scope_settings(tenant, None)),
+            receipt_jobs: Vec::new(),
+            receipts: Receipts::default(),
+            claim_jobs: Vec::new(),
+            claims: Claims::default(),
+        };
+        for (at, job) in (first..).zip(jobs) {
+            let (claim, chained) = match &job.work {
+                Work::Claim { params, .. } => (Some(params), false),
+                Work::Record { record, next, .. } => {
+                    run.receipt_jobs.push(at);
+                    run.receipts.push(record);
+                    (next.as_ref(), true)
+                }
+            };
+            if let Some(params) = claim {
+                run.claim_jobs.push((at, chained));
+                run.claims.push(params);
+            }
+        }
+        run
+    }
+}
+
 /// Splits `jobs` (sorted by tenant) into runs to be sent in order: each of one tenant and of
 /// distinct branches, so that a run's receipts can share one [`record_many_sql`]. A branch
 /// has one relay, so its second job in a batch means something is misconfigured; it then
@@ -634,59 +680,20 @@ async fn run_together(
     let claim_many = prepare(CLAIM_MANY_SQL).await?;
     let (client, enter, claim, record_many, claim_many) =
         (&client, &enter, &claim, &record_many, &claim_many);
+    // What each statement needs, built before any is sent (the futures borrow it).
     let chunks = chunks_of_distinct_branches(jobs);
-    // What each statement needs, built before any is sent (the futures borrow them).
-    let tenants: Vec<i64> = chunks
-        .iter()
-        .map(|c| jobs[c.start].scope.tenant.0)
-        .collect();
-    let settings: Vec<Option<[String; 2]>> = chunks
+    let runs: Vec<Run<'_>> = chunks
         .iter()
         .enumerate()
         .map(|(at, chunk)| {
             let tenant = jobs[chunk.start].scope.tenant;
             let first_of_tenant = at == 0 || jobs[chunks[at - 1].start].scope.tenant != tenant;
-            first_of_tenant.then(|| scope_settings(tenant, None))
-        })
-        .collect();
-    let receipts: Vec<(Vec<usize>, Receipts<'_>)> = chunks
-        .iter()
-        .map(|chunk| {
-            let mut columns = Receipts::default();
-            let mut owners = Vec::new();
-            for at in chunk.clone() {
-                if let Work::Record { record, .. } = &jobs[at].work {
-                    columns.push(record);
-                    owners.push(at);
-                }
-            }
-            (owners, columns)
-        })
-        .collect();
-    let claims: Vec<(Vec<(usize, bool)>, Claims<'_>)> = chunks
-        .iter()
-        .map(|chunk| {
-            let mut columns = Claims::default();
-            let mut owners = Vec::new();
-            for at in chunk.clone() {
-                let (params, chained) = match &jobs[at].work {
-                    Work::Claim { params, .. } => (params, false),
-                    Work::Record {
-                        next: Some(next), ..
-                    } => (next, true),
-                    Work::Record { next: None, .. } => continue,
-                };
-                columns.push(params);
-                owners.push((at, chained));
-            }
-            (owners, columns)
+            Run::of(&jobs[chunk.clone()], chunk.start, first_of_tenant)
         })
         .collect();
     let mut statements: Vec<(Destination, Statement<'_>)> = Vec::new();
-    for (((setting, (owners, columns)), (claimers, claim_columns)), tenant) in
-        settings.iter().zip(&receipts).zip(&claims).zip(&tenants)
-    {
-        if let Some([tenant, branch]) = setting {
+    for run in &runs {
+        if let Some([tenant, branch]) = &run.setting {
             statements.push((
                 Destination::Nobody,
                 Box::pin(async move {
@@ -697,16 +704,14 @@ async fn run_together(
                 }),
             ));
         }
-        if owners.len() > 1 {
-            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![tenant];
-            params.extend_from_slice(&columns.as_params());
+        if run.receipt_jobs.len() > 1 {
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&run.tenant];
+            params.extend_from_slice(&run.receipts.as_params());
             statements.push((
-                Destination::Records(owners.clone()),
+                Destination::Records(run.receipt_jobs.clone()),
                 Box::pin(async move { client.query(record_many, &params).await }),
             ));
-        } else if let Some(&at) = owners.first()
-            && let Work::Record { record: r, .. } = &jobs[at].work
-        {
+        } else if let (Some(&at), Some(r)) = (run.receipt_jobs.first(), run.receipts.each.first()) {
             let statement = if r.journal.is_some() {
                 &record_journal
             } else {
@@ -717,15 +722,15 @@ async fn run_together(
                 Box::pin(async move { client.query(statement, &r.as_params()).await }),
             ));
         }
-        if claimers.len() > 1 {
-            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![tenant];
-            params.extend_from_slice(&claim_columns.as_params());
+        if run.claim_jobs.len() > 1 {
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&run.tenant];
+            params.extend_from_slice(&run.claims.as_params());
             statements.push((
-                Destination::Claims(claimers.clone()),
+                Destination::Claims(run.claim_jobs.clone()),
                 Box::pin(async move { client.query(claim_many, &params).await }),
             ));
         } else if let (Some(&(at, chained)), Some(params)) =
-            (claimers.first(), claim_columns.each.first())
+            (run.claim_jobs.first(), run.claims.each.first())
         {
             let destination = if chained {
                 Destination::Second(at)
