@@ -394,6 +394,10 @@ struct JobRows {
 /// Returns, per receipt finished, the columns [`RecordParams::signed`] reads (as
 /// [`record_sql`] returns them) and then the receipt's 1-based position in the arrays.
 /// Parameters: `$1` the tenant, then one array per column of [`Receipts`].
+///
+/// Every column of `input`, `done` and `previous` starts with `x_`, so that
+/// [`SALE_COLUMNS`], unqualified in `signed`'s `RETURNING`, can only name columns of
+/// `sales`: a CTE column named like one of them would make the statement ambiguous.
 fn record_many_sql() -> &'static str {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
